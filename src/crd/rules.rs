@@ -1,0 +1,73 @@
+//! CEL rules the API server enforces at admission, each with a message that
+//! says what is wrong and what to write instead, rather than a regex dump.
+
+use kube::core::{Message, Rule};
+
+use crate::duration;
+
+fn rule(expression: impl Into<String>, message: String) -> Rule {
+    Rule::new(expression).message(Message::Message(message))
+}
+
+/// A lowercase RFC 1123 label; the length is checked by `maxLength`.
+pub fn dns_label(field: &str) -> Rule {
+    rule(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+        format!(
+            "{field} must be a lowercase DNS label: a-z, 0-9 and '-', starting and ending with a letter or digit"
+        ),
+    )
+}
+
+pub fn immutable(field: &str) -> Rule {
+    let name = field.rsplit('.').next().unwrap_or(field);
+    rule(
+        "self == oldSelf",
+        format!("{field} is immutable: create a new IngestSource to use another {name}"),
+    )
+}
+
+/// S3's naming rules for general purpose buckets.
+pub fn bucket() -> Rule {
+    rule(
+        "self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$') && !self.contains('..') \
+         && !self.matches('^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$')",
+        "bucket must be a valid S3 bucket name: 3 to 63 characters of a-z, 0-9, '.' and '-', \
+         starting and ending with a letter or digit, not formatted as an IP address"
+            .into(),
+    )
+}
+
+pub fn endpoint() -> Rule {
+    rule(
+        "self.matches('^https?://[^/?#\\\\s]+(/.*)?$')",
+        "endpoint must be an http:// or https:// URL with a host, for example http://minio.storage:9000"
+            .into(),
+    )
+}
+
+pub fn duration(field: &str) -> Rule {
+    rule(
+        format!("self.matches('{}')", duration::PATTERN),
+        format!("{field} must be a duration such as 30s, 5m or 1h30m"),
+    )
+}
+
+/// Only judges well-formed durations: [`duration`] reports the others, and
+/// `duration()` would fail on them with a less helpful error.
+pub fn duration_at_least(field: &str, min: &str) -> Rule {
+    rule(
+        format!(
+            "!self.matches('{}') || duration(self) >= duration('{min}')",
+            duration::PATTERN
+        ),
+        format!("{field} must be at least {min}"),
+    )
+}
+
+pub fn positive_quantity(field: &str) -> Rule {
+    rule(
+        "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
+        format!("{field} must be a positive quantity of bytes such as 64Mi, 512Ki or 1Gi"),
+    )
+}

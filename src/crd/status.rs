@@ -1,0 +1,167 @@
+//! The observed state of an IngestSource.
+//!
+//! Two writers share it through server-side apply, each with its own field
+//! manager: the operator owns `observedGeneration`, `phase`, `conditions` and
+//! `workers`; the coordinator owns the task, object and byte counts and the
+//! bounded task lists. Every field is optional so that each writer applies
+//! only its own.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The most entries `status.activeTasks` holds; `kubectl sluice tasks` lists
+/// them all.
+pub const MAX_ACTIVE_TASKS: usize = 20;
+/// The most entries `status.recentFailures` holds; `kubectl sluice history
+/// --state failed` lists them all.
+pub const MAX_RECENT_FAILURES: usize = 10;
+
+/// What sluice observed of an IngestSource, its workers and its tasks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestSourceStatus {
+    /// The generation of the spec the operator last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// A one-word summary: Pending, Running, Idle, Degraded, Suspended or
+    /// Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Ready, Progressing and Degraded, each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// The worker pool's desired and ready pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersStatus>,
+
+    /// Tasks by state, as the coordinator counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TaskCounts>,
+
+    /// Source objects by state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectCounts>,
+
+    /// Bytes of source objects ingested so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_ingested: Option<u64>,
+
+    /// Records written to the sink so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_ingested: Option<u64>,
+
+    /// Age in seconds of the oldest object not yet ingested; 0 when caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<u64>,
+
+    /// When the coordinator last wrote its checkpoint to the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint_time: Option<Time>,
+
+    /// Tasks running now (at most 20; `kubectl sluice tasks` lists all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ACTIVE_TASKS))]
+    pub active_tasks: Option<Vec<ActiveTask>>,
+
+    /// The latest tasks that failed for good (at most 10; `kubectl sluice
+    /// history --state failed` lists all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_RECENT_FAILURES))]
+    pub recent_failures: Option<Vec<TaskFailure>>,
+}
+
+/// A one-word summary of an IngestSource: Pending (accepted, starting),
+/// Running (tasks pending or running), Idle (caught up, waiting for new
+/// objects), Degraded (running, but see the conditions), Suspended
+/// (`spec.suspend` is true) or Failed (cannot run until the spec or its
+/// environment changes; see the conditions).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Running,
+    Idle,
+    Degraded,
+    Suspended,
+    Failed,
+}
+
+/// The worker pool's pods.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersStatus {
+    /// Worker pods wanted (spec.workers.replicas, or 0 when suspended).
+    pub desired: i32,
+    /// Worker pods ready.
+    pub ready: i32,
+    /// `ready/desired`, for `kubectl get`.
+    pub summary: String,
+}
+
+/// Tasks by state.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCounts {
+    /// Tasks waiting for a worker.
+    pub pending: u64,
+    /// Tasks leased to a worker now.
+    pub running: u64,
+    /// Tasks finished successfully.
+    pub succeeded: u64,
+    /// Tasks failed for good after their last attempt.
+    pub failed: u64,
+}
+
+/// Source objects by state.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectCounts {
+    /// Objects found by listing the source.
+    pub discovered: u64,
+    /// Objects whose records are all in the sink.
+    pub ingested: u64,
+    /// Objects in tasks that failed for good.
+    pub failed: u64,
+}
+
+/// A task leased to a worker.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveTask {
+    /// The task's id.
+    pub id: String,
+    /// The worker (pod name) holding the lease.
+    pub worker: String,
+    /// How many objects the task covers.
+    pub objects: u32,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// When this attempt was leased.
+    pub started: Time,
+    /// Records written so far in this attempt.
+    pub records: u64,
+    /// Source bytes read so far in this attempt.
+    pub bytes: u64,
+}
+
+/// A task that failed for good.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFailure {
+    /// The task's id.
+    pub id: String,
+    /// The first object key of the task.
+    pub first_key: String,
+    /// The last attempt's error, cut to 512 characters.
+    #[schemars(length(max = 512))]
+    pub error: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When the last attempt failed.
+    pub time: Time,
+}

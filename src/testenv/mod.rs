@@ -1,0 +1,87 @@
+//! A local environment of real components for tests, benchmarks and
+//! `make demo`: etcd with kube-apiserver (RBAC on, client-certificate
+//! admin), and MinIO as the S3 store.
+//!
+//! Not part of the operator: it starts servers as local processes from the
+//! binaries `tools/build.sh` builds at pinned versions. Each server takes
+//! free loopback ports, so several test binaries can run at once.
+
+mod kube;
+mod minio;
+mod process;
+mod tools;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use self::kube::KubeEnv;
+pub use self::minio::MinioEnv;
+
+/// Why a component of the environment could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{name} is not built (looked in {searched}): run `make tools`, which make test and make demo also run")]
+    ToolMissing { name: String, searched: String },
+
+    #[error("cannot find the tool directories (`{script} path`): {reason}")]
+    ToolsPath { script: PathBuf, reason: String },
+
+    #[error("cannot start {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+
+    #[error("{name} exited ({status}) while starting\n{log_tail}")]
+    Exited {
+        name: String,
+        status: String,
+        log_tail: String,
+    },
+
+    #[error("{name} was not ready within {timeout:?}\n{log_tail}")]
+    NotReady {
+        name: String,
+        timeout: Duration,
+        log_tail: String,
+    },
+
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+
+    #[error("generating test certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
+}
+
+/// How often a server start is retried with fresh ports when another
+/// process took a port between choosing and binding it.
+const START_ATTEMPTS: usize = 3;
+
+/// Runs `start` up to [`START_ATTEMPTS`] times while it fails because the
+/// server exited (typically a port clash).
+fn with_port_retries<T>(mut start: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Err(Error::Exited { .. }) if attempt < START_ATTEMPTS => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// A fresh directory under the system temp dir, removed when the returned
+/// guard drops or, for environments held in statics, when the process exits.
+fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|source| Error::Io {
+            what: "creating a scratch directory".into(),
+            source,
+        })?;
+    process::remove_at_exit(dir.path());
+    Ok(dir)
+}
