@@ -1,7 +1,8 @@
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// sluice runs S3 ingest workloads on Kubernetes and makes them easy to debug.
 ///
@@ -22,11 +23,38 @@ enum Command {
     /// Install it with `sluice crd | kubectl apply --server-side -f -`; the
     /// Helm chart installs the same definition.
     Crd,
+
+    /// Development tools: a local environment of real components.
+    #[command(hide = true, subcommand)]
+    Dev(DevCommand),
 }
 
-fn main() -> ExitCode {
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Start etcd, kube-apiserver and MinIO on loopback, print how to reach
+    /// them, and run until interrupted (Ctrl-C), then remove everything.
+    Env(EnvArgs),
+}
+
+#[derive(Args)]
+struct EnvArgs {
+    /// Manifests (files or directories) to `kubectl apply --server-side` once
+    /// the API server is ready, in order.
+    #[arg(long = "apply", value_name = "PATH")]
+    apply: Vec<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => print(&sluice::crd::crd_yaml()),
+        Command::Dev(DevCommand::Env(args)) => match sluice::testenv::serve(&args.apply).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("sluice dev env: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

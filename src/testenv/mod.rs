@@ -85,3 +85,48 @@ fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
     process::remove_at_exit(dir.path());
     Ok(dir)
 }
+
+/// `sluice dev env`: starts the environment, applies `manifests`, prints how
+/// to reach everything, and waits for Ctrl-C (or SIGTERM), then stops and
+/// removes it all.
+pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
+    let start = std::time::Instant::now();
+    let (kube, minio) = tokio::task::spawn_blocking(|| Ok::<_, Error>((KubeEnv::start()?, MinioEnv::start()?)))
+        .await
+        .expect("starting the environment does not panic")?;
+    for manifest in manifests {
+        let path = manifest.to_string_lossy();
+        let output = kube.kubectl_output(&["apply", "--server-side", "-f", &path])?;
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+        if !output.status.success() {
+            return Err(Error::Io {
+                what: format!("kubectl apply -f {path}"),
+                source: std::io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
+            });
+        }
+    }
+    let credentials = minio.credentials();
+    println!(
+        "\nReady in {:.1}s. In another shell:\n\n  export KUBECONFIG={}\n  kubectl get ingestsources -A\n\n\
+         S3 (MinIO): {} (access key {}, secret key {})\n\
+         Logs and data: {} and {}\n\nPress Ctrl-C to stop and remove everything.",
+        start.elapsed().as_secs_f64(),
+        kube.kubeconfig().display(),
+        minio.endpoint(),
+        credentials.access_key_id,
+        credentials.secret_access_key,
+        kube.dir().display(),
+        minio.dir().display(),
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| Error::Io {
+            what: "listening for SIGTERM".into(),
+            source,
+        })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    println!("Stopping.");
+    Ok(())
+}

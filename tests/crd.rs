@@ -1,0 +1,322 @@
+//! The IngestSource API against a real kube-apiserver: the CRD installs,
+//! the examples apply, kubectl shows the columns and the descriptions, and
+//! invalid manifests are refused at admission with messages a person can act
+//! on.
+
+mod support;
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use sluice::crd::IngestSource;
+use support::{fail, kube_with_crd, kubectl, repo, succeed};
+
+#[test]
+fn crds_directory_matches_the_generated_definition() {
+    let path = repo().join("crds/ingestsources.sluice.dev.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == sluice::crd::crd_yaml(),
+        "{} is not what `sluice crd` prints: run `make crds` and commit the result",
+        path.display()
+    );
+}
+
+#[test]
+fn crd_is_established_with_its_names() {
+    kube_with_crd();
+    let crd: Value = serde_json::from_str(&succeed(kubectl(
+        &["get", "crd", "ingestsources.sluice.dev", "-o", "json"],
+        None,
+    )))
+    .unwrap();
+    let names = &crd["status"]["acceptedNames"];
+    assert_eq!(names["kind"], "IngestSource");
+    assert_eq!(names["shortNames"], json!(["isrc"]));
+    assert_eq!(names["categories"], json!(["sluice"]));
+    // `kubectl get sluice` lists every kind in the category.
+    let namespace = kube_with_crd().namespace("category").unwrap();
+    apply(&namespace, &valid("by-category"));
+    let listed = succeed(kubectl(&["get", "sluice", "-n", &namespace, "-o", "name"], None));
+    assert!(listed.contains("ingestsource.sluice.dev/by-category"), "{listed}");
+}
+
+#[test]
+fn every_example_applies() {
+    let namespace = kube_with_crd().namespace("examples").unwrap();
+    let mut applied = 0;
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "yaml") {
+            let out = succeed(kubectl(
+                &["apply", "--validate=strict", "-n", &namespace, "-f", path.to_str().unwrap()],
+                None,
+            ));
+            assert!(out.contains("ingestsource.sluice.dev/"), "{out}");
+            applied += 1;
+        }
+    }
+    assert!(applied >= 2, "examples/ holds a working and a full manifest");
+}
+
+#[test]
+fn server_applies_the_documented_defaults() {
+    let namespace = kube_with_crd().namespace("defaults").unwrap();
+    apply(&namespace, &valid("minimal"));
+    let stored: Value = serde_json::from_str(&succeed(kubectl(
+        &["get", "isrc", "minimal", "-n", &namespace, "-o", "json"],
+        None,
+    )))
+    .unwrap();
+    let spec = &stored["spec"];
+    assert_eq!(spec["workers"]["replicas"], 1);
+    assert_eq!(spec["tasks"]["maxObjects"], 100);
+    assert_eq!(spec["tasks"]["maxBytes"], "64Mi");
+    assert_eq!(spec["tasks"]["leaseDuration"], "1m");
+    assert_eq!(spec["tasks"]["maxAttempts"], 3);
+    assert_eq!(spec["source"]["format"], "auto");
+    assert_eq!(spec["source"]["compression"], "auto");
+    assert_eq!(spec["suspend"], false);
+    // What the server stores, the operator's types read.
+    let typed: IngestSource = serde_json::from_value(stored).unwrap();
+    assert_eq!(typed.spec.tasks.lease_duration.0.as_secs(), 60);
+}
+
+#[tokio::test]
+async fn get_shows_the_columns_and_the_status_fills_them() {
+    let kube = kube_with_crd();
+    let namespace = kube.namespace("columns").unwrap();
+    apply(&namespace, &valid("orders"));
+
+    let table = succeed(kubectl(&["get", "isrc", "-n", &namespace], None));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "ACCOUNT", "COLLECTION", "PHASE", "WORKERS", "PENDING", "RUNNING", "DONE", "FAILED", "AGE"]
+    );
+
+    // Status is written through the status subresource, as the operator and
+    // the coordinator will.
+    let api: Api<IngestSource> = Api::namespaced(kube.client().await, &namespace);
+    let status = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "IngestSource",
+        "status": {
+            "phase": "Running",
+            "workers": {"desired": 3, "ready": 2, "summary": "2/3"},
+            "tasks": {"pending": 41, "running": 5, "succeeded": 1200, "failed": 2},
+            "lagSeconds": 17,
+            "bytesIngested": 123456789
+        }
+    });
+    api.patch_status("orders", &PatchParams::apply("sluice-test").force(), &Patch::Apply(&status))
+        .await
+        .unwrap();
+
+    let table = succeed(kubectl(&["get", "isrc", "orders", "-n", &namespace], None));
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..9], ["orders", "acme", "orders", "Running", "2/3", "41", "5", "1200", "2"]);
+
+    let wide = succeed(kubectl(&["get", "isrc", "orders", "-n", &namespace, "-o", "wide"], None));
+    let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&header[9..], ["LAG", "BYTES", "AGE"]);
+    let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[9..11], ["17", "123456789"]);
+}
+
+#[test]
+fn explain_teaches_the_fields() {
+    kube_with_crd();
+    let tasks = succeed(kubectl(&["explain", "ingestsource.spec.tasks"], None));
+    for expected in [
+        "How objects are packed into tasks",
+        "leaseDuration",
+        "at least 5s",
+        "maxAttempts",
+        "dead letter",
+        "maxBytes",
+        "maxObjects",
+    ] {
+        assert!(tasks.contains(expected), "explain spec.tasks lacks {expected:?}:\n{tasks}");
+    }
+    let account = succeed(kubectl(&["explain", "isrc.spec.account"], None));
+    assert!(account.contains("Immutable"), "{account}");
+    let bucket = succeed(kubectl(&["explain", "isrc.spec.source.s3.bucket"], None));
+    assert!(bucket.contains("3 to 63 characters"), "{bucket}");
+}
+
+/// Each case: what is wrong, how to make a valid manifest wrong that way,
+/// and what the user must read in kubectl's error.
+#[test]
+fn invalid_manifests_are_refused_with_clear_messages() {
+    let namespace = kube_with_crd().namespace("invalid").unwrap();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("missing account", without(valid("x"), "/spec/account"), "spec.account: Required value"),
+        (
+            "account not a DNS label",
+            with(valid("x"), "/spec/account", json!("Acme_Corp")),
+            "spec.account must be a lowercase DNS label",
+        ),
+        (
+            "collection longer than 63",
+            with(valid("x"), "/spec/collection", json!("c".repeat(64))),
+            "spec.collection: Too long: may not be more than 63",
+        ),
+        (
+            "collection ends with a dash",
+            with(valid("x"), "/spec/collection", json!("orders-")),
+            "spec.collection must be a lowercase DNS label",
+        ),
+        (
+            "missing source bucket",
+            without(valid("x"), "/spec/source/s3/bucket"),
+            "spec.source.s3.bucket: Required value",
+        ),
+        (
+            "invalid bucket name",
+            with(valid("x"), "/spec/sink/s3/bucket", json!("My_Bucket")),
+            "bucket must be a valid S3 bucket name",
+        ),
+        (
+            "bucket formatted as an IP address",
+            with(valid("x"), "/spec/archive/s3/bucket", json!("192.168.1.10")),
+            "bucket must be a valid S3 bucket name",
+        ),
+        (
+            "replicas above 1000",
+            with(valid("x"), "/spec/workers", json!({"replicas": 1001})),
+            "spec.workers.replicas in body should be less than or equal to 1000",
+        ),
+        (
+            "negative replicas",
+            with(valid("x"), "/spec/workers", json!({"replicas": -1})),
+            "spec.workers.replicas in body should be greater than or equal to 0",
+        ),
+        (
+            "poll interval not a duration",
+            with(valid("x"), "/spec/source/pollInterval", json!("5 minutes")),
+            "spec.source.pollInterval must be a duration such as 30s, 5m or 1h30m",
+        ),
+        (
+            "lease duration under 5s",
+            with(valid("x"), "/spec/tasks", json!({"leaseDuration": "2s"})),
+            "spec.tasks.leaseDuration must be at least 5s",
+        ),
+        (
+            "lease duration not a duration",
+            with(valid("x"), "/spec/tasks", json!({"leaseDuration": "1d"})),
+            "spec.tasks.leaseDuration must be a duration such as 30s",
+        ),
+        (
+            "maxAttempts 0",
+            with(valid("x"), "/spec/tasks", json!({"maxAttempts": 0})),
+            "spec.tasks.maxAttempts in body should be greater than or equal to 1",
+        ),
+        (
+            "maxObjects above 10000",
+            with(valid("x"), "/spec/tasks", json!({"maxObjects": 10001})),
+            "spec.tasks.maxObjects in body should be less than or equal to 10000",
+        ),
+        (
+            "maxBytes zero",
+            with(valid("x"), "/spec/tasks", json!({"maxBytes": "0"})),
+            "spec.tasks.maxBytes must be a positive quantity of bytes",
+        ),
+        (
+            "maxBytes not a quantity",
+            with(valid("x"), "/spec/tasks", json!({"maxBytes": "lots"})),
+            "spec.tasks.maxBytes must be a positive quantity of bytes",
+        ),
+        (
+            "unknown format",
+            with(valid("x"), "/spec/source/format", json!("xml")),
+            "spec.source.format: Unsupported value: \"xml\": supported values: \"ndjson\", \"json\", \"csv\", \"auto\"",
+        ),
+        (
+            "unknown compression",
+            with(valid("x"), "/spec/source/compression", json!("lz4")),
+            "spec.source.compression: Unsupported value: \"lz4\"",
+        ),
+        (
+            "endpoint with another scheme",
+            with(valid("x"), "/spec/source/s3/endpoint", json!("ftp://minio:9000")),
+            "endpoint must be an http:// or https:// URL with a host",
+        ),
+        (
+            "endpoint without a host",
+            with(valid("x"), "/spec/sink/s3/endpoint", json!("http://")),
+            "endpoint must be an http:// or https:// URL with a host",
+        ),
+    ];
+    for (what, manifest, expected) in cases {
+        let stderr = fail(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&manifest.to_string())));
+        assert!(stderr.contains(expected), "{what}: expected {expected:?} in:\n{stderr}");
+    }
+    // Nothing invalid was stored.
+    let listed = succeed(kubectl(&["get", "isrc", "-n", &namespace, "-o", "name"], None));
+    assert_eq!(listed, "", "refused manifests left objects behind");
+}
+
+#[test]
+fn unknown_fields_are_refused_under_strict_validation() {
+    let namespace = kube_with_crd().namespace("strict").unwrap();
+    let manifest = with(valid("typo"), "/spec/workerz", json!({"replicas": 2}));
+    let stderr = fail(kubectl(
+        &["apply", "--validate=strict", "-n", &namespace, "-f", "-"],
+        Some(&manifest.to_string()),
+    ));
+    assert!(stderr.contains("unknown field \"spec.workerz\""), "{stderr}");
+}
+
+#[test]
+fn account_and_collection_are_immutable() {
+    let namespace = kube_with_crd().namespace("immutable").unwrap();
+    apply(&namespace, &valid("orders"));
+    for (field, message) in [
+        ("/spec/account", "spec.account is immutable"),
+        ("/spec/collection", "spec.collection is immutable"),
+    ] {
+        let changed = with(valid("orders"), field, json!("changed"));
+        let stderr = fail(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&changed.to_string())));
+        assert!(stderr.contains(message), "{field}: {stderr}");
+    }
+    // Other fields stay editable.
+    apply(&namespace, &with(valid("orders"), "/spec/workers", json!({"replicas": 5})));
+    let replicas = succeed(kubectl(
+        &["get", "isrc", "orders", "-n", &namespace, "-o", "jsonpath={.spec.workers.replicas}"],
+        None,
+    ));
+    assert_eq!(replicas, "5");
+}
+
+/// A valid IngestSource named `name`: the smallest manifest the API accepts.
+fn valid(name: &str) -> Value {
+    let location = |bucket: &str| json!({"s3": {"bucket": bucket, "endpoint": "http://minio.storage:9000", "forcePathStyle": true}});
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "IngestSource",
+        "metadata": {"name": name},
+        "spec": {
+            "account": "acme",
+            "collection": "orders",
+            "source": location("acme-raw"),
+            "sink": location("acme-collections"),
+            "archive": location("acme-archive"),
+        }
+    })
+}
+
+fn with(mut manifest: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    manifest.pointer_mut(parent).unwrap()[key] = value;
+    manifest
+}
+
+fn without(mut manifest: Value, pointer: &str) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    manifest.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
+    manifest
+}
+
+fn apply(namespace: &str, manifest: &Value) {
+    succeed(kubectl(&["apply", "-n", namespace, "-f", "-"], Some(&manifest.to_string())));
+}
