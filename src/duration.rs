@@ -65,7 +65,8 @@ impl Duration {
                 "h" => 3_600_000_000_000,
                 _ => return Err(fail("the unit is not one of ns, us, ms, s, m, h")),
             };
-            total_nanos += scaled(number, unit_nanos).ok_or_else(|| fail("a number is malformed"))?;
+            total_nanos +=
+                scaled(number, unit_nanos).ok_or_else(|| fail("a number is malformed"))?;
             rest = after;
         }
         let nanos = u64::try_from(total_nanos).map_err(|_| fail("it is too long"))?;
@@ -104,10 +105,10 @@ impl fmt::Display for Duration {
         if nanos == 0 {
             return f.write_str("0s");
         }
-        if nanos % 1_000_000_000 != 0 && nanos < 1_000_000_000 {
-            return if nanos % 1_000_000 == 0 {
+        if nanos < 1_000_000_000 {
+            return if nanos.is_multiple_of(1_000_000) {
                 write!(f, "{}ms", nanos / 1_000_000)
-            } else if nanos % 1_000 == 0 {
+            } else if nanos.is_multiple_of(1_000) {
                 write!(f, "{}us", nanos / 1_000)
             } else {
                 write!(f, "{nanos}ns")
@@ -175,16 +176,36 @@ mod tests {
         assert_eq!(Duration::parse("1.5h"), Ok(secs(5400.0)));
         assert_eq!(Duration::parse("250ms"), Ok(secs(0.25)));
         assert_eq!(Duration::parse("2h45m10s"), Ok(secs(9910.0)));
-        assert_eq!(Duration::parse("10us"), Ok(Duration(StdDuration::from_micros(10))));
-        assert_eq!(Duration::parse("10µs"), Ok(Duration(StdDuration::from_micros(10))));
-        assert_eq!(Duration::parse("7ns"), Ok(Duration(StdDuration::from_nanos(7))));
+        assert_eq!(
+            Duration::parse("10us"),
+            Ok(Duration(StdDuration::from_micros(10)))
+        );
+        assert_eq!(
+            Duration::parse("10µs"),
+            Ok(Duration(StdDuration::from_micros(10)))
+        );
+        assert_eq!(
+            Duration::parse("7ns"),
+            Ok(Duration(StdDuration::from_nanos(7)))
+        );
         assert_eq!(Duration::parse(".5s"), Ok(secs(0.5)));
         assert_eq!(Duration::parse("0s"), Ok(secs(0.0)));
     }
 
     #[test]
     fn rejects_what_go_rejects() {
-        for bad in ["", "30", "s", "5 s", "-5s", "5d", "1.2.3s", "1m 30s", "five seconds", "."] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "5 s",
+            "-5s",
+            "5d",
+            "1.2.3s",
+            "1m 30s",
+            "five seconds",
+            ".",
+        ] {
             let err = Duration::parse(bad).expect_err(bad);
             assert!(err.to_string().contains("write it like 30s"), "{err}");
         }
@@ -214,7 +235,9 @@ mod tests {
 
     #[test]
     fn formatting_round_trips() {
-        for text in ["1m", "1m30s", "1h1m1s", "1.5s", "250ms", "3us", "3ns", "0s", "100h"] {
+        for text in [
+            "1m", "1m30s", "1h1m1s", "1.5s", "250ms", "3us", "3ns", "0s", "100h",
+        ] {
             let parsed = Duration::parse(text).unwrap();
             assert_eq!(parsed.to_string(), text);
             assert_eq!(Duration::parse(&parsed.to_string()), Ok(parsed));

@@ -36,8 +36,14 @@ fn crd_is_established_with_its_names() {
     // `kubectl get sluice` lists every kind in the category.
     let namespace = kube_with_crd().namespace("category").unwrap();
     apply(&namespace, &valid("by-category"));
-    let listed = succeed(kubectl(&["get", "sluice", "-n", &namespace, "-o", "name"], None));
-    assert!(listed.contains("ingestsource.sluice.dev/by-category"), "{listed}");
+    let listed = succeed(kubectl(
+        &["get", "sluice", "-n", &namespace, "-o", "name"],
+        None,
+    ));
+    assert!(
+        listed.contains("ingestsource.sluice.dev/by-category"),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -48,14 +54,24 @@ fn every_example_applies() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|ext| ext == "yaml") {
             let out = succeed(kubectl(
-                &["apply", "--validate=strict", "-n", &namespace, "-f", path.to_str().unwrap()],
+                &[
+                    "apply",
+                    "--validate=strict",
+                    "-n",
+                    &namespace,
+                    "-f",
+                    path.to_str().unwrap(),
+                ],
                 None,
             ));
             assert!(out.contains("ingestsource.sluice.dev/"), "{out}");
             applied += 1;
         }
     }
-    assert!(applied >= 2, "examples/ holds a working and a full manifest");
+    assert!(
+        applied >= 2,
+        "examples/ holds a working and a full manifest"
+    );
 }
 
 #[test]
@@ -91,7 +107,18 @@ async fn get_shows_the_columns_and_the_status_fills_them() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "ACCOUNT", "COLLECTION", "PHASE", "WORKERS", "PENDING", "RUNNING", "DONE", "FAILED", "AGE"]
+        [
+            "NAME",
+            "ACCOUNT",
+            "COLLECTION",
+            "PHASE",
+            "WORKERS",
+            "PENDING",
+            "RUNNING",
+            "DONE",
+            "FAILED",
+            "AGE"
+        ]
     );
 
     // Status is written through the status subresource, as the operator and
@@ -108,15 +135,27 @@ async fn get_shows_the_columns_and_the_status_fills_them() {
             "bytesIngested": 123456789
         }
     });
-    api.patch_status("orders", &PatchParams::apply("sluice-test").force(), &Patch::Apply(&status))
-        .await
-        .unwrap();
+    api.patch_status(
+        "orders",
+        &PatchParams::apply("sluice-test").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
 
     let table = succeed(kubectl(&["get", "isrc", "orders", "-n", &namespace], None));
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(&row[..9], ["orders", "acme", "orders", "Running", "2/3", "41", "5", "1200", "2"]);
+    assert_eq!(
+        &row[..9],
+        [
+            "orders", "acme", "orders", "Running", "2/3", "41", "5", "1200", "2"
+        ]
+    );
 
-    let wide = succeed(kubectl(&["get", "isrc", "orders", "-n", &namespace, "-o", "wide"], None));
+    let wide = succeed(kubectl(
+        &["get", "isrc", "orders", "-n", &namespace, "-o", "wide"],
+        None,
+    ));
     let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(&header[9..], ["LAG", "BYTES", "AGE"]);
     let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
@@ -136,7 +175,10 @@ fn explain_teaches_the_fields() {
         "maxBytes",
         "maxObjects",
     ] {
-        assert!(tasks.contains(expected), "explain spec.tasks lacks {expected:?}:\n{tasks}");
+        assert!(
+            tasks.contains(expected),
+            "explain spec.tasks lacks {expected:?}:\n{tasks}"
+        );
     }
     let account = succeed(kubectl(&["explain", "isrc.spec.account"], None));
     assert!(account.contains("Immutable"), "{account}");
@@ -150,7 +192,11 @@ fn explain_teaches_the_fields() {
 fn invalid_manifests_are_refused_with_clear_messages() {
     let namespace = kube_with_crd().namespace("invalid").unwrap();
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("missing account", without(valid("x"), "/spec/account"), "spec.account: Required value"),
+        (
+            "missing account",
+            without(valid("x"), "/spec/account"),
+            "spec.account: Required value",
+        ),
         (
             "account not a DNS label",
             with(valid("x"), "/spec/account", json!("Acme_Corp")),
@@ -238,7 +284,11 @@ fn invalid_manifests_are_refused_with_clear_messages() {
         ),
         (
             "endpoint with another scheme",
-            with(valid("x"), "/spec/source/s3/endpoint", json!("ftp://minio:9000")),
+            with(
+                valid("x"),
+                "/spec/source/s3/endpoint",
+                json!("ftp://minio:9000"),
+            ),
             "endpoint must be an http:// or https:// URL with a host",
         ),
         (
@@ -248,11 +298,20 @@ fn invalid_manifests_are_refused_with_clear_messages() {
         ),
     ];
     for (what, manifest, expected) in cases {
-        let stderr = fail(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&manifest.to_string())));
-        assert!(stderr.contains(expected), "{what}: expected {expected:?} in:\n{stderr}");
+        let stderr = fail(kubectl(
+            &["apply", "-n", &namespace, "-f", "-"],
+            Some(&manifest.to_string()),
+        ));
+        assert!(
+            stderr.contains(expected),
+            "{what}: expected {expected:?} in:\n{stderr}"
+        );
     }
     // Nothing invalid was stored.
-    let listed = succeed(kubectl(&["get", "isrc", "-n", &namespace, "-o", "name"], None));
+    let listed = succeed(kubectl(
+        &["get", "isrc", "-n", &namespace, "-o", "name"],
+        None,
+    ));
     assert_eq!(listed, "", "refused manifests left objects behind");
 }
 
@@ -264,7 +323,10 @@ fn unknown_fields_are_refused_under_strict_validation() {
         &["apply", "--validate=strict", "-n", &namespace, "-f", "-"],
         Some(&manifest.to_string()),
     ));
-    assert!(stderr.contains("unknown field \"spec.workerz\""), "{stderr}");
+    assert!(
+        stderr.contains("unknown field \"spec.workerz\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -276,13 +338,27 @@ fn account_and_collection_are_immutable() {
         ("/spec/collection", "spec.collection is immutable"),
     ] {
         let changed = with(valid("orders"), field, json!("changed"));
-        let stderr = fail(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&changed.to_string())));
+        let stderr = fail(kubectl(
+            &["apply", "-n", &namespace, "-f", "-"],
+            Some(&changed.to_string()),
+        ));
         assert!(stderr.contains(message), "{field}: {stderr}");
     }
     // Other fields stay editable.
-    apply(&namespace, &with(valid("orders"), "/spec/workers", json!({"replicas": 5})));
+    apply(
+        &namespace,
+        &with(valid("orders"), "/spec/workers", json!({"replicas": 5})),
+    );
     let replicas = succeed(kubectl(
-        &["get", "isrc", "orders", "-n", &namespace, "-o", "jsonpath={.spec.workers.replicas}"],
+        &[
+            "get",
+            "isrc",
+            "orders",
+            "-n",
+            &namespace,
+            "-o",
+            "jsonpath={.spec.workers.replicas}",
+        ],
         None,
     ));
     assert_eq!(replicas, "5");
@@ -313,10 +389,18 @@ fn with(mut manifest: Value, pointer: &str, value: Value) -> Value {
 
 fn without(mut manifest: Value, pointer: &str) -> Value {
     let (parent, key) = pointer.rsplit_once('/').unwrap();
-    manifest.pointer_mut(parent).unwrap().as_object_mut().unwrap().remove(key);
+    manifest
+        .pointer_mut(parent)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove(key);
     manifest
 }
 
 fn apply(namespace: &str, manifest: &Value) {
-    succeed(kubectl(&["apply", "-n", namespace, "-f", "-"], Some(&manifest.to_string())));
+    succeed(kubectl(
+        &["apply", "-n", namespace, "-f", "-"],
+        Some(&manifest.to_string()),
+    ));
 }

@@ -23,6 +23,9 @@ pub use status::{
 
 /// An S3 prefix to ingest into a collection, with the pool of workers that
 /// does it and the archive that remembers every task.
+// Printer columns repeat `type_ = ...`, which clippy mistakes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sluice.dev",
@@ -44,9 +47,21 @@ pub use status::{
         json_path = ".status.workers.summary",
         description = "Ready and desired workers"
     ),
-    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.tasks.pending"),
-    printcolumn(name = "Running", type_ = "integer", json_path = ".status.tasks.running"),
-    printcolumn(name = "Done", type_ = "integer", json_path = ".status.tasks.succeeded"),
+    printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        json_path = ".status.tasks.pending"
+    ),
+    printcolumn(
+        name = "Running",
+        type_ = "integer",
+        json_path = ".status.tasks.running"
+    ),
+    printcolumn(
+        name = "Done",
+        type_ = "integer",
+        json_path = ".status.tasks.succeeded"
+    ),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.tasks.failed"),
     printcolumn(
         name = "Lag",
@@ -61,7 +76,11 @@ pub use status::{
         json_path = ".status.bytesIngested",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IngestSourceSpec {
@@ -332,7 +351,13 @@ fn tidy_schema(value: &mut serde_json::Value) {
 
 fn unwrap_lines(text: &str) -> String {
     text.split("\n\n")
-        .map(|paragraph| paragraph.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect::<Vec<_>>()
         .join("\n\n")
 }
@@ -343,7 +368,10 @@ mod tests {
 
     #[test]
     fn unwraps_single_line_breaks_and_keeps_paragraphs() {
-        assert_eq!(unwrap_lines("one\ntwo\n\nthree\nfour"), "one two\n\nthree four");
+        assert_eq!(
+            unwrap_lines("one\ntwo\n\nthree\nfour"),
+            "one two\n\nthree four"
+        );
         assert_eq!(unwrap_lines("single"), "single");
     }
 
@@ -377,7 +405,10 @@ mod tests {
             .into_iter()
             .filter_map(|(path, description)| description.is_none().then_some(path))
             .collect();
-        assert!(missing.is_empty(), "fields without a description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
     }
 
     #[test]
@@ -394,8 +425,8 @@ mod tests {
     #[test]
     fn defaulted_fields_are_not_nullable() {
         let schema = serde_json::to_value(&crd().spec.versions[0].schema).unwrap();
-        let max_bytes = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["tasks"]
-            ["properties"]["maxBytes"];
+        let max_bytes = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["tasks"]["properties"]
+            ["maxBytes"];
         assert_eq!(max_bytes["default"], "64Mi");
         assert!(max_bytes.get("nullable").is_none(), "{max_bytes}");
     }

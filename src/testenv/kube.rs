@@ -26,6 +26,7 @@ pub struct KubeEnv {
     etcd: Daemon,
     server: String,
     kubeconfig: PathBuf,
+    ca_cert: PathBuf,
     kubectl: PathBuf,
     namespaces: AtomicU32,
     dir: tempfile::TempDir,
@@ -47,6 +48,7 @@ impl KubeEnv {
             etcd,
             server,
             kubeconfig,
+            ca_cert: pki.ca_cert,
             kubectl,
             namespaces: AtomicU32::new(0),
             dir,
@@ -61,6 +63,11 @@ impl KubeEnv {
     /// A kubeconfig with the admin credential (group `system:masters`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The CA certificate that signed the API server's serving certificate.
+    pub fn ca_cert(&self) -> &Path {
+        &self.ca_cert
     }
 
     /// The scratch directory that holds the certificates, data and logs.
@@ -99,7 +106,10 @@ impl KubeEnv {
     /// Creates a new namespace named `{prefix}-{n}` and returns its name, so
     /// tests sharing one API server do not see each other's objects.
     pub fn namespace(&self, prefix: &str) -> Result<String, Error> {
-        let name = format!("{prefix}-{}", self.namespaces.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{prefix}-{}",
+            self.namespaces.fetch_add(1, Ordering::Relaxed)
+        );
         let output = self.kubectl_output(&["create", "namespace", &name])?;
         if !output.status.success() {
             return Err(Error::Io {
@@ -154,12 +164,24 @@ fn start_apiserver(
         .arg(format!("--secure-port={port}"))
         .arg("--bind-address=127.0.0.1")
         .arg("--advertise-address=127.0.0.1")
-        .arg(format!("--cert-dir={}", dir.join("apiserver-certs").display()))
+        .arg(format!(
+            "--cert-dir={}",
+            dir.join("apiserver-certs").display()
+        ))
         .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
-        .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            pki.serving_key.display()
+        ))
         .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
-        .arg(format!("--service-account-key-file={}", pki.sa_public.display()))
-        .arg(format!("--service-account-signing-key-file={}", pki.sa_private.display()))
+        .arg(format!(
+            "--service-account-key-file={}",
+            pki.sa_public.display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            pki.sa_private.display()
+        ))
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg("--service-cluster-ip-range=10.96.0.0/16")
         .arg("--authorization-mode=RBAC")
@@ -205,9 +227,13 @@ impl Pki {
 
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::new())?;
-        ca.distinguished_name.push(DnType::CommonName, "sluice-test-ca");
+        ca.distinguished_name
+            .push(DnType::CommonName, "sluice-test-ca");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
 
@@ -216,14 +242,20 @@ impl Pki {
         serving
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        serving
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_cert = serving.signed_by(&serving_key, &issuer)?;
 
         let admin_key = KeyPair::generate()?;
         let mut admin = CertificateParams::new(Vec::new())?;
-        admin.distinguished_name.push(DnType::CommonName, "sluice-test-admin");
-        admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        admin
+            .distinguished_name
+            .push(DnType::CommonName, "sluice-test-admin");
+        admin
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
         admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let admin_cert = admin.signed_by(&admin_key, &issuer)?;
 

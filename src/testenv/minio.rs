@@ -69,7 +69,12 @@ impl MinioEnv {
     /// Creates a new bucket named `{prefix}-{n}` and returns its name.
     pub async fn bucket(&self, prefix: &str) -> Result<String, aws_sdk_s3::Error> {
         let name = format!("{prefix}-{}", self.buckets.fetch_add(1, Ordering::Relaxed));
-        self.client().await.create_bucket().bucket(&name).send().await?;
+        self.client()
+            .await
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await?;
         Ok(name)
     }
 

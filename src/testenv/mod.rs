@@ -20,7 +20,9 @@ pub use self::minio::MinioEnv;
 /// Why a component of the environment could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{name} is not built (looked in {searched}): run `make tools`, which make test and make demo also run")]
+    #[error(
+        "{name} is not built (looked in {searched}): run `make tools`, which make test and make demo also run"
+    )]
     ToolMissing { name: String, searched: String },
 
     #[error("cannot find the tool directories (`{script} path`): {reason}")]
@@ -91,9 +93,10 @@ fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
 /// removes it all.
 pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
     let start = std::time::Instant::now();
-    let (kube, minio) = tokio::task::spawn_blocking(|| Ok::<_, Error>((KubeEnv::start()?, MinioEnv::start()?)))
-        .await
-        .expect("starting the environment does not panic")?;
+    let (kube, minio) =
+        tokio::task::spawn_blocking(|| Ok::<_, Error>((KubeEnv::start()?, MinioEnv::start()?)))
+            .await
+            .expect("starting the environment does not panic")?;
     for manifest in manifests {
         let path = manifest.to_string_lossy();
         let output = kube.kubectl_output(&["apply", "--server-side", "-f", &path])?;
@@ -120,13 +123,13 @@ pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| Error::Io {
-            what: "listening for SIGTERM".into(),
-            source,
-        })?;
+        what: "listening for SIGTERM".into(),
+        source,
+    })?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    println!("Stopping.");
+    eprintln!("Stopping.");
     Ok(())
 }

@@ -166,7 +166,9 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// thread that lives as long as the process.
 fn spawn_from_keeper(command: Command) -> std::io::Result<Child> {
     static KEEPER: Mutex<Option<mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
-    let mut keeper = KEEPER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut keeper = KEEPER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let requests = keeper.get_or_insert_with(|| {
         let (send, receive) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()

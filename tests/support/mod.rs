@@ -29,7 +29,10 @@ pub fn kube_with_crd() -> &'static KubeEnv {
     let kube = kube();
     INSTALLED.get_or_init(|| {
         let crd = repo().join("crds/ingestsources.sluice.dev.yaml");
-        succeed(kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()], None));
+        succeed(kubectl(
+            &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+            None,
+        ));
         succeed(kubectl(
             &[
                 "wait",

@@ -1,0 +1,39 @@
+# sluice: `make demo` to see it work, `make test` to check it.
+#
+# Build products live outside the clone, so CI and later clones reuse them:
+#   ~/.cache/sluice/<tool>-<version>/  kube-apiserver, kubectl, etcd, minio, helm
+#   ~/.cache/sluice/target/            Rust build output (CARGO_TARGET_DIR)
+SLUICE_CACHE ?= $(HOME)/.cache/sluice
+export SLUICE_CACHE
+export CARGO_TARGET_DIR ?= $(SLUICE_CACHE)/target
+CARGO ?= cargo
+CRD := crds/ingestsources.sluice.dev.yaml
+
+.PHONY: all test tools crds lint demo test-env
+
+all: test
+
+## test: build what is missing, then run every test (unit and integration)
+test: tools
+	$(CARGO) test --locked
+
+## tools: build the pinned real components into $(SLUICE_CACHE) (once)
+tools:
+	tools/build.sh
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	$(CARGO) run --locked --quiet -- crd > $(CRD)
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## demo: start a local API server and MinIO, install the CRD, apply the example
+demo: tools
+	$(CARGO) run --locked --quiet -- dev env --apply $(CRD) --apply examples/orders.yaml
+
+## test-env: start a local API server and MinIO and print how to reach them
+test-env: tools
+	$(CARGO) run --locked --quiet -- dev env
