@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -93,6 +93,27 @@ impl KubeEnv {
             })
     }
 
+    /// `kubectl apply --server-side -f path`, returning what kubectl printed.
+    /// Waits for kinds whose CRD was applied a moment ago to be served.
+    pub fn apply(&self, path: &Path) -> Result<String, Error> {
+        let path = path.to_string_lossy();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let output = self.kubectl_output(&["apply", "--server-side", "-f", &path])?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
+                return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+            }
+            if !stderr.contains("ensure CRDs are installed first") || Instant::now() > deadline {
+                return Err(Error::Command {
+                    what: format!("kubectl apply -f {path}"),
+                    stderr: stderr.into_owned(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A client with the admin credential.
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
@@ -112,9 +133,9 @@ impl KubeEnv {
         );
         let output = self.kubectl_output(&["create", "namespace", &name])?;
         if !output.status.success() {
-            return Err(Error::Io {
-                what: format!("creating namespace {name}"),
-                source: std::io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
+            return Err(Error::Command {
+                what: format!("kubectl create namespace {name}"),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
         Ok(name)

@@ -48,6 +48,9 @@ pub enum Error {
         log_tail: String,
     },
 
+    #[error("{what} failed: {stderr}")]
+    Command { what: String, stderr: String },
+
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -98,15 +101,7 @@ pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
             .await
             .expect("starting the environment does not panic")?;
     for manifest in manifests {
-        let path = manifest.to_string_lossy();
-        let output = kube.kubectl_output(&["apply", "--server-side", "-f", &path])?;
-        print!("{}", String::from_utf8_lossy(&output.stdout));
-        if !output.status.success() {
-            return Err(Error::Io {
-                what: format!("kubectl apply -f {path}"),
-                source: std::io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
-            });
-        }
+        print!("{}", kube.apply(manifest)?);
     }
     let credentials = minio.credentials();
     println!(
