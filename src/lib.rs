@@ -2,7 +2,10 @@
 //! them easy to debug. One crate, one binary (`sluice`); each part is a
 //! module.
 
+pub mod config;
 pub mod crd;
 pub mod duration;
+pub mod operator;
 pub mod s3;
+pub mod telemetry;
 pub mod testenv;

@@ -24,6 +24,13 @@ enum Command {
     /// Helm chart installs the same definition.
     Crd,
 
+    /// Run the operator: reconcile every IngestSource into a coordinator and
+    /// a pool of workers, and report their state in its status.
+    ///
+    /// Reads the Kubernetes credentials from KUBECONFIG or, in a pod, from
+    /// its service account.
+    Operator(sluice::operator::OperatorArgs),
+
     /// Development tools: a local environment of real components.
     #[command(hide = true, subcommand)]
     Dev(DevCommand),
@@ -48,13 +55,21 @@ struct EnvArgs {
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => print(&sluice::crd::crd_yaml()),
-        Command::Dev(DevCommand::Env(args)) => match sluice::testenv::serve(&args.apply).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("sluice dev env: {err}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Operator(args) => exit("operator", sluice::operator::run(args).await),
+        Command::Dev(DevCommand::Env(args)) => {
+            exit("dev env", sluice::testenv::serve(&args.apply).await)
+        }
+    }
+}
+
+/// Success, or the error on stderr and a failing exit code.
+fn exit(command: &str, result: Result<(), impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sluice {command}: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

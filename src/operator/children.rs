@@ -1,0 +1,800 @@
+//! The objects an IngestSource is made of, built as pure functions of the
+//! IngestSource and the rendered runtime configuration (no client here).
+//!
+//! For a source named `orders`:
+//! - `orders-coordinator`: ServiceAccount, Role, RoleBinding, Service and a
+//!   one-replica `Recreate` Deployment running `sluice coordinator`;
+//! - `orders-worker`: ServiceAccount (no API access, no token mounted) and a
+//!   Deployment of `spec.workers.replicas` pods running `sluice worker`;
+//! - `orders-config`: the ConfigMap with the runtime configuration;
+//! - `orders-token`: the Secret with the token workers present to the
+//!   coordinator (built by [`token_secret`], created once).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, CREDENTIAL_KEYS, RuntimeConfig, Store};
+use crate::crd::IngestSource;
+
+/// The HTTP port of the coordinator (task API, health, metrics) and of the
+/// workers (health, metrics).
+pub const HTTP_PORT: i32 = 8080;
+/// The key of the token in the token Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Where pods find the configuration and the token.
+const CONFIG_DIR: &str = "/etc/sluice";
+const TOKEN_DIR: &str = "/var/run/secrets/sluice";
+/// The pod annotation whose change restarts pods when what they read at
+/// start (configuration or token) changes.
+pub const CHECKSUM_ANNOTATION: &str = "sluice.dev/config-checksum";
+/// The label every child carries, which the operator's watches select on.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sluice-operator");
+/// An unprivileged uid/gid, the one distroless images use for `nonroot`.
+const NON_ROOT_ID: i64 = 65532;
+
+/// What the operator's own flags add to every pod.
+#[derive(Clone, Debug)]
+pub struct PodDefaults {
+    /// The `sluice` image the coordinator and the workers run.
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+}
+
+/// The names of an IngestSource's children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub coordinator: String,
+    pub worker: String,
+    pub config: String,
+    pub token: String,
+}
+
+impl Names {
+    pub fn of(source: &IngestSource) -> Self {
+        let name = source.name_any();
+        Self {
+            coordinator: format!("{name}-coordinator"),
+            worker: format!("{name}-worker"),
+            config: format!("{name}-config"),
+            token: format!("{name}-token"),
+        }
+    }
+}
+
+/// Every child except the token Secret, in the order they are applied.
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub coordinator_account: ServiceAccount,
+    pub worker_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub config: ConfigMap,
+    pub service: Service,
+    pub coordinator: Deployment,
+    pub workers: Deployment,
+}
+
+/// The desired children of `source`. `token` is the value in the token
+/// Secret; a change of it, as of the configuration, restarts the pods.
+pub fn build(
+    source: &IngestSource,
+    config: &RuntimeConfig,
+    token: &str,
+    defaults: &PodDefaults,
+) -> Children {
+    let names = Names::of(source);
+    let config_json = serde_json::to_string_pretty(config).expect("a RuntimeConfig serializes");
+    let checksum = checksum(&[config_json.as_bytes(), token.as_bytes()]);
+    let replicas = |wanted: i32| if source.spec.suspend { 0 } else { wanted };
+    let coordinator_pod = PodParts {
+        component: Component::Coordinator,
+        service_account: &names.coordinator,
+        args: vec![
+            "coordinator".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{}", config::FILE_NAME),
+            "--token-file".into(),
+            format!("{TOKEN_DIR}/{TOKEN_KEY}"),
+        ],
+        stores: &[Store::Source, Store::Archive],
+        resources: None,
+    };
+    let worker_pod = PodParts {
+        component: Component::Worker,
+        service_account: &names.worker,
+        args: vec![
+            "worker".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{}", config::FILE_NAME),
+            "--coordinator".into(),
+            format!("http://{}:{HTTP_PORT}", names.coordinator),
+            "--token-file".into(),
+            format!("{TOKEN_DIR}/{TOKEN_KEY}"),
+        ],
+        stores: &[Store::Source, Store::Sink],
+        resources: source.spec.workers.resources.clone(),
+    };
+
+    Children {
+        coordinator_account: ServiceAccount {
+            metadata: meta(source, &names.coordinator, Some(Component::Coordinator)),
+            ..ServiceAccount::default()
+        },
+        worker_account: ServiceAccount {
+            metadata: meta(source, &names.worker, Some(Component::Worker)),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: meta(source, &names.coordinator, Some(Component::Coordinator)),
+            rules: Some(vec![
+                PolicyRule {
+                    api_groups: Some(vec![IngestSource::group(&()).into_owned()]),
+                    resources: Some(vec![IngestSource::plural(&()).into_owned()]),
+                    resource_names: Some(vec![source.name_any()]),
+                    verbs: vec!["get".into()],
+                    ..PolicyRule::default()
+                },
+                PolicyRule {
+                    api_groups: Some(vec![IngestSource::group(&()).into_owned()]),
+                    resources: Some(vec![format!("{}/status", IngestSource::plural(&()))]),
+                    resource_names: Some(vec![source.name_any()]),
+                    verbs: vec!["get".into(), "patch".into()],
+                    ..PolicyRule::default()
+                },
+            ]),
+        },
+        role_binding: RoleBinding {
+            metadata: meta(source, &names.coordinator, Some(Component::Coordinator)),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: names.coordinator.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: names.coordinator.clone(),
+                namespace: source.namespace(),
+                ..Subject::default()
+            }]),
+        },
+        config: ConfigMap {
+            metadata: meta(source, &names.config, None),
+            data: Some(BTreeMap::from([(
+                config::FILE_NAME.to_owned(),
+                config_json,
+            )])),
+            ..ConfigMap::default()
+        },
+        service: Service {
+            metadata: meta(source, &names.coordinator, Some(Component::Coordinator)),
+            spec: Some(ServiceSpec {
+                selector: Some(selector_labels(source, Component::Coordinator)),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: HTTP_PORT,
+                    target_port: Some(IntOrString::String("http".into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        },
+        coordinator: deployment(
+            source,
+            &names.coordinator,
+            replicas(1),
+            // Two coordinators of one source must never run side by side.
+            Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            pod(source, &names, &coordinator_pod, &checksum, defaults),
+            Component::Coordinator,
+        ),
+        workers: deployment(
+            source,
+            &names.worker,
+            replicas(source.spec.workers.replicas),
+            None,
+            pod(source, &names, &worker_pod, &checksum, defaults),
+            Component::Worker,
+        ),
+    }
+}
+
+/// The token Secret, created once with a random `token` and then kept.
+pub fn token_secret(source: &IngestSource, token: &str) -> Secret {
+    Secret {
+        metadata: meta(source, &Names::of(source).token, None),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), token.to_owned())])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
+/// A new random token: 32 bytes, hex-encoded.
+pub fn new_token() -> String {
+    hex(&rand::random::<[u8; 32]>())
+}
+
+/// The credentials Secrets `source` names, with the location that names
+/// each, deduplicated.
+pub fn credential_secrets(source: &IngestSource) -> Vec<(Store, String)> {
+    let mut seen = Vec::<(Store, String)>::new();
+    for store in Store::ALL {
+        if let Some(secret) = &store.location(source).credentials_secret_ref
+            && !seen.iter().any(|(_, name)| *name == secret.name)
+        {
+            seen.push((store, secret.name.clone()));
+        }
+    }
+    seen
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Component {
+    Coordinator,
+    Worker,
+}
+
+impl Component {
+    fn as_str(self) -> &'static str {
+        match self {
+            Component::Coordinator => "coordinator",
+            Component::Worker => "worker",
+        }
+    }
+}
+
+/// What differs between the coordinator's pods and the workers'.
+struct PodParts<'a> {
+    component: Component,
+    service_account: &'a str,
+    args: Vec<String>,
+    /// The locations whose credentials the pods need.
+    stores: &'a [Store],
+    resources: Option<ResourceRequirements>,
+}
+
+/// The labels by which a Deployment selects its pods and a Service its
+/// endpoints (immutable in a Deployment, so kept minimal).
+fn selector_labels(source: &IngestSource, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sluice".into()),
+        ("app.kubernetes.io/instance".into(), source.name_any()),
+        (
+            "app.kubernetes.io/component".into(),
+            component.as_str().into(),
+        ),
+    ])
+}
+
+/// The labels of every child and pod.
+fn labels(source: &IngestSource, component: Option<Component>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "sluice".into()),
+        ("app.kubernetes.io/instance".into(), source.name_any()),
+        ("app.kubernetes.io/part-of".into(), "sluice".into()),
+        (MANAGED_BY.0.into(), MANAGED_BY.1.into()),
+        ("sluice.dev/source".into(), source.name_any()),
+        ("sluice.dev/account".into(), source.spec.account.clone()),
+        (
+            "sluice.dev/collection".into(),
+            source.spec.collection.clone(),
+        ),
+    ]);
+    if let Some(component) = component {
+        labels.insert(
+            "app.kubernetes.io/component".into(),
+            component.as_str().into(),
+        );
+    }
+    labels
+}
+
+fn meta(source: &IngestSource, name: &str, component: Option<Component>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: source.namespace(),
+        labels: Some(labels(source, component)),
+        owner_references: Some(vec![owner_reference(source)]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner_reference(source: &IngestSource) -> OwnerReference {
+    OwnerReference {
+        api_version: IngestSource::api_version(&()).into_owned(),
+        kind: IngestSource::kind(&()).into_owned(),
+        name: source.name_any(),
+        uid: source.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn deployment(
+    source: &IngestSource,
+    name: &str,
+    replicas: i32,
+    strategy: Option<DeploymentStrategy>,
+    template: PodTemplateSpec,
+    component: Component,
+) -> Deployment {
+    Deployment {
+        metadata: meta(source, name, Some(component)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(source, component)),
+                ..LabelSelector::default()
+            },
+            strategy,
+            template,
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn pod(
+    source: &IngestSource,
+    names: &Names,
+    parts: &PodParts,
+    checksum: &str,
+    defaults: &PodDefaults,
+) -> PodTemplateSpec {
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let field_env = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    for store in parts.stores {
+        let Some(secret) = &store.location(source).credentials_secret_ref else {
+            continue;
+        };
+        for (key, required) in CREDENTIAL_KEYS {
+            env.push(EnvVar {
+                name: config::credential_env(*store, key),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: key.into(),
+                        optional: (!required).then_some(true),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+    }
+
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(source, Some(parts.component))),
+            annotations: Some(BTreeMap::from([(
+                CHECKSUM_ANNOTATION.to_owned(),
+                checksum.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(parts.service_account.to_owned()),
+            automount_service_account_token: Some(parts.component == Component::Coordinator),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(NON_ROOT_ID),
+                run_as_group: Some(NON_ROOT_ID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![Container {
+                name: parts.component.as_str().into(),
+                image: Some(defaults.image.clone()),
+                image_pull_policy: defaults.image_pull_policy.clone(),
+                args: Some(parts.args.clone()),
+                env: Some(env),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: HTTP_PORT,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                }]),
+                liveness_probe: Some(probe("/healthz", 10)),
+                readiness_probe: Some(probe("/readyz", 5)),
+                resources: parts.resources.clone(),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    run_as_non_root: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Capabilities::default()
+                    }),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        ..SeccompProfile::default()
+                    }),
+                    ..SecurityContext::default()
+                }),
+                volume_mounts: Some(vec![
+                    VolumeMount {
+                        name: "config".into(),
+                        mount_path: CONFIG_DIR.into(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    },
+                    VolumeMount {
+                        name: "token".into(),
+                        mount_path: TOKEN_DIR.into(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    },
+                    VolumeMount {
+                        name: "tmp".into(),
+                        mount_path: "/tmp".into(),
+                        ..VolumeMount::default()
+                    },
+                ]),
+                ..Container::default()
+            }],
+            volumes: Some(vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: names.config.clone(),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "token".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(names.token.clone()),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                },
+            ]),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// A short, stable digest of everything pods read at start.
+fn checksum(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hex(&hasher.finalize()[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example manifests, as the API server would hand them over.
+    fn example(yaml: &str) -> IngestSource {
+        let mut source: IngestSource = serde_yaml::from_str(yaml).unwrap();
+        source.metadata.namespace = Some("shop".into());
+        source.metadata.uid = Some("0b7c1a52-0000-4000-8000-000000000001".into());
+        source
+    }
+
+    fn orders() -> IngestSource {
+        example(include_str!("../../examples/orders.yaml"))
+    }
+
+    fn defaults() -> PodDefaults {
+        PodDefaults {
+            image: "registry.example/sluice:1.2.3".into(),
+            image_pull_policy: Some("IfNotPresent".into()),
+        }
+    }
+
+    fn build_for(source: &IngestSource) -> Children {
+        let config = RuntimeConfig::from_source(source).unwrap();
+        build(source, &config, "secret-token", &defaults())
+    }
+
+    fn pod_spec(deployment: &Deployment) -> &PodSpec {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_child_is_owned_by_its_source_and_labelled() {
+        let source = orders();
+        let children = build_for(&source);
+        let metas = [
+            &children.coordinator_account.metadata,
+            &children.worker_account.metadata,
+            &children.role.metadata,
+            &children.role_binding.metadata,
+            &children.config.metadata,
+            &children.service.metadata,
+            &children.coordinator.metadata,
+            &children.workers.metadata,
+            &token_secret(&source, "t").metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(owner.kind, "IngestSource");
+            assert_eq!(owner.api_version, "sluice.dev/v1alpha1");
+            assert_eq!(owner.name, "orders");
+            assert_eq!(owner.uid, "0b7c1a52-0000-4000-8000-000000000001");
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("shop"));
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels["app.kubernetes.io/name"], "sluice");
+            assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "sluice-operator");
+            assert_eq!(labels["sluice.dev/source"], "orders");
+            assert_eq!(labels["sluice.dev/account"], "acme");
+            assert_eq!(labels["sluice.dev/collection"], "orders");
+        }
+    }
+
+    #[test]
+    fn coordinator_is_a_single_recreated_pod_and_workers_follow_the_spec() {
+        let children = build_for(&orders());
+        let coordinator = children.coordinator.spec.as_ref().unwrap();
+        assert_eq!(coordinator.replicas, Some(1));
+        assert_eq!(
+            coordinator.strategy.as_ref().unwrap().type_.as_deref(),
+            Some("Recreate")
+        );
+        let workers = children.workers.spec.as_ref().unwrap();
+        assert_eq!(workers.replicas, Some(2));
+        let args = pod_spec(&children.workers).containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert_eq!(args[0], "worker");
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--coordinator", "http://orders-coordinator:8080"])
+        );
+        assert_eq!(
+            pod_spec(&children.coordinator).containers[0]
+                .args
+                .as_ref()
+                .unwrap()[0],
+            "coordinator"
+        );
+    }
+
+    #[test]
+    fn suspending_scales_both_deployments_to_zero() {
+        let mut source = orders();
+        source.spec.suspend = true;
+        let children = build_for(&source);
+        assert_eq!(children.coordinator.spec.unwrap().replicas, Some(0));
+        assert_eq!(children.workers.spec.unwrap().replicas, Some(0));
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_pod_security_standard() {
+        let children = build_for(&orders());
+        for deployment in [&children.coordinator, &children.workers] {
+            let pod = pod_spec(deployment);
+            let pod_security = pod.security_context.as_ref().unwrap();
+            assert_eq!(pod_security.run_as_non_root, Some(true));
+            assert_eq!(
+                pod_security.seccomp_profile.as_ref().unwrap().type_,
+                "RuntimeDefault"
+            );
+            for container in &pod.containers {
+                let security = container.security_context.as_ref().unwrap();
+                assert_eq!(security.allow_privilege_escalation, Some(false));
+                assert_eq!(security.read_only_root_filesystem, Some(true));
+                assert_eq!(
+                    security.capabilities.as_ref().unwrap().drop,
+                    Some(vec!["ALL".to_owned()])
+                );
+                assert_eq!(
+                    container.image.as_deref(),
+                    Some("registry.example/sluice:1.2.3")
+                );
+                let liveness = container.liveness_probe.as_ref().unwrap();
+                let readiness = container.readiness_probe.as_ref().unwrap();
+                assert_eq!(
+                    liveness.http_get.as_ref().unwrap().path.as_deref(),
+                    Some("/healthz")
+                );
+                assert_eq!(
+                    readiness.http_get.as_ref().unwrap().path.as_deref(),
+                    Some("/readyz")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_coordinator_may_use_the_api_and_only_for_its_own_source() {
+        let children = build_for(&orders());
+        assert_eq!(
+            pod_spec(&children.workers).automount_service_account_token,
+            Some(false)
+        );
+        assert_eq!(
+            children.worker_account.automount_service_account_token,
+            Some(false)
+        );
+        let rules = children.role.rules.unwrap();
+        for rule in &rules {
+            assert_eq!(rule.resource_names, Some(vec!["orders".to_owned()]));
+            assert_eq!(rule.api_groups, Some(vec!["sluice.dev".to_owned()]));
+        }
+        let verbs: Vec<(String, String)> = rules
+            .iter()
+            .flat_map(|r| {
+                r.verbs
+                    .iter()
+                    .map(|v| (r.resources.as_ref().unwrap()[0].clone(), v.clone()))
+            })
+            .collect();
+        assert_eq!(
+            verbs,
+            [
+                ("ingestsources".into(), "get".into()),
+                ("ingestsources/status".into(), "get".into()),
+                ("ingestsources/status".into(), "patch".into())
+            ]
+        );
+        let subject = &children.role_binding.subjects.unwrap()[0];
+        assert_eq!(subject.name, "orders-coordinator");
+        assert_eq!(subject.namespace.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn credentials_come_from_the_named_secrets_only_where_needed() {
+        let children = build_for(&orders());
+        let env_names = |deployment: &Deployment| -> Vec<String> {
+            pod_spec(deployment).containers[0]
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|e| e.name.clone())
+                .collect()
+        };
+        let coordinator = env_names(&children.coordinator);
+        assert!(coordinator.contains(&"SLUICE_SOURCE_AWS_ACCESS_KEY_ID".to_owned()));
+        assert!(coordinator.contains(&"SLUICE_ARCHIVE_AWS_SECRET_ACCESS_KEY".to_owned()));
+        assert!(
+            !coordinator
+                .iter()
+                .any(|name| name.starts_with("SLUICE_SINK_"))
+        );
+        let workers = env_names(&children.workers);
+        assert!(workers.contains(&"SLUICE_SINK_AWS_ACCESS_KEY_ID".to_owned()));
+        assert!(
+            !workers
+                .iter()
+                .any(|name| name.starts_with("SLUICE_ARCHIVE_"))
+        );
+        let session = pod_spec(&children.workers).containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "SLUICE_SINK_AWS_SESSION_TOKEN")
+            .unwrap();
+        let selector = session
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(selector.name, "acme-s3");
+        assert_eq!(selector.optional, Some(true));
+        assert_eq!(
+            credential_secrets(&orders()),
+            vec![(Store::Source, "acme-s3".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_config_or_token_change_changes_the_pod_checksum() {
+        let source = orders();
+        let config = RuntimeConfig::from_source(&source).unwrap();
+        let checksum = |children: &Children| {
+            children
+                .workers
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CHECKSUM_ANNOTATION]
+                .clone()
+        };
+        let base = checksum(&build(&source, &config, "a", &defaults()));
+        assert_eq!(base, checksum(&build(&source, &config, "a", &defaults())));
+        assert_ne!(base, checksum(&build(&source, &config, "b", &defaults())));
+        let mut bigger = config.clone();
+        bigger.tasks.max_objects += 1;
+        assert_ne!(base, checksum(&build(&source, &bigger, "a", &defaults())));
+    }
+
+    #[test]
+    fn the_config_map_holds_the_rendered_configuration() {
+        let source = example(include_str!("../../examples/full.yaml"));
+        let children = build_for(&source);
+        let json = &children.config.data.unwrap()[config::FILE_NAME];
+        let config: RuntimeConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(config.tasks.max_bytes, 128 << 20);
+        assert_eq!(config.tasks.max_objects, 200);
+        assert_eq!(config.tasks.lease_duration.0.as_secs(), 120);
+        assert_eq!(config.source.s3.prefix.as_deref(), Some("clicks/2026/"));
+        assert_eq!(config.name, "clickstream");
+        assert_eq!(config.namespace, "shop");
+    }
+
+    #[test]
+    fn tokens_are_random_and_long() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,662 @@
+//! The reconcile loop: for each IngestSource, render (pure) → apply what
+//! differs (server-side apply, one field manager) → observe → write the
+//! status if it changed → tell a person what happened (Events).
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::children::{self, Children, MANAGED_BY, Names, PodDefaults, TOKEN_KEY};
+use super::metrics::Metrics;
+use super::status::{self, Observed, Problem, Rollout};
+use crate::config::RuntimeConfig;
+use crate::crd::{IngestSource, IngestSourceStatus, Phase};
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "sluice-operator";
+/// The annotation on each child that records the digest of what the operator
+/// last applied, so a changed spec is applied even where it only removes
+/// fields.
+const APPLIED_ANNOTATION: &str = "sluice.dev/applied-digest";
+/// Every reconcile is repeated this often even without a change, to repair
+/// drift the watches could not see.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What the operator needs while it runs.
+pub struct Context {
+    client: Client,
+    defaults: PodDefaults,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    stores: Stores,
+    /// Consecutive failures per IngestSource, for backoff.
+    failures: Mutex<HashMap<ObjectRef<DeserializeGuard<IngestSource>>, u32>>,
+    /// Generations of undeserializable IngestSources already reported.
+    reported_invalid: Mutex<HashMap<String, i64>>,
+}
+
+/// The operator's caches of its children, kept by the controller's watches.
+struct Stores {
+    service_accounts: Store<ServiceAccount>,
+    roles: Store<Role>,
+    role_bindings: Store<RoleBinding>,
+    config_maps: Store<ConfigMap>,
+    services: Store<Service>,
+    deployments: Store<Deployment>,
+    /// Token Secrets (labelled as the operator's).
+    tokens: Store<Secret>,
+    /// Metadata of every Secret, to know whether credentials exist.
+    secrets: Store<PartialObjectMeta<Secret>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// The metric label of this error's kind (bounded, never a message).
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.is_conflict() => "conflict",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+        }
+    }
+}
+
+/// Which IngestSources the operator serves.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    AllNamespaces,
+    Namespace(String),
+}
+
+impl Scope {
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match self {
+            Scope::AllNamespaces => Api::all(client.clone()),
+            Scope::Namespace(namespace) => Api::namespaced(client.clone(), namespace),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `ready` is called once the
+/// first list of IngestSources has been cached.
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    defaults: PodDefaults,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ready: impl FnOnce() + Send + 'static,
+) {
+    let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let (service_accounts, service_account_events) = watch_owned(scope.api(&client), owned.clone());
+    let (roles, role_events) = watch_owned(scope.api(&client), owned.clone());
+    let (role_bindings, role_binding_events) = watch_owned(scope.api(&client), owned.clone());
+    let (config_maps, config_map_events) = watch_owned(scope.api(&client), owned.clone());
+    let (services, service_events) = watch_owned(scope.api(&client), owned.clone());
+    let (deployments, deployment_events) = watch_owned(scope.api(&client), owned.clone());
+    let (tokens, token_events) = watch_owned(scope.api(&client), owned);
+    let (secrets, secret_writer) = reflector::store();
+    let secret_events = reflector::reflector(
+        secret_writer,
+        watcher(
+            scope.api::<PartialObjectMeta<Secret>>(&client),
+            watcher::Config::default(),
+        ),
+    )
+    .touched_objects()
+    .default_backoff();
+
+    let sources: Api<DeserializeGuard<IngestSource>> = scope.api(&client);
+    let controller = Controller::new(sources, watcher::Config::default().any_semantic());
+    let source_store = controller.store();
+    let credentials_users = source_store.clone();
+    let controller = controller
+        .owns_stream(service_account_events)
+        .owns_stream(role_events)
+        .owns_stream(role_binding_events)
+        .owns_stream(config_map_events)
+        .owns_stream(service_events)
+        .owns_stream(deployment_events)
+        .owns_stream(token_events)
+        // A credentials Secret appearing (or vanishing) concerns the
+        // IngestSources in its namespace that name it.
+        .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
+            let (namespace, name) = (secret.namespace(), secret.name_any());
+            credentials_users
+                .state()
+                .into_iter()
+                .filter(|guarded| {
+                    guarded.0.as_ref().is_ok_and(|source| {
+                        source.namespace() == namespace
+                            && children::credential_secrets(source)
+                                .iter()
+                                .any(|(_, s)| *s == name)
+                    })
+                })
+                .map(|guarded| ObjectRef::from_obj(&*guarded))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown);
+
+    let context = Arc::new(Context {
+        client,
+        defaults,
+        recorder,
+        metrics,
+        stores: Stores {
+            service_accounts,
+            roles,
+            role_bindings,
+            config_maps,
+            services,
+            deployments,
+            tokens,
+            secrets,
+        },
+        failures: Mutex::default(),
+        reported_invalid: Mutex::default(),
+    });
+    tokio::spawn(async move {
+        if source_store.wait_until_ready().await.is_ok() {
+            ready();
+        }
+    });
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok(_) => {}
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, object)) => {
+                    warn!(namespace = object.namespace, name = object.name, error = %err, "reconcile failed");
+                }
+                Err(err) => warn!(error = %err, "controller"),
+            }
+        })
+        .await;
+}
+
+/// A cache of the operator's children of kind `K`, and the stream of
+/// changes to them that triggers reconciles (deletions included).
+fn watch_owned<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = reflector::reflector(writer, watcher(api, config))
+        .touched_objects()
+        .default_backoff();
+    (store, events)
+}
+
+async fn reconcile(
+    guarded: Arc<DeserializeGuard<IngestSource>>,
+    context: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let object = ObjectRef::from_obj(&*guarded);
+    let span = info_span!(
+        "reconcile",
+        namespace = object.namespace,
+        name = object.name
+    );
+    let result = match &guarded.0 {
+        Ok(source) => reconcile_source(source, &context).instrument(span).await,
+        Err(invalid) => context.report_invalid(invalid).instrument(span).await,
+    };
+    context
+        .metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
+    if result.is_ok() {
+        lock(&context.failures).remove(&object);
+    }
+    result
+}
+
+fn error_policy(
+    guarded: Arc<DeserializeGuard<IngestSource>>,
+    error: &Error,
+    context: Arc<Context>,
+) -> Action {
+    let mut failures = lock(&context.failures);
+    let count = failures.entry(ObjectRef::from_obj(&*guarded)).or_insert(0);
+    *count += 1;
+    let delay = backoff(*count);
+    warn!(error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// 0.5 s after the first failure, doubling up to 5 minutes.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1 << failures.saturating_sub(1).min(10))
+        .min(Duration::from_secs(300))
+}
+
+async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Action, Error> {
+    let names = Names::of(source);
+    let namespace = source.namespace().unwrap_or_default();
+    let mut observed = Observed::default();
+
+    match RuntimeConfig::from_source(source) {
+        Err(invalid) => observed.problem = Some(Problem::InvalidSpec(invalid.to_string())),
+        Ok(config) => {
+            let token = context.token(source, &names, &namespace).await?;
+            let desired = children::build(source, &config, &token, &context.defaults);
+            let created = context
+                .apply_children(&namespace, &desired, &mut observed)
+                .await?;
+            if !created.is_empty() {
+                context
+                    .notify(
+                        source,
+                        EventType::Normal,
+                        "Created",
+                        format!("created {}", created.join(", ")),
+                    )
+                    .await;
+            }
+            observed.problem = context.missing_credentials(source, &namespace);
+        }
+    }
+
+    let new = status::compute(
+        source,
+        &observed,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    if !status::unchanged(source.status.as_ref(), &new) {
+        context.write_status(source, &new).await?;
+        for notice in status::notices(source, &new) {
+            let kind = if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            context
+                .notify(source, kind, &notice.reason, notice.note)
+                .await;
+        }
+    }
+    Ok(match new.phase {
+        Some(Phase::Failed) => Action::await_change(),
+        _ => Action::requeue(RESYNC),
+    })
+}
+
+impl Context {
+    /// The token from the token Secret, creating the Secret the first time.
+    async fn token(
+        &self,
+        source: &IngestSource,
+        names: &Names,
+        namespace: &str,
+    ) -> Result<String, Error> {
+        let cached = self
+            .stores
+            .tokens
+            .get(&ObjectRef::new(&names.token).within(namespace));
+        if let Some(token) = cached.as_deref().and_then(token_of) {
+            return Ok(token);
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let fresh = children::token_secret(source, &children::new_token());
+        match api.create(&PostParams::default(), &fresh).await {
+            Ok(created) => {
+                self.metrics.wrote("Secret");
+                Ok(token_of(&created).unwrap_or_default())
+            }
+            // Created a moment ago and not cached yet, or made by hand:
+            // keep what is there.
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                let existing = api.get(&names.token).await?;
+                match token_of(&existing) {
+                    Some(token) => Ok(token),
+                    None => {
+                        let repaired = api
+                            .patch(
+                                &names.token,
+                                &PatchParams::apply(MANAGER).force(),
+                                &Patch::Apply(&fresh),
+                            )
+                            .await?;
+                        self.metrics.wrote("Secret");
+                        Ok(token_of(&repaired).unwrap_or_default())
+                    }
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Applies each child that differs from what is cached, records the
+    /// Deployments' rollouts in `observed`, and returns what was created.
+    async fn apply_children(
+        &self,
+        namespace: &str,
+        desired: &Children,
+        observed: &mut Observed,
+    ) -> Result<Vec<String>, Error> {
+        let mut created = Vec::new();
+        let stores = &self.stores;
+        self.ensure(
+            &stores.service_accounts,
+            namespace,
+            &desired.coordinator_account,
+            &mut created,
+        )
+        .await?;
+        self.ensure(
+            &stores.service_accounts,
+            namespace,
+            &desired.worker_account,
+            &mut created,
+        )
+        .await?;
+        self.ensure(&stores.roles, namespace, &desired.role, &mut created)
+            .await?;
+        self.ensure(
+            &stores.role_bindings,
+            namespace,
+            &desired.role_binding,
+            &mut created,
+        )
+        .await?;
+        self.ensure(
+            &stores.config_maps,
+            namespace,
+            &desired.config,
+            &mut created,
+        )
+        .await?;
+        self.ensure(&stores.services, namespace, &desired.service, &mut created)
+            .await?;
+        let coordinator = self
+            .ensure(
+                &stores.deployments,
+                namespace,
+                &desired.coordinator,
+                &mut created,
+            )
+            .await?;
+        let workers = self
+            .ensure(
+                &stores.deployments,
+                namespace,
+                &desired.workers,
+                &mut created,
+            )
+            .await?;
+        observed.coordinator = Some(Rollout::of(&coordinator));
+        observed.workers = Some(Rollout::of(&workers));
+        Ok(created)
+    }
+
+    /// Makes `desired` true of the cluster: nothing when the cached object
+    /// already says it (so a no-op reconcile writes nothing), else
+    /// server-side apply. Returns the object as it now is.
+    async fn ensure<K>(
+        &self,
+        store: &Store<K>,
+        namespace: &str,
+        desired: &K,
+        created: &mut Vec<String>,
+    ) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
+        let name = desired.meta().name.clone().unwrap_or_default();
+        let mut desired = desired.clone();
+        let digest = digest(&desired);
+        desired
+            .meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(APPLIED_ANNOTATION.into(), digest.clone());
+        let cached = store.get(&ObjectRef::new(&name).within(namespace));
+        if let Some(live) = &cached
+            && live.annotations().get(APPLIED_ANNOTATION) == Some(&digest)
+            && contains(&to_value(&**live), &to_value(&desired))
+        {
+            return Ok((**live).clone());
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await?;
+        self.metrics.wrote(&K::kind(&()));
+        if cached.is_none() {
+            created.push(format!("{} {name}", K::kind(&())));
+        } else {
+            info!(kind = %K::kind(&()), name, "updated");
+        }
+        Ok(applied)
+    }
+
+    /// The first credentials Secret `source` names that does not exist.
+    fn missing_credentials(&self, source: &IngestSource, namespace: &str) -> Option<Problem> {
+        children::credential_secrets(source)
+            .into_iter()
+            .find(|(_, secret)| {
+                self.stores
+                    .secrets
+                    .get(&ObjectRef::new(secret).within(namespace))
+                    .is_none()
+            })
+            .map(|(store, secret)| Problem::CredentialsSecretNotFound {
+                secret,
+                field: store.field(),
+            })
+    }
+
+    async fn write_status(
+        &self,
+        source: &IngestSource,
+        status: &IngestSourceStatus,
+    ) -> Result<(), Error> {
+        let api: Api<IngestSource> =
+            Api::namespaced(self.client.clone(), &source.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": IngestSource::api_version(&()),
+            "kind": IngestSource::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &source.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.metrics.wrote("IngestSource/status");
+        Ok(())
+    }
+
+    /// An IngestSource the operator cannot even read: say why in its status,
+    /// once per generation, and wait for a change.
+    async fn report_invalid(
+        &self,
+        invalid: &kube::core::error_boundary::InvalidObject,
+    ) -> Result<Action, Error> {
+        let meta = &invalid.metadata;
+        let (uid, generation) = (
+            meta.uid.clone().unwrap_or_default(),
+            meta.generation.unwrap_or(0),
+        );
+        if lock(&self.reported_invalid).get(&uid) == Some(&generation) {
+            return Ok(Action::await_change());
+        }
+        warn!(error = %invalid.error, "cannot read IngestSource");
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let message = format!(
+            "sluice cannot read this IngestSource: {}; fix it to continue",
+            invalid.error
+        );
+        let condition = |type_: &str, status: &str, reason: &str| {
+            json!({"type": type_, "status": status, "reason": reason, "message": message,
+                   "observedGeneration": generation, "lastTransitionTime": now})
+        };
+        let resource = ApiResource::erase::<IngestSource>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            meta.namespace.as_deref().unwrap_or_default(),
+            &resource,
+        );
+        let patch = json!({
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+            "status": {
+                "observedGeneration": generation,
+                "phase": Phase::Failed,
+                "conditions": [
+                    condition(status::READY, "False", "InvalidSpec"),
+                    condition(status::DEGRADED, "True", "InvalidSpec"),
+                ],
+            },
+        });
+        let name = meta.name.clone().unwrap_or_default();
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.metrics.wrote("IngestSource/status");
+        lock(&self.reported_invalid).insert(uid, generation);
+        Ok(Action::await_change())
+    }
+
+    async fn notify(&self, source: &IngestSource, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &source.object_ref(&())).await {
+            warn!(error = %err, reason, "cannot record event");
+        }
+    }
+}
+
+fn token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(TOKEN_KEY)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|token| !token.is_empty())
+}
+
+fn to_value(object: &impl Serialize) -> Value {
+    serde_json::to_value(object).unwrap_or(Value::Null)
+}
+
+/// A digest of what the operator applies for one object.
+fn digest(object: &impl Serialize) -> String {
+    let hash = Sha256::digest(to_value(object).to_string());
+    hash[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `live` says everything `desired` says. The API server adds
+/// defaults and status, so `live` may hold more; lists must match item by
+/// item.
+fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, want)| {
+            want.is_null() || live.get(key).is_some_and(|have| contains(have, want))
+        }),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len()
+                && live
+                    .iter()
+                    .zip(desired)
+                    .all(|(have, want)| contains(have, want))
+        }
+        (live, desired) => live == desired,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_objects_with_defaults_contain_what_was_applied() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "w"}]}}});
+        let live = json!({"spec": {"replicas": 2, "revisionHistoryLimit": 10,
+            "template": {"containers": [{"name": "w", "imagePullPolicy": "IfNotPresent"}]}},
+            "status": {"readyReplicas": 1}});
+        assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn drift_is_seen() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "w"}]}}});
+        let scaled = json!({"spec": {"replicas": 7, "template": {"containers": [{"name": "w"}]}}});
+        let extra_container = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "w"}, {"name": "x"}]}}});
+        let missing = json!({"spec": {"template": {"containers": [{"name": "w"}]}}});
+        assert!(!contains(&scaled, &desired));
+        assert!(!contains(&extra_container, &desired));
+        assert!(!contains(&missing, &desired));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn digests_change_with_content() {
+        assert_eq!(digest(&json!({"a": 1})), digest(&json!({"a": 1})));
+        assert_ne!(digest(&json!({"a": 1})), digest(&json!({"a": 2})));
+    }
+}

@@ -1,0 +1,202 @@
+//! The operator: what `sluice operator` runs. For every IngestSource it
+//! keeps a coordinator and a pool of workers in shape (see [`children`]),
+//! reports what it sees in the status (see [`status`]), and only reconciles
+//! while it holds the leader Lease (see [`leader`]).
+
+pub mod children;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+use tracing::{error, info};
+
+use crate::telemetry::{self, LogFormat, Readiness};
+use children::PodDefaults;
+use controller::Scope;
+use leader::{LeaderElector, LeaseConfig};
+
+/// `sluice operator`: reconcile IngestSources into coordinators and worker
+/// pools.
+#[derive(clap::Args, Debug)]
+pub struct OperatorArgs {
+    /// The image the coordinator and worker pods run.
+    #[arg(long, env = "SLUICE_IMAGE", default_value = concat!("sluice:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+
+    /// The pull policy of that image (Always, IfNotPresent, Never); unset:
+    /// Kubernetes' default for the tag.
+    #[arg(long, env = "SLUICE_IMAGE_PULL_POLICY")]
+    pub image_pull_policy: Option<String>,
+
+    /// Serve only IngestSources in this namespace; unset: all namespaces.
+    #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "SLUICE_ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub admin_address: SocketAddr,
+
+    /// Reconcile only while holding the leader Lease, so that several
+    /// replicas can run and exactly one works.
+    #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// The namespace of the leader Lease (in a pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// The name of the leader Lease.
+    #[arg(long, default_value = "sluice-operator")]
+    pub lease_name: String,
+
+    /// How long a leader's Lease is valid without renewal; a standby takes
+    /// over at most this long after the leader dies.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How often the leader renews its Lease.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub lease_renew_interval: Duration,
+
+    /// This replica's identity in the Lease (in a pod: its name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How logs are written.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::duration::Duration::parse(text)
+        .map(|d| d.0)
+        .map_err(|err| err.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[from] kube::Error),
+    #[error("cannot serve health and metrics: {0}")]
+    Admin(#[from] std::io::Error),
+    #[error("leader election: {0}")]
+    Leader(#[from] leader::Error),
+    #[error("lost the leader Lease; exiting so that a standby takes over")]
+    LostLeadership,
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(args: OperatorArgs) -> Result<(), Error> {
+    telemetry::init_logging(args.log_format);
+    let client = kube::Client::try_default().await?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(metrics::Metrics::new(&mut registry));
+    // A standby replica is healthy and ready; the leader is ready once its
+    // first watch has synced.
+    let readiness = Readiness::default();
+    readiness.set(true);
+    let admin = telemetry::serve_admin(args.admin_address, readiness.clone(), registry).await?;
+    info!(address = %admin, "serving /healthz, /readyz and /metrics");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let elector = args.leader_election.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: args.lease_duration,
+                renew_interval: args.lease_renew_interval,
+            },
+        )
+    });
+    if let Some(elector) = &elector {
+        tokio::select! {
+            acquired = elector.acquire() => acquired?,
+            () = shutdown() => return Ok(()),
+        }
+    }
+
+    readiness.set(false);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: controller::MANAGER.into(),
+            instance: Some(identity),
+        },
+    );
+    let scope = args
+        .watch_namespace
+        .map_or(Scope::AllNamespaces, Scope::Namespace);
+    let defaults = PodDefaults {
+        image: args.image,
+        image_pull_policy: args.image_pull_policy,
+    };
+    let reconciling = controller::run(
+        client,
+        scope,
+        defaults,
+        recorder,
+        metrics,
+        shutdown(),
+        move || readiness.set(true),
+    );
+    match elector {
+        None => {
+            reconciling.await;
+            Ok(())
+        }
+        Some(elector) => tokio::select! {
+            () = reconciling => {
+                elector.release().await;
+                Ok(())
+            }
+            lost = elector.hold() => {
+                error!(reason = %lost, "lost the leader Lease");
+                Err(Error::LostLeadership)
+            }
+        },
+    }
+}
+
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Outside a pod: the host name and the process id, unique per process.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
