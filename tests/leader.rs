@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::PostParams;
 use sluice::operator::leader::{LeaderElector, LeaseConfig, Lost};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
 const LEASE_DURATION: Duration = Duration::from_secs(2);
 const RENEW_INTERVAL: Duration = Duration::from_millis(500);
@@ -99,13 +99,11 @@ async fn standby_takes_over_within_the_lease_duration_when_the_leader_stops_rene
     let standby = stand_by(&second);
 
     holding.abort();
-    let stopped = Instant::now();
     let last_renewal = lease_spec(&leases).await.renew_time.unwrap().0;
     timeout(LEASE_DURATION + RENEW_INTERVAL, standby)
         .await
         .expect("the standby takes over within a lease duration")
         .unwrap();
-    assert!(stopped.elapsed() <= LEASE_DURATION + RENEW_INTERVAL);
 
     let spec = lease_spec(&leases).await;
     assert_eq!(spec.holder_identity.as_deref(), Some("second"));
@@ -145,14 +143,21 @@ async fn leader_notices_when_another_process_takes_the_lease() {
     let (first, _, leases) = two_candidates("leader-intruder").await;
     let holding = lead(&first).await;
 
-    let mut lease = leases.get("sluice-operator").await.unwrap();
-    if let Some(spec) = lease.spec.as_mut() {
-        spec.holder_identity = Some("intruder".into());
+    loop {
+        let mut lease = leases.get("sluice-operator").await.unwrap();
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = Some("intruder".into());
+        }
+        match leases
+            .replace("sluice-operator", &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => break,
+            // The leader renewed between our read and our write.
+            Err(kube::Error::Api(status)) if status.is_conflict() => continue,
+            Err(err) => panic!("{err}"),
+        }
     }
-    leases
-        .replace("sluice-operator", &PostParams::default(), &lease)
-        .await
-        .unwrap();
 
     // The next renewal, at most one renew interval away, sees it.
     let lost = timeout(2 * RENEW_INTERVAL, holding)

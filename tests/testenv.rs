@@ -158,12 +158,8 @@ fn environments_run_side_by_side_and_leave_nothing_behind() {
         .unwrap();
     assert!(nodes.status.success());
 
-    let pids: Vec<u32> = second_kube
-        .pids()
-        .iter()
-        .map(|(_, pid)| *pid)
-        .chain([second_minio.pid()])
-        .collect();
+    let mut pids = second_kube.pids();
+    pids.push(second_minio.pid());
     let dirs = [second_kube.dir().to_owned(), second_minio.dir().to_owned()];
     drop(second_kube);
     drop(second_minio);
@@ -186,14 +182,16 @@ fn environments_run_side_by_side_and_leave_nothing_behind() {
 #[test]
 fn dev_env_takes_its_servers_along_however_it_ends() {
     for signal in [libc::SIGINT, libc::SIGKILL] {
-        let mut env = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["dev", "env"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut env = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["dev", "env"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
         let mut dirs = Vec::new();
-        for line in BufReader::new(env.stdout.take().unwrap()).lines() {
+        for line in BufReader::new(env.0.stdout.take().unwrap()).lines() {
             let line = line.unwrap();
             if let Some(rest) = line.strip_prefix("Logs and data: ") {
                 dirs = rest.split(" and ").map(PathBuf::from).collect();
@@ -210,13 +208,13 @@ fn dev_env_takes_its_servers_along_however_it_ends() {
         let servers = processes_under(&dirs);
         assert_eq!(
             servers.len(),
-            3,
-            "etcd, kube-apiserver and minio run: {servers:?}"
+            4,
+            "etcd, kube-apiserver, kube-controller-manager and minio run: {servers:?}"
         );
 
         // SAFETY: signalling a child we started.
-        unsafe { libc::kill(env.id() as i32, signal) };
-        let status = env.wait().unwrap();
+        unsafe { libc::kill(env.0.id() as i32, signal) };
+        let status = env.0.wait().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !processes_under(&dirs).is_empty() {
             assert!(
@@ -235,6 +233,16 @@ fn dev_env_takes_its_servers_along_however_it_ends() {
             dirs.iter()
                 .for_each(|dir| drop(std::fs::remove_dir_all(dir)));
         }
+    }
+}
+
+/// A child that is killed if the test fails before it ends it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

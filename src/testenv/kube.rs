@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,11 +20,21 @@ use super::{Error, scratch_dir, tools, with_port_retries};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A running etcd and kube-apiserver, stopped and deleted on drop.
+/// A running etcd, kube-apiserver and kube-controller-manager, stopped and
+/// deleted on drop.
+///
+/// The controller manager runs only what a real cluster's control plane
+/// does for objects without pods: garbage collection (owner references),
+/// namespace deletion and default ServiceAccounts. No Deployment controller
+/// runs (there is no kubelet to run pods), so tests stand in for it by
+/// writing Deployment status themselves.
 pub struct KubeEnv {
-    // Field order is drop order: the API server stops before etcd.
-    apiserver: Daemon,
+    // Field order is drop order: clients of the API server stop first.
+    controller_manager: Daemon,
+    /// None only while restarting.
+    apiserver: Mutex<Option<Daemon>>,
     etcd: Daemon,
+    etcd_url: String,
     server: String,
     kubeconfig: PathBuf,
     ca_cert: PathBuf,
@@ -41,11 +52,15 @@ impl KubeEnv {
         let kubectl = tools::binary("kubectl")?;
         let (apiserver, server, kubeconfig) = with_port_retries(|| {
             etcd.check_running()?;
-            start_apiserver(dir.path(), &pki, &etcd_url, &kubectl)
+            let port = free_port()?;
+            start_apiserver(dir.path(), &pki, &etcd_url, port, &kubectl)
         })?;
+        let controller_manager = start_controller_manager(dir.path(), &kubeconfig)?;
         Ok(Self {
-            apiserver,
+            controller_manager,
+            apiserver: Mutex::new(Some(apiserver)),
             etcd,
+            etcd_url,
             server,
             kubeconfig,
             ca_cert: pki.ca_cert,
@@ -141,12 +156,38 @@ impl KubeEnv {
         Ok(name)
     }
 
-    /// The process ids of etcd and kube-apiserver.
-    pub fn pids(&self) -> [(&str, u32); 2] {
+    /// The process ids of etcd, kube-apiserver and kube-controller-manager.
+    pub fn pids(&self) -> Vec<u32> {
+        let apiserver = lock(&self.apiserver).as_ref().map(Daemon::pid);
         [
-            (self.etcd.name(), self.etcd.pid()),
-            (self.apiserver.name(), self.apiserver.pid()),
+            Some(self.etcd.pid()),
+            apiserver,
+            Some(self.controller_manager.pid()),
         ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Kills kube-apiserver (SIGKILL) and starts it again on the same port
+    /// with the same etcd, as after a control-plane crash. Returns once it
+    /// is ready again.
+    pub fn restart_apiserver(&self) -> Result<(), Error> {
+        let mut apiserver = lock(&self.apiserver);
+        let port: u16 = self
+            .server
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_default();
+        // Dropping the daemon kills it and waits for it to exit.
+        drop(apiserver.take());
+        let pki = Pki::paths(self.dir.path());
+        let (restarted, _, _) = with_port_retries(|| {
+            start_apiserver(self.dir.path(), &pki, &self.etcd_url, port, &self.kubectl)
+        })?;
+        *apiserver = Some(restarted);
+        Ok(())
     }
 }
 
@@ -175,9 +216,9 @@ fn start_apiserver(
     dir: &Path,
     pki: &Pki,
     etcd_url: &str,
+    port: u16,
     kubectl: &Path,
 ) -> Result<(Daemon, String, PathBuf), Error> {
-    let port = free_port()?;
     let server = format!("https://127.0.0.1:{port}");
     let mut command = Command::new(tools::binary("kube-apiserver")?);
     command
@@ -209,7 +250,8 @@ fn start_apiserver(
         .arg("--allow-privileged=true")
         .arg("--enable-priority-and-fairness=false")
         .arg("--profiling=false");
-    let mut apiserver = Daemon::spawn("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
+    let log = dir.join("kube-apiserver.log");
+    let mut apiserver = Daemon::spawn("kube-apiserver", command, &log)?;
     let kubeconfig = dir.join("kubeconfig");
     write_kubeconfig(&kubeconfig, &server, pki)?;
     apiserver.wait_ready(STARTUP_TIMEOUT, || {
@@ -221,6 +263,24 @@ fn start_apiserver(
             .is_ok_and(|output| output.status.success())
     })?;
     Ok((apiserver, server, kubeconfig))
+}
+
+/// Garbage collection, namespace deletion and default ServiceAccounts.
+fn start_controller_manager(dir: &Path, kubeconfig: &Path) -> Result<Daemon, Error> {
+    let mut command = Command::new(tools::binary("kube-controller-manager")?);
+    command
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg("--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller")
+        .arg("--leader-elect=false")
+        // Serve nothing: the tests only need the controllers.
+        .arg("--secure-port=0");
+    let mut daemon = Daemon::spawn(
+        "kube-controller-manager",
+        command,
+        &dir.join("kube-controller-manager.log"),
+    )?;
+    daemon.check_running()?;
+    Ok(daemon)
 }
 
 /// Certificate and key files, all under the environment's directory.
@@ -235,8 +295,8 @@ struct Pki {
 }
 
 impl Pki {
-    fn write(dir: &Path) -> Result<Self, Error> {
-        let pki = Self {
+    fn paths(dir: &Path) -> Self {
+        Self {
             ca_cert: dir.join("ca.crt"),
             serving_cert: dir.join("apiserver.crt"),
             serving_key: dir.join("apiserver.key"),
@@ -244,8 +304,11 @@ impl Pki {
             admin_key: dir.join("admin.key"),
             sa_private: dir.join("sa.key"),
             sa_public: dir.join("sa.pub"),
-        };
+        }
+    }
 
+    fn write(dir: &Path) -> Result<Self, Error> {
+        let pki = Self::paths(dir);
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::new())?;
         ca.distinguished_name
@@ -331,4 +394,10 @@ fn write(path: &Path, contents: &str) -> Result<(), Error> {
         what: format!("writing {}", path.display()),
         source,
     })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
