@@ -48,6 +48,10 @@ pub struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     stores: Stores,
+    /// True once every store holds its first list: until then a missing
+    /// child may only be missing from the cache, and applying it would be
+    /// a needless write.
+    synced: tokio::sync::watch::Receiver<bool>,
     /// Consecutive failures per IngestSource, for backoff.
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<IngestSource>>, u32>>,
     /// Generations of undeserializable IngestSources already reported.
@@ -55,6 +59,7 @@ pub struct Context {
 }
 
 /// The operator's caches of its children, kept by the controller's watches.
+#[derive(Clone)]
 struct Stores {
     service_accounts: Store<ServiceAccount>,
     roles: Store<Role>,
@@ -132,10 +137,12 @@ pub async fn run(
         ),
     )
     .touched_objects()
-    .default_backoff();
+    .backoff(WatchBackoff::default())
+    .filter_map(report_watch_error);
 
     let sources: Api<DeserializeGuard<IngestSource>> = scope.api(&client);
-    let controller = Controller::new(sources, watcher::Config::default().any_semantic());
+    let controller = Controller::new(sources, watcher::Config::default().any_semantic())
+        .trigger_backoff(WatchBackoff::default());
     let source_store = controller.store();
     let credentials_users = source_store.clone();
     let controller = controller
@@ -166,28 +173,33 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown);
 
+    let stores = Stores {
+        service_accounts,
+        roles,
+        role_bindings,
+        config_maps,
+        services,
+        deployments,
+        tokens,
+        secrets,
+    };
+    let (synced_sender, synced_receiver) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context {
         client,
         defaults,
         recorder,
         metrics,
-        stores: Stores {
-            service_accounts,
-            roles,
-            role_bindings,
-            config_maps,
-            services,
-            deployments,
-            tokens,
-            secrets,
-        },
+        stores: stores.clone(),
+        synced: synced_receiver,
         failures: Mutex::default(),
         reported_invalid: Mutex::default(),
     });
     tokio::spawn(async move {
-        if source_store.wait_until_ready().await.is_ok() {
-            ready();
-        }
+        synced(&source_store).await;
+        stores.synced().await;
+        info!("IngestSources and their children listed; ready");
+        let _ = synced_sender.send(true);
+        ready();
     });
     controller
         .run(reconcile, error_policy, context)
@@ -201,6 +213,35 @@ pub async fn run(
             }
         })
         .await;
+}
+
+impl Stores {
+    async fn synced(&self) {
+        futures::join!(
+            synced(&self.service_accounts),
+            synced(&self.roles),
+            synced(&self.role_bindings),
+            synced(&self.config_maps),
+            synced(&self.services),
+            synced(&self.deployments),
+            synced(&self.tokens),
+            synced(&self.secrets),
+        );
+    }
+}
+
+/// Resolves once `store` holds its first list (or its watch has ended).
+async fn synced<K>(store: &Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    // A store's readiness wakes only its latest waiter, and the controller
+    // waits on the IngestSource store too, so look again now and then.
+    while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }
 
 /// A cache of the operator's children of kind `K`, and the stream of
@@ -218,8 +259,27 @@ where
     let (store, writer) = reflector::store();
     let events = reflector::reflector(writer, watcher(api, config))
         .touched_objects()
-        .default_backoff();
+        .backoff(WatchBackoff::default())
+        .filter_map(report_watch_error);
     (store, events)
+}
+
+/// Logs a watch error of a secondary stream and keeps it from the
+/// controller: the stream has already backed off on its own, and the
+/// controller's backoff, which pauses every watch, is for its own.
+async fn report_watch_error<K>(
+    event: Result<K, watcher::Error>,
+) -> Option<Result<K, watcher::Error>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    match event {
+        Ok(object) => Some(Ok(object)),
+        Err(err) => {
+            warn!(kind = %K::kind(&()), error = %err, "watch failed; retrying");
+            None
+        }
+    }
 }
 
 async fn reconcile(
@@ -259,14 +319,52 @@ fn error_policy(
     Action::requeue(delay)
 }
 
-/// 0.5 s after the first failure, doubling up to 5 minutes.
+/// A failed reconcile is retried 0.5 s after the first failure, doubling up
+/// to 5 minutes.
 fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(500)
-        .saturating_mul(1 << failures.saturating_sub(1).min(10))
-        .min(Duration::from_secs(300))
+    exponential(
+        failures,
+        Duration::from_millis(500),
+        Duration::from_secs(300),
+    )
+}
+
+/// `first` after the first failure, doubling up to `max`.
+fn exponential(failures: u32, first: Duration, max: Duration) -> Duration {
+    first
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(max)
+}
+
+/// Watches are restarted 250 ms after the first error, doubling up to 4 s,
+/// and from the start again once events flow. With client-go's cap of 30 s,
+/// an API server back from a restart would go unwatched for half a minute.
+#[derive(Debug, Default)]
+struct WatchBackoff {
+    failures: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.failures += 1;
+        Some(exponential(
+            self.failures,
+            Duration::from_millis(250),
+            Duration::from_secs(4),
+        ))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Action, Error> {
+    let _ = context.synced.clone().wait_for(|synced| *synced).await;
     let names = Names::of(source);
     let namespace = source.namespace().unwrap_or_default();
     let mut observed = Observed::default();
@@ -451,12 +549,15 @@ impl Context {
             .get_or_insert_with(Default::default)
             .insert(APPLIED_ANNOTATION.into(), digest.clone());
         let cached = store.get(&ObjectRef::new(&name).within(namespace));
-        if let Some(live) = &cached
-            && live.annotations().get(APPLIED_ANNOTATION) == Some(&digest)
-            && contains(&to_value(&**live), &to_value(&desired))
-        {
-            return Ok((**live).clone());
-        }
+        let why = match &cached {
+            None => "missing",
+            Some(live) if live.annotations().get(APPLIED_ANNOTATION) != Some(&digest) => {
+                "spec changed"
+            }
+            Some(live) if !contains(&to_value(&**live), &to_value(&desired)) => "drifted",
+            Some(live) => return Ok((**live).clone()),
+        };
+        tracing::debug!(kind = %K::kind(&()), name, why, cached = store.state().len(), "applying");
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         let applied = api
             .patch(
@@ -652,6 +753,17 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(1));
         assert_eq!(backoff(4), Duration::from_secs(4));
         assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn watches_retry_within_seconds_and_start_over_after_success() {
+        use kube::runtime::utils::Backoff;
+        let mut watch = WatchBackoff::default();
+        let delays: Vec<Duration> = (&mut watch).take(7).collect();
+        assert_eq!(delays[0], Duration::from_millis(250));
+        assert_eq!(delays[6], Duration::from_secs(4));
+        watch.reset();
+        assert_eq!(watch.next(), Some(Duration::from_millis(250)));
     }
 
     #[test]

@@ -30,7 +30,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 /// writing Deployment status themselves.
 pub struct KubeEnv {
     // Field order is drop order: clients of the API server stop first.
-    controller_manager: Daemon,
+    /// None only while restarting.
+    controller_manager: Mutex<Option<Daemon>>,
     /// None only while restarting.
     apiserver: Mutex<Option<Daemon>>,
     etcd: Daemon,
@@ -57,7 +58,7 @@ impl KubeEnv {
         })?;
         let controller_manager = start_controller_manager(dir.path(), &kubeconfig)?;
         Ok(Self {
-            controller_manager,
+            controller_manager: Mutex::new(Some(controller_manager)),
             apiserver: Mutex::new(Some(apiserver)),
             etcd,
             etcd_url,
@@ -159,14 +160,21 @@ impl KubeEnv {
     /// The process ids of etcd, kube-apiserver and kube-controller-manager.
     pub fn pids(&self) -> Vec<u32> {
         let apiserver = lock(&self.apiserver).as_ref().map(Daemon::pid);
-        [
-            Some(self.etcd.pid()),
-            apiserver,
-            Some(self.controller_manager.pid()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        let controller_manager = lock(&self.controller_manager).as_ref().map(Daemon::pid);
+        [Some(self.etcd.pid()), apiserver, controller_manager]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Restarts kube-controller-manager, whose garbage collector otherwise
+    /// learns of CustomResourceDefinitions installed after it started only
+    /// at its next discovery (every 30 s).
+    pub fn restart_controller_manager(&self) -> Result<(), Error> {
+        let mut controller_manager = lock(&self.controller_manager);
+        drop(controller_manager.take());
+        *controller_manager = Some(start_controller_manager(self.dir.path(), &self.kubeconfig)?);
+        Ok(())
     }
 
     /// Kills kube-apiserver (SIGKILL) and starts it again on the same port

@@ -85,6 +85,19 @@ impl Daemon {
         }
     }
 
+    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it
+    /// to exit; dropping the daemon afterwards kills whatever is left.
+    pub fn terminate(&mut self, grace: Duration) {
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `ready` every 50 ms until it answers true, the process exits,
     /// or `timeout` passes.
     pub fn wait_ready(

@@ -4,12 +4,17 @@
 //! namespaces and buckets.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Output, Stdio};
-use std::sync::OnceLock;
+pub mod sources;
 
-use sluice::testenv::{KubeEnv, MinioEnv};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use sluice::testenv::{Daemon, KubeEnv, MinioEnv, free_port, http_get};
 
 /// The repository root, where `crds/` and `examples/` are.
 pub fn repo() -> &'static Path {
@@ -42,6 +47,8 @@ pub fn kube_with_crd() -> &'static KubeEnv {
             ],
             None,
         ));
+        kube.restart_controller_manager()
+            .unwrap_or_else(|err| panic!("{err}"));
     });
     kube
 }
@@ -91,4 +98,121 @@ pub fn fail(output: Output) -> String {
         String::from_utf8_lossy(&output.stdout)
     );
     String::from_utf8(output.stderr).expect("kubectl prints UTF-8")
+}
+
+/// Polls `probe` every 50 ms until it yields a value, or panics naming
+/// `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `sluice operator` process against an API server, stopped on drop.
+pub struct Operator {
+    daemon: Daemon,
+    admin_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    /// Starts the operator binary against `kube` (admin credentials) with
+    /// `args` added, and waits until it serves /healthz.
+    pub fn start(kube: &KubeEnv, identity: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("operator.log");
+        let admin_port = free_port().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .env("KUBECONFIG", kube.kubeconfig())
+            .env("RUST_LOG", "info,sluice=debug")
+            .args(["operator", "--image", "sluice:test", "--identity", identity])
+            .arg(format!("--admin-address=127.0.0.1:{admin_port}"))
+            .args(args);
+        let mut daemon = Daemon::spawn("sluice operator", command, &log).unwrap();
+        daemon
+            .wait_ready(Duration::from_secs(30), || {
+                http_get(admin_port, "/healthz").is_some()
+            })
+            .unwrap_or_else(|err| panic!("{err}"));
+        Self {
+            daemon,
+            admin_port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The sum of every series of the Prometheus metric `name`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) =
+            http_get(self.admin_port, "/metrics").expect("the operator serves /metrics");
+        body.lines()
+            .filter(|line| line.split(['{', ' ']).next() == Some(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin_port, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// What the operator logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    /// A graceful stop, so the operator releases its leader Lease for the
+    /// next one.
+    fn drop(&mut self) {
+        self.daemon.terminate(Duration::from_secs(10));
+    }
+}
+
+/// This binary's operator: all namespaces, leader-elected, against
+/// [`kube_with_crd`].
+pub fn operator() -> &'static Operator {
+    static OPERATOR: OnceLock<Operator> = OnceLock::new();
+    OPERATOR.get_or_init(|| Operator::start(kube_with_crd(), "shared", &[]))
+}
+
+/// Stands in for the Deployment controller and the kubelet: reports every
+/// wanted pod of Deployment `name` as updated and ready.
+pub async fn mark_ready(client: &kube::Client, namespace: &str, name: &str) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = api.get(name).await.unwrap();
+    let replicas = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = serde_json::json!({"status": {
+        "observedGeneration": deployment.metadata.generation,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
+    }});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }

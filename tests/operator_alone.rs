@@ -1,0 +1,261 @@
+//! The operator alone against its API server, one test at a time: writes
+//! counted with no other source in play, leader election between two
+//! operator processes, and an API server restart.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use sluice::crd::{IngestSource, Phase};
+use support::sources::*;
+use support::{Operator, eventually, kube_with_crd, mark_ready};
+
+/// Tests here start their own operators, which would reconcile each other's
+/// sources, so they take turns.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const LEASE: [&str; 4] = ["--lease-duration", "3s", "--lease-renew-interval", "1s"];
+
+#[tokio::test]
+async fn a_reconcile_that_changes_nothing_writes_nothing() {
+    let _alone = ALONE.lock().await;
+    let kube = kube_with_crd();
+    let operator = Operator::start(kube, "noop", &[]);
+    let (client, ns) = (kube.client().await, kube.namespace("noop").unwrap());
+    create_credentials(&client, &ns).await;
+    apply(&client, &ns, &orders("orders")).await;
+    deployment_where(&client, &ns, "orders-worker", "workers", |_| true).await;
+    mark_ready(&client, &ns, "orders-coordinator").await;
+    mark_ready(&client, &ns, "orders-worker").await;
+    wait_for_phase(&client, &ns, "orders", Phase::Running).await;
+    let versions = || async {
+        let mut versions = BTreeMap::new();
+        for deployment in Api::<Deployment>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            versions.insert(
+                format!("Deployment/{}", deployment.name_any()),
+                deployment.resource_version(),
+            );
+        }
+        for config in Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            versions.insert(
+                format!("ConfigMap/{}", config.name_any()),
+                config.resource_version(),
+            );
+        }
+        for secret in Api::<Secret>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            versions.insert(
+                format!("Secret/{}", secret.name_any()),
+                secret.resource_version(),
+            );
+        }
+        versions.insert(
+            "status".into(),
+            Some(format!("{:?}", source(&client, &ns, "orders").await.status)),
+        );
+        versions
+    };
+    let before = versions().await;
+    let (writes, reconciles) = (
+        operator.metric("sluice_operator_api_writes_total"),
+        operator.metric("sluice_operator_reconciles_total"),
+    );
+
+    // Touching the IngestSource's metadata triggers reconciles that find
+    // nothing to do.
+    for round in 0..3 {
+        Api::<IngestSource>::namespaced(client.clone(), &ns)
+            .patch(
+                "orders",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"test/touch": round.to_string()}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        let at_least = reconciles + f64::from(round + 1);
+        eventually("a reconcile of the touched source", SETTLE, || async {
+            (operator.metric("sluice_operator_reconciles_total") >= at_least).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        operator.metric("sluice_operator_api_writes_total"),
+        writes,
+        "no-op reconciles wrote to the API:\n{}",
+        operator.log()
+    );
+    assert_eq!(versions().await, before);
+}
+
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "default")
+        .get_opt("sluice-operator")
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over() {
+    let _alone = ALONE.lock().await;
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let ns = kube.namespace("failover").unwrap();
+    create_credentials(&client, &ns).await;
+
+    let first = Operator::start(kube, "first", &LEASE);
+    eventually("first holds the lease", SETTLE, || async {
+        (lease_holder(&client).await.as_deref() == Some("first")).then_some(())
+    })
+    .await;
+    let second = Operator::start(kube, "second", &LEASE);
+    apply(&client, &ns, &orders("before")).await;
+    deployment_where(&client, &ns, "before-worker", "the leader's work", |_| true).await;
+    assert!(first.metric("sluice_operator_reconciles_total") > 0.0);
+    assert_eq!(
+        second.metric("sluice_operator_reconciles_total"),
+        0.0,
+        "the standby reconciled:\n{}",
+        second.log()
+    );
+    assert_eq!(lease_holder(&client).await.as_deref(), Some("first"));
+
+    // The leader dies without releasing its lease.
+    let killed = Instant::now();
+    // SAFETY: signalling a child process the test started.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    apply(&client, &ns, &orders("after")).await;
+    deployment_where(&client, &ns, "after-worker", "the standby's work", |_| true).await;
+    let took = killed.elapsed();
+    assert_eq!(lease_holder(&client).await.as_deref(), Some("second"));
+    assert!(second.metric("sluice_operator_reconciles_total") > 0.0);
+    // Lease duration plus a renew interval plus the API round trips.
+    assert!(took < Duration::from_secs(8), "takeover took {took:?}");
+    eprintln!("standby took over and reconciled {took:?} after the leader was killed");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_hands_over_at_once() {
+    let _alone = ALONE.lock().await;
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let first = Operator::start(
+        kube,
+        "graceful-first",
+        &["--lease-duration", "30s", "--lease-renew-interval", "5s"],
+    );
+    eventually("graceful-first holds the lease", SETTLE, || async {
+        (lease_holder(&client).await.as_deref() == Some("graceful-first")).then_some(())
+    })
+    .await;
+    let second = Operator::start(
+        kube,
+        "graceful-second",
+        &["--lease-duration", "30s", "--lease-renew-interval", "5s"],
+    );
+    // SAFETY: signalling a child process the test started.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGTERM) };
+    // Well within the 30 s lease: the leader released it on SIGTERM.
+    eventually(
+        "graceful-second holds the lease",
+        Duration::from_secs(10),
+        || async {
+            (lease_holder(&client).await.as_deref() == Some("graceful-second")).then_some(())
+        },
+    )
+    .await;
+    drop(second);
+}
+
+#[tokio::test]
+async fn the_operator_carries_on_after_the_api_server_restarts() {
+    let _alone = ALONE.lock().await;
+    let kube = kube_with_crd();
+    let operator = Operator::start(kube, "restart", &[]);
+    let client = kube.client().await;
+    let ns = kube.namespace("restart").unwrap();
+    create_credentials(&client, &ns).await;
+    apply(&client, &ns, &orders("early")).await;
+    deployment_where(
+        &client,
+        &ns,
+        "early-worker",
+        "children before the restart",
+        |_| true,
+    )
+    .await;
+
+    kube.restart_apiserver().unwrap();
+    let _log_on_failure = LogOnPanic(&operator);
+
+    let client = kube.client().await;
+    let mut edited = orders("early");
+    edited["spec"]["workers"]["replicas"] = json!(4);
+    apply(&client, &ns, &edited).await;
+    apply(&client, &ns, &orders("late")).await;
+    deployment_where(
+        &client,
+        &ns,
+        "early-worker",
+        "the edit after the restart",
+        |d| replicas(d) == 4,
+    )
+    .await;
+    deployment_where(
+        &client,
+        &ns,
+        "late-worker",
+        "a new source after the restart",
+        |_| true,
+    )
+    .await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = deployments.items.iter().map(|d| d.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "early-coordinator",
+            "early-worker",
+            "late-coordinator",
+            "late-worker"
+        ],
+        "{}",
+        operator.log()
+    );
+}
+
+/// Prints the operator's log when the test fails, for the reader.
+struct LogOnPanic<'a>(&'a Operator);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("operator log:\n{}", self.0.log());
+        }
+    }
+}
