@@ -292,6 +292,16 @@ fn invalid_manifests_are_refused_with_clear_messages() {
             "endpoint must be an http:// or https:// URL with a host",
         ),
         (
+            "name too long for the children's names",
+            with(valid("x"), "/metadata/name", json!("n".repeat(52))),
+            "metadata.name must be at most 51 characters",
+        ),
+        (
+            "name starting with a digit",
+            with(valid("x"), "/metadata/name", json!("1orders")),
+            "sluice names the coordinator's Service NAME-coordinator",
+        ),
+        (
             "endpoint without a host",
             with(valid("x"), "/spec/sink/s3/endpoint", json!("http://")),
             "endpoint must be an http:// or https:// URL with a host",

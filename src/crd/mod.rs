@@ -316,6 +316,10 @@ pub fn crd() -> CustomResourceDefinition {
     let mut value = serde_json::to_value(IngestSource::crd())
         .expect("a CustomResourceDefinition always serializes");
     tidy_schema(&mut value);
+    // A rule on metadata belongs on the root schema, which the derive does
+    // not let us annotate.
+    value["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] =
+        serde_json::json!([rules::source_name()]);
     serde_json::from_value(value).expect("tidying keeps a CustomResourceDefinition valid")
 }
 

@@ -9,6 +9,18 @@ fn rule(expression: impl Into<String>, message: String) -> Rule {
     Rule::new(expression).message(Message::Message(message))
 }
 
+/// The IngestSource's name becomes part of its children's names, the
+/// longest being the Service `NAME-coordinator`, a DNS-1035 label of at most
+/// 63 characters.
+pub fn source_name() -> Rule {
+    rule(
+        "self.metadata.name.size() <= 51 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "metadata.name must be at most 51 characters of a-z, 0-9 and '-', starting with a letter: \
+         sluice names the coordinator's Service NAME-coordinator"
+            .into(),
+    )
+}
+
 /// A lowercase RFC 1123 label; the length is checked by `maxLength`.
 pub fn dns_label(field: &str) -> Rule {
     rule(
