@@ -96,6 +96,8 @@ fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
 /// to reach everything, and waits for Ctrl-C (or SIGTERM), then stops and
 /// removes it all.
 pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+
     let start = std::time::Instant::now();
     let (kube, minio) =
         tokio::task::spawn_blocking(|| Ok::<_, Error>((KubeEnv::start()?, MinioEnv::start()?)))
@@ -104,6 +106,18 @@ pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
     for manifest in manifests {
         print!("{}", kube.apply(manifest)?);
     }
+    // Listen before saying "press Ctrl-C", or an early Ctrl-C kills the
+    // process with its default action and skips the clean-up.
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|source| Error::Io {
+            what: "listening for signals".into(),
+            source,
+        })
+    };
+    let (mut interrupt, mut terminate) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
     let credentials = minio.credentials();
     println!(
         "\nReady in {:.1}s. In another shell:\n\n  export KUBECONFIG={}\n  kubectl get ingestsources -A\n\n\
@@ -117,13 +131,8 @@ pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
         kube.dir().display(),
         minio.dir().display(),
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| Error::Io {
-        what: "listening for SIGTERM".into(),
-        source,
-    })?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
     eprintln!("Stopping.");
