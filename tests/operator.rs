@@ -178,6 +178,14 @@ async fn edits_roll_out_and_the_token_is_kept() {
             .data,
         token
     );
+    let described = eventually("the Scaled event", SETTLE, || async {
+        let described = succeed(kubectl(&["describe", "isrc", "orders", "-n", &ns], None));
+        described
+            .contains("scaled orders-worker from 2 to 5 workers")
+            .then_some(described)
+    })
+    .await;
+    assert!(described.contains("Normal"), "{described}");
 }
 
 #[tokio::test]

@@ -374,6 +374,11 @@ async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Ac
         Ok(config) => {
             let token = context.token(source, &names, &namespace).await?;
             let desired = children::build(source, &config, &token, &context.defaults);
+            let workers_before = context
+                .stores
+                .deployments
+                .get(&ObjectRef::new(&names.worker).within(&namespace))
+                .and_then(|live| live.spec.as_ref()?.replicas);
             let created = context
                 .apply_children(&namespace, &desired, &mut observed)
                 .await?;
@@ -384,6 +389,21 @@ async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Ac
                         EventType::Normal,
                         "Created",
                         format!("created {}", created.join(", ")),
+                    )
+                    .await;
+            }
+            let workers_now = desired.workers.spec.as_ref().and_then(|spec| spec.replicas);
+            if let (Some(before), Some(now)) = (workers_before, workers_now)
+                && before != now
+                && !source.spec.suspend
+                && before != 0
+            {
+                context
+                    .notify(
+                        source,
+                        EventType::Normal,
+                        "Scaled",
+                        format!("scaled {} from {before} to {now} workers", names.worker),
                     )
                     .await;
             }
