@@ -97,7 +97,7 @@ pub fn build(
 ) -> Children {
     let names = Names::of(source);
     let config_json = serde_json::to_string_pretty(config).expect("a RuntimeConfig serializes");
-    let checksum = checksum(&[config_json.as_bytes(), token.as_bytes()]);
+    let checksum = digest(&[config_json.as_bytes(), token.as_bytes()]);
     let replicas = |wanted: i32| if source.spec.suspend { 0 } else { wanted };
     let coordinator_pod = PodParts {
         component: Component::Coordinator,
@@ -503,8 +503,9 @@ fn pod(
     }
 }
 
-/// A short, stable digest of everything pods read at start.
-fn checksum(parts: &[&[u8]]) -> String {
+/// A short, stable digest of `parts` (length-prefixed, so no two lists of
+/// parts collide by concatenation).
+pub(super) fn digest(parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());

@@ -22,7 +22,6 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::children::{self, Children, MANAGED_BY, Names, PodDefaults, TOKEN_KEY};
@@ -616,15 +615,25 @@ impl Context {
         source: &IngestSource,
         status: &IngestSourceStatus,
     ) -> Result<(), Error> {
-        let api: Api<IngestSource> =
-            Api::namespaced(self.client.clone(), &source.namespace().unwrap_or_default());
+        let namespace = source.namespace().unwrap_or_default();
+        self.apply_status(&namespace, &source.name_any(), json!(status))
+            .await
+    }
+
+    /// Server-side applies the operator's `status` fields. Through the
+    /// dynamic API, so that it also works on objects the typed API cannot
+    /// read back.
+    async fn apply_status(&self, namespace: &str, name: &str, status: Value) -> Result<(), Error> {
+        let resource = ApiResource::erase::<IngestSource>(&());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
         let patch = json!({
-            "apiVersion": IngestSource::api_version(&()),
-            "kind": IngestSource::kind(&()),
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
             "status": status,
         });
         api.patch_status(
-            &source.name_any(),
+            name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -657,32 +666,20 @@ impl Context {
             json!({"type": type_, "status": status, "reason": reason, "message": message,
                    "observedGeneration": generation, "lastTransitionTime": now})
         };
-        let resource = ApiResource::erase::<IngestSource>(&());
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            meta.namespace.as_deref().unwrap_or_default(),
-            &resource,
-        );
-        let patch = json!({
-            "apiVersion": resource.api_version,
-            "kind": resource.kind,
-            "status": {
-                "observedGeneration": generation,
-                "phase": Phase::Failed,
-                "conditions": [
-                    condition(status::READY, "False", "InvalidSpec"),
-                    condition(status::DEGRADED, "True", "InvalidSpec"),
-                ],
-            },
+        let status = json!({
+            "observedGeneration": generation,
+            "phase": Phase::Failed,
+            "conditions": [
+                condition(status::READY, "False", "InvalidSpec"),
+                condition(status::DEGRADED, "True", "InvalidSpec"),
+            ],
         });
-        let name = meta.name.clone().unwrap_or_default();
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
+        self.apply_status(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            status,
         )
         .await?;
-        self.metrics.wrote("IngestSource/status");
         lock(&self.reported_invalid).insert(uid, generation);
         Ok(Action::await_change())
     }
@@ -714,8 +711,7 @@ fn to_value(object: &impl Serialize) -> Value {
 
 /// A digest of what the operator applies for one object.
 fn digest(object: &impl Serialize) -> String {
-    let hash = Sha256::digest(to_value(object).to_string());
-    hash[..12].iter().map(|b| format!("{b:02x}")).collect()
+    children::digest(&[to_value(object).to_string().as_bytes()])
 }
 
 /// Whether `live` says everything `desired` says. The API server adds
