@@ -15,7 +15,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use super::process::{Daemon, free_port, http_ok};
+use super::process::{Daemon, free_port, http_ok, lock};
 use super::{Error, scratch_dir, tools, with_port_retries};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -402,10 +402,4 @@ fn write(path: &Path, contents: &str) -> Result<(), Error> {
         what: format!("writing {}", path.display()),
         source,
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

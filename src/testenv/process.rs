@@ -61,10 +61,6 @@ impl Daemon {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -187,9 +183,7 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// thread that lives as long as the process.
 fn spawn_from_keeper(command: Command) -> std::io::Result<Child> {
     static KEEPER: Mutex<Option<mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
-    let mut keeper = KEEPER
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut keeper = lock(&KEEPER);
     let requests = keeper.get_or_insert_with(|| {
         let (send, receive) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()
@@ -221,23 +215,17 @@ static AT_EXIT: Once = Once::new();
 
 fn register(pid: u32) {
     install_exit_hook();
-    LIVE.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .insert(pid);
+    lock(&LIVE).insert(pid);
 }
 
 fn unregister(pid: u32) {
-    LIVE.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .remove(&pid);
+    lock(&LIVE).remove(&pid);
 }
 
 /// Removes `dir` at exit unless it is gone by then.
 pub fn remove_at_exit(dir: &Path) {
     install_exit_hook();
-    DIRS.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(dir.to_owned());
+    lock(&DIRS).push(dir.to_owned());
 }
 
 fn install_exit_hook() {
@@ -266,4 +254,12 @@ fn kill_group(pid: u32) {
     unsafe {
         libc::kill(-(pid as i32), libc::SIGKILL);
     }
+}
+
+/// A poisoned lock still guards sound data here: a panicking test thread
+/// cannot leave these sets half-updated.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
