@@ -6,6 +6,8 @@
 //! credentials are not in it: they reach the pods as environment variables
 //! from the Secrets the IngestSource names (see [`credential_env`]).
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::crd::{Compression, Format, IngestSource, S3Location};
@@ -136,6 +138,27 @@ impl RuntimeConfig {
             },
         })
     }
+}
+
+impl RuntimeConfig {
+    /// Reads the configuration file the operator's ConfigMap provides.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read(path)
+            .map_err(|err| format!("cannot read the configuration {}: {err}", path.display()))?;
+        serde_json::from_slice(&text)
+            .map_err(|err| format!("the configuration {} is not valid: {err}", path.display()))
+    }
+}
+
+/// Reads the token that workers present to the coordinator.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read the token file {}: {err}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 /// A Kubernetes quantity as a whole number of bytes: `64Mi`, `500k`,

@@ -27,6 +27,12 @@ pub struct ParseError {
     reason: &'static str,
 }
 
+/// Parses a Go duration into a standard one: the value parser of every
+/// duration flag.
+pub fn parse_std(input: &str) -> Result<StdDuration, ParseError> {
+    Duration::parse(input).map(|duration| duration.0)
+}
+
 impl Duration {
     pub const fn from_secs(secs: u64) -> Self {
         Self(StdDuration::from_secs(secs))

@@ -31,6 +31,20 @@ enum Command {
     /// its service account.
     Operator(sluice::operator::OperatorArgs),
 
+    /// Run the coordinator of one IngestSource: list its source, lease
+    /// tasks to its workers, checkpoint and archive to S3.
+    ///
+    /// The operator runs it in the `NAME-coordinator` Deployment; it also
+    /// runs as a plain process.
+    Coordinator(sluice::coordinator::CoordinatorArgs),
+
+    /// Run a worker of one IngestSource: lease tasks from the coordinator
+    /// and ingest their objects into the sink.
+    ///
+    /// The operator runs a pool of them in the `NAME-worker` Deployment;
+    /// they also run as plain processes.
+    Worker(sluice::worker::WorkerArgs),
+
     /// Development tools: a local environment of real components.
     #[command(hide = true, subcommand)]
     Dev(DevCommand),
@@ -56,6 +70,10 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => print(&sluice::crd::crd_yaml()),
         Command::Operator(args) => exit("operator", sluice::operator::run(args).await),
+        Command::Coordinator(args) => {
+            exit("coordinator", sluice::coordinator::run(args).await)
+        }
+        Command::Worker(args) => exit("worker", sluice::worker::run(args).await),
         Command::Dev(DevCommand::Env(args)) => {
             exit("dev env", sluice::testenv::serve(&args.apply).await)
         }

@@ -1,7 +1,10 @@
 //! S3 clients for the locations an IngestSource names.
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::config::{Store, credential_env};
 use crate::crd::S3Location;
 
 /// The region used when neither the location nor the environment names one.
@@ -54,4 +57,54 @@ pub async fn client(location: &S3Location, credentials: Option<Credentials>) -> 
         config = config.endpoint_url(endpoint);
     }
     aws_sdk_s3::Client::from_conf(config.force_path_style(location.force_path_style).build())
+}
+
+/// The key `rest` under `prefix`, with exactly one `/` between them.
+pub fn join(prefix: Option<&str>, rest: &str) -> String {
+    match prefix.map(|prefix| prefix.trim_end_matches('/')) {
+        Some(prefix) if !prefix.is_empty() => format!("{prefix}/{rest}"),
+        _ => rest.to_owned(),
+    }
+}
+
+/// The credentials of `store` from the environment variables the operator
+/// sets from the IngestSource's Secret (see [`crate::config::credential_env`]),
+/// or `None` to use the SDK's default chain.
+pub fn env_credentials(store: Store) -> Option<Credentials> {
+    let var = |key: &str| std::env::var(credential_env(store, key)).ok();
+    Some(Credentials {
+        access_key_id: var("AWS_ACCESS_KEY_ID")?,
+        secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
+        session_token: var("AWS_SESSION_TOKEN"),
+    })
+}
+
+/// A client for `store`'s location with the credentials the pod was given.
+pub async fn client_for(store: Store, location: &S3Location) -> aws_sdk_s3::Client {
+    client(location, env_credentials(store)).await
+}
+
+/// An S3 error as a person reads it: the code and message the server sent,
+/// or what failed on the way there.
+pub fn describe<E, R>(err: &SdkError<E, R>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let inner = service.err();
+            match (inner.code(), inner.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_owned(),
+                _ => DisplayErrorContext(err).to_string(),
+            }
+        }
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// The HTTP status of an error response, if the request got that far.
+pub fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|response| response.status().as_u16())
 }

@@ -2,7 +2,8 @@
 //!
 //! `serve_admin` answers `/healthz` (the process runs), `/readyz` (it has
 //! done what it must before serving, for example synced its first watch)
-//! and `/metrics` (Prometheus text).
+//! and `/metrics` (Prometheus text). `terminated` is how every part
+//! learns it should stop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,16 +60,18 @@ struct AdminState {
     registry: Arc<Registry>,
 }
 
-/// Binds `addr` and serves the health and metrics endpoints until the
-/// process exits. Returns the bound address (useful with port 0).
+/// Binds `addr` and serves the health and metrics endpoints, and the
+/// routes of `api`, until the process exits. Returns the bound address
+/// (useful with port 0).
 pub async fn serve_admin(
     addr: SocketAddr,
     readiness: Readiness,
     registry: Registry,
+    api: Router,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let admin = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -76,6 +79,7 @@ pub async fn serve_admin(
             readiness,
             registry: Arc::new(registry),
         });
+    let app = api.merge(admin);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::error!(error = %err, "admin server stopped");
@@ -108,5 +112,21 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             [(header::CONTENT_TYPE, "text/plain")],
             "cannot encode metrics\n".to_owned(),
         ),
+    }
+}
+
+/// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+pub async fn terminated() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }

@@ -58,11 +58,11 @@ pub struct OperatorArgs {
 
     /// How long a leader's Lease is valid without renewal; a standby takes
     /// over at most this long after the leader dies.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = crate::duration::parse_std)]
     pub lease_duration: Duration,
 
     /// How often the leader renews its Lease.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_std)]
     pub lease_renew_interval: Duration,
 
     /// This replica's identity in the Lease (in a pod: its name).
@@ -72,12 +72,6 @@ pub struct OperatorArgs {
     /// How logs are written.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::duration::Duration::parse(text)
-        .map(|d| d.0)
-        .map_err(|err| err.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,12 +96,18 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     // first watch has synced.
     let readiness = Readiness::default();
     readiness.set(true);
-    let admin = telemetry::serve_admin(args.admin_address, readiness.clone(), registry).await?;
+    let admin = telemetry::serve_admin(
+        args.admin_address,
+        readiness.clone(),
+        registry,
+        axum::Router::new(),
+    )
+    .await?;
     info!(address = %admin, "serving /healthz, /readyz and /metrics");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        telemetry::terminated().await;
         info!("shutting down");
         let _ = stop.send(true);
     });
@@ -177,21 +177,6 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
                 Err(Error::LostLeadership)
             }
         },
-    }
-}
-
-async fn wait_for_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
 

@@ -1,0 +1,362 @@
+//! The coordinator's checkpoint in S3, fenced so that two coordinators of
+//! one source can never both advance it.
+//!
+//! Under `<archive prefix>/checkpoints/<namespace>.<name>/`:
+//! - `manifest.json.zst`: the epoch, the finished-key segments, the tasks
+//!   not yet archived (with their objects, so a restart recreates the same
+//!   tasks and output names), the archive batches not yet known written,
+//!   and the totals. zstd-compressed JSON.
+//! - `segments/<sha256>.fst`: immutable sets of finished keys, named by
+//!   their content, referenced by the manifest.
+//!
+//! Fencing: a coordinator that starts reads the manifest and rewrites it
+//! with the next epoch, on condition that it is unchanged (`If-Match` its
+//! ETag, or `If-None-Match: *` when there is none). Every later write is
+//! conditional on the ETag of its own previous write, so once another
+//! coordinator has claimed a newer epoch, the older one's next write fails
+//! with 412 and it stops.
+
+use std::collections::HashSet;
+
+use aws_sdk_s3::primitives::ByteStream;
+use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::keys::Segment;
+use super::tasks::{Planned, Totals};
+use crate::archive::Batch;
+use crate::crd::S3Location;
+use crate::s3;
+
+/// Segment downloads in flight while resuming.
+const PARALLEL_LOADS: usize = 8;
+
+/// What the checkpoint keeps.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<Timestamp>,
+    /// Finished-key segments, oldest first.
+    pub segments: Vec<SegmentRef>,
+    /// Tasks planned and not yet archived.
+    pub tasks: Vec<Planned>,
+    /// Archive batches that may not have been written yet.
+    pub outbox: Vec<Batch>,
+    pub totals: Totals,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentRef {
+    pub name: String,
+    pub keys: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(
+        "checkpoint s3://{bucket}/{key} was taken over by another coordinator of this source \
+         (epoch {theirs}, this one is epoch {ours}); this coordinator stops"
+    )]
+    Fenced {
+        bucket: String,
+        key: String,
+        ours: u64,
+        theirs: String,
+    },
+    #[error(
+        "checkpoint s3://{bucket}/{key} cannot be read: {reason}. Refusing to start from zero, \
+         which would ingest everything again: restore the object (or an older version of it), \
+         or delete it to start over deliberately"
+    )]
+    Corrupt {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+    #[error("checkpoint s3://{bucket}/{key}: {reason}")]
+    S3 {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The checkpoint of one source, as held by the coordinator of one epoch.
+pub struct Checkpoint {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    dir: String,
+    epoch: u64,
+    /// The ETag of this coordinator's last write: the fence.
+    etag: String,
+    uploaded: HashSet<String>,
+}
+
+/// What a starting coordinator resumes from.
+pub struct Resumed {
+    pub manifest: Manifest,
+    pub segments: Vec<Segment>,
+}
+
+impl Checkpoint {
+    /// Claims the next epoch of the checkpoint of `namespace/name` under
+    /// `location`, and loads what it holds.
+    pub async fn claim(
+        client: aws_sdk_s3::Client,
+        location: &S3Location,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Checkpoint, Resumed), CheckpointError> {
+        let dir = s3::join(
+            location.prefix.as_deref(),
+            &format!("checkpoints/{namespace}.{name}/"),
+        );
+        let mut checkpoint = Checkpoint {
+            client,
+            bucket: location.bucket.clone(),
+            dir,
+            epoch: 0,
+            etag: String::new(),
+            uploaded: HashSet::new(),
+        };
+        loop {
+            let (mut manifest, condition) = match checkpoint.read_manifest().await? {
+                Some((manifest, etag)) => (manifest, Condition::Matches(etag)),
+                None => (Manifest::default(), Condition::Absent),
+            };
+            manifest.epoch += 1;
+            checkpoint.epoch = manifest.epoch;
+            match checkpoint.put_manifest(&manifest, condition).await {
+                Ok(etag) => {
+                    checkpoint.etag = etag;
+                    let segments = checkpoint.load_segments(&manifest.segments).await?;
+                    checkpoint
+                        .uploaded
+                        .extend(manifest.segments.iter().map(|s| s.name.clone()));
+                    return Ok((checkpoint, Resumed { manifest, segments }));
+                }
+                // Another coordinator wrote in between: read again.
+                Err(CheckpointError::Fenced { .. }) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// `s3://bucket/key` of the manifest, for messages.
+    pub fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.manifest_key())
+    }
+
+    /// Writes `manifest` (after uploading any segment it names that is not
+    /// in S3 yet). Fails with [`CheckpointError::Fenced`] once another
+    /// coordinator has claimed the checkpoint.
+    pub async fn write(
+        &mut self,
+        manifest: &Manifest,
+        segments: &[&Segment],
+    ) -> Result<(), CheckpointError> {
+        for segment in segments {
+            if !self.uploaded.contains(segment.name()) {
+                let key = self.segment_key(segment.name());
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .body(ByteStream::from(segment.bytes().to_vec()))
+                    .send()
+                    .await
+                    .map_err(|err| self.s3_error(&key, s3::describe(&err)))?;
+                self.uploaded.insert(segment.name().to_owned());
+            }
+        }
+        let etag = self
+            .put_manifest(manifest, Condition::Matches(self.etag.clone()))
+            .await?;
+        self.etag = etag;
+        Ok(())
+    }
+
+    /// Deletes segments no manifest refers to any more. Only called after a
+    /// manifest without them was written, so no coordinator can need them.
+    pub async fn delete_segments(&mut self, names: &[String]) {
+        for name in names {
+            let key = self.segment_key(name);
+            if let Err(err) = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+            {
+                tracing::warn!(object = %key, error = %s3::describe(&err), "cannot delete an old checkpoint segment; it is only garbage");
+            }
+            self.uploaded.remove(name);
+        }
+    }
+
+    fn manifest_key(&self) -> String {
+        format!("{}manifest.json.zst", self.dir)
+    }
+
+    fn segment_key(&self, name: &str) -> String {
+        format!("{}segments/{name}.fst", self.dir)
+    }
+
+    fn s3_error(&self, key: &str, reason: String) -> CheckpointError {
+        CheckpointError::S3 {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+
+    fn corrupt(&self, key: &str, reason: String) -> CheckpointError {
+        CheckpointError::Corrupt {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+
+    async fn read_manifest(&self) -> Result<Option<(Manifest, String)>, CheckpointError> {
+        let key = self.manifest_key();
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(self.s3_error(&key, s3::describe(&err))),
+        };
+        let etag = response.e_tag().unwrap_or_default().to_owned();
+        let bytes = response
+            .body
+            .collect()
+            .await
+            .map_err(|err| self.s3_error(&key, err.to_string()))?
+            .into_bytes();
+        let manifest = decode_manifest(&bytes).map_err(|reason| self.corrupt(&key, reason))?;
+        Ok(Some((manifest, etag)))
+    }
+
+    async fn put_manifest(
+        &self,
+        manifest: &Manifest,
+        condition: Condition,
+    ) -> Result<String, CheckpointError> {
+        let key = self.manifest_key();
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .content_encoding("zstd")
+            .body(ByteStream::from(encode_manifest(manifest)));
+        request = match condition {
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Matches(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(response) => Ok(response.e_tag().unwrap_or_default().to_owned()),
+            // 412: the condition failed; 409: a concurrent conditional
+            // write won (AWS).
+            Err(err) if matches!(s3::status(&err), Some(412 | 409)) => {
+                let theirs = match self.read_manifest().await {
+                    Ok(Some((theirs, _))) => theirs.epoch.to_string(),
+                    _ => "unknown".to_owned(),
+                };
+                Err(CheckpointError::Fenced {
+                    bucket: self.bucket.clone(),
+                    key,
+                    ours: self.epoch,
+                    theirs,
+                })
+            }
+            Err(err) => Err(self.s3_error(&key, s3::describe(&err))),
+        }
+    }
+
+    async fn load_segments(&self, refs: &[SegmentRef]) -> Result<Vec<Segment>, CheckpointError> {
+        futures::stream::iter(refs)
+            .map(|segment| async move {
+                let key = self.segment_key(&segment.name);
+                let response = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|err| self.corrupt(&key, s3::describe(&err)))?;
+                let bytes = response
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|err| self.s3_error(&key, err.to_string()))?
+                    .to_vec();
+                Segment::from_bytes(&segment.name, bytes)
+                    .map_err(|err| self.corrupt(&key, err.to_string()))
+            })
+            .buffered(PARALLEL_LOADS)
+            .try_collect()
+            .await
+    }
+}
+
+enum Condition {
+    Absent,
+    Matches(String),
+}
+
+fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
+    let json = serde_json::to_vec(manifest).expect("a manifest always serializes");
+    zstd::encode_all(&json[..], 3).expect("compressing in memory succeeds")
+}
+
+fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let json = zstd::decode_all(bytes).map_err(|err| format!("not zstd-compressed: {err}"))?;
+    serde_json::from_slice(&json).map_err(|err| format!("not a sluice checkpoint manifest: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_round_trip() {
+        let manifest = Manifest {
+            epoch: 4,
+            written: Some("2026-11-24T13:00:00Z".parse().unwrap()),
+            segments: vec![SegmentRef {
+                name: "ab".into(),
+                keys: 2,
+            }],
+            ..Manifest::default()
+        };
+        assert_eq!(decode_manifest(&encode_manifest(&manifest)).unwrap(), manifest);
+    }
+
+    #[test]
+    fn damaged_manifests_say_what_is_wrong() {
+        assert!(decode_manifest(b"{}").unwrap_err().contains("not zstd"));
+        let bytes = zstd::encode_all(&b"{\"epoch\": \"x\"}"[..], 1).unwrap();
+        let err = decode_manifest(&bytes).unwrap_err();
+        assert!(err.contains("not a sluice checkpoint manifest"), "{err}");
+    }
+}

@@ -1,0 +1,210 @@
+//! The coordinator's HTTP API (see [`crate::api`] for the routes and
+//! bodies). Every refusal is a 4xx with a JSON [`ErrorBody`]; nothing a
+//! client sends can panic the coordinator.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jiff::Timestamp;
+
+use super::Shared;
+use super::tasks::Refusal;
+use crate::api::{
+    Completion, ErrorBody, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
+    LeaseResponse, TaskDetail, TaskList, TaskQuery,
+};
+
+/// Request bodies larger than this are refused (413).
+pub const MAX_BODY: usize = 1 << 20;
+/// Tasks one lease request may take, and items one page may hold.
+pub const MAX_BATCH: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+/// A refusal: a status and a message for the client.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let status = match refusal {
+            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::Conflict(_) => StatusCode::CONFLICT,
+        };
+        ApiError(status, refusal.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+type Body<T> = Result<Json<T>, JsonRejection>;
+
+/// The routes of the task API.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let workers = Router::new()
+        .route("/v1/lease", post(lease))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/tasks/{id}/complete", post(complete))
+        .route("/v1/tasks/{id}/fail", post(fail))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
+    Router::new()
+        .route("/v1/tasks", get(list))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/summary", get(summary))
+        .merge(workers)
+        .fallback(|| async {
+            ApiError(StatusCode::NOT_FOUND, "no such route".into())
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+/// Lets through requests that carry the worker token.
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if same(token.as_bytes(), shared.token.as_bytes()) => Ok(next.run(request).await),
+        Some(_) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong token: workers authenticate with the token of their IngestSource".into(),
+        )),
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing token: send `Authorization: Bearer TOKEN`".into(),
+        )),
+    }
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn worker_name(worker: &str) -> Result<(), ApiError> {
+    if worker.is_empty() || worker.len() > 253 {
+        return Err(bad_request("worker: must be the worker's name, 1 to 253 characters"));
+    }
+    Ok(())
+}
+
+async fn lease(
+    State(shared): State<Arc<Shared>>,
+    body: Body<LeaseRequest>,
+) -> Result<Json<LeaseResponse>, ApiError> {
+    let Json(request) = body?;
+    worker_name(&request.worker)?;
+    if !(1..=MAX_BATCH).contains(&request.max) {
+        return Err(bad_request(format!("max: must be between 1 and {MAX_BATCH}")));
+    }
+    let tasks = shared
+        .tasks()
+        .lease(&request.worker, request.max, Timestamp::now());
+    shared.metrics.leases.inc_by(tasks.len() as u64);
+    Ok(Json(LeaseResponse {
+        tasks,
+        lease_duration_ms: shared.lease_duration.as_millis() as u64,
+    }))
+}
+
+async fn heartbeat(
+    State(shared): State<Arc<Shared>>,
+    body: Body<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let Json(request) = body?;
+    worker_name(&request.worker)?;
+    if request.tasks.len() > MAX_BATCH as usize {
+        return Err(bad_request(format!("tasks: at most {MAX_BATCH}")));
+    }
+    let lost = shared
+        .tasks()
+        .heartbeat(&request.worker, &request.tasks, Timestamp::now());
+    Ok(Json(HeartbeatResponse { lost }))
+}
+
+async fn complete(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Body<Completion>,
+) -> Result<StatusCode, ApiError> {
+    let Json(completion) = body?;
+    worker_name(&completion.worker)?;
+    shared.tasks().complete(&id, completion, Timestamp::now())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fail(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Body<Failure>,
+) -> Result<StatusCode, ApiError> {
+    let Json(failure) = body?;
+    worker_name(&failure.worker)?;
+    if failure.error.len() > MAX_BODY / 2 {
+        return Err(bad_request("error: too long"));
+    }
+    shared.tasks().fail(&id, failure, Timestamp::now())?;
+    shared.metrics.failed_attempts.inc();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<TaskQuery>, QueryRejection>,
+) -> Result<Json<TaskList>, ApiError> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_BATCH).contains(&limit) {
+        return Err(bad_request(format!("limit: must be between 1 and {MAX_BATCH}")));
+    }
+    let (items, more) = shared.tasks().list(&query, limit as usize);
+    let next = more.then(|| items.last().map(|item| item.id.clone())).flatten();
+    Ok(Json(TaskList { items, next }))
+}
+
+async fn task(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskDetail>, ApiError> {
+    shared
+        .tasks()
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {id}")))
+}
+
+async fn summary(State(shared): State<Arc<Shared>>) -> Json<crate::api::Summary> {
+    Json(shared.summary())
+}

@@ -1,0 +1,1294 @@
+//! The set of finished object keys of one S3 source, with what was finished.
+//!
+//! The coordinator relists its bucket again and again; every key it has already
+//! ingested (or given up on) must be skipped, unless the object changed since,
+//! in which case it is ingested again. A bucket can hold tens of millions of
+//! keys, so a `HashMap<String, _>` (about 100 bytes per key) is too big, and
+//! the set must survive restarts without rewriting all of it on every
+//! checkpoint.
+//!
+//! The design is a small log-structured merge tree:
+//!
+//! * Keys finished since the last checkpoint sit in a sorted in-memory
+//!   **delta** (`BTreeMap`), cheap to insert into.
+//! * [`FinishedKeys::seal`] turns the delta into an immutable [`Segment`]: an
+//!   FST map (`fst::Map`) from key bytes to a `u64` [`Finished`] value. FSTs
+//!   share both prefixes and suffixes of keys, which for bucket keys such as
+//!   `data/2026/11/24/part-000123.ndjson.gz` costs a dozen or so bytes per key,
+//!   most of it the fingerprint. A segment's name is the hex SHA-256 of its
+//!   bytes, so it can be uploaded once under that name and never changes: a
+//!   checkpoint is a manifest listing segment names, oldest first.
+//! * Segments are merged in the background ([`FinishedKeys::compaction`],
+//!   [`Compaction::run`], [`FinishedKeys::apply`]) with a size-tiered policy,
+//!   which keeps their number logarithmic in the number of keys (every lookup
+//!   probes each segment) and the total merge work `O(n log n)`.
+//!
+//! Lookups take the newest entry: the delta first, then the segments from
+//! newest to oldest, so re-inserting a key (an object that changed, or a retry
+//! that succeeded after all) simply shadows the older entry until a merge
+//! drops it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use fst::map::OpBuilder;
+use fst::{Map, MapBuilder, Streamer};
+use sha2::{Digest, Sha256};
+
+/// The top bit of a stored value; set when the key failed for good.
+const FAILED_BIT: u64 = 1 << 63;
+
+/// The 63 bits of a stored value that hold the fingerprint.
+const FINGERPRINT_MASK: u64 = !FAILED_BIT;
+
+/// More segments than this are merged even when the size ratio does not ask
+/// for it: each lookup probes every segment, so their number bounds the cost of
+/// a miss, which is the common case when a relist finds new objects.
+const MAX_SEGMENTS: usize = 12;
+
+/// A segment is merged with all newer ones once it holds no more than this
+/// many times their total number of keys (see [`plan`]).
+const SIZE_RATIO: usize = 2;
+
+/// What the coordinator remembers of a finished key.
+///
+/// The fingerprint of the object's ETag and size tells whether a relisted
+/// object is the one that was finished or a new version of it; `failed` says
+/// whether it was ingested or given up on, so that a permanently failing
+/// object is not retried on every relist (but is retried once it changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// See [`fingerprint`]; only the low 63 bits are kept.
+    pub fingerprint: u64,
+    /// The object failed for good rather than being ingested.
+    pub failed: bool,
+}
+
+impl Finished {
+    /// Packs the entry into the `u64` an FST stores: the fingerprint in the
+    /// low 63 bits and `failed` in the top bit. A fingerprint with its top bit
+    /// set (not one made by [`fingerprint`]) loses that bit.
+    pub(crate) fn to_value(self) -> u64 {
+        (self.fingerprint & FINGERPRINT_MASK) | if self.failed { FAILED_BIT } else { 0 }
+    }
+
+    /// The inverse of [`Finished::to_value`]; every `u64` is a valid value.
+    pub(crate) fn from_value(value: u64) -> Self {
+        Finished {
+            fingerprint: value & FINGERPRINT_MASK,
+            failed: value & FAILED_BIT != 0,
+        }
+    }
+}
+
+/// A 63-bit fingerprint of an object version: the first 8 bytes (big endian)
+/// of `sha256(etag || 0x00 || size as u64 little endian)`, top bit cleared.
+///
+/// It is persisted in checkpoints, so it must never change across versions of
+/// sluice or platforms: hence a fixed cryptographic hash rather than `std`'s
+/// `Hash`, which is neither stable nor portable. The size is hashed along the
+/// ETag because multipart ETags of differently sized uploads can collide in
+/// practice (same part hashes). One pair of surrounding double quotes is
+/// stripped from the ETag first, because S3 APIs and SDKs disagree on whether
+/// they are part of it, and a change of API must not re-ingest every object.
+/// With 63 bits, a changed object goes unnoticed with probability 2^-63.
+pub fn fingerprint(etag: &str, size: u64) -> u64 {
+    let etag = etag
+        .strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .unwrap_or(etag);
+    let digest = Sha256::new()
+        .chain_update(etag.as_bytes())
+        .chain_update([0u8])
+        .chain_update(size.to_le_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) & FINGERPRINT_MASK
+}
+
+/// Why a segment read back from S3 was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// The bytes do not hash to the segment's name: the object is corrupt,
+    /// truncated, or not the one the manifest meant.
+    #[error(
+        "segment {name}: its bytes hash to {actual}, not to its name (corrupt, truncated or misnamed object)"
+    )]
+    HashMismatch {
+        /// The name the segment was loaded under (from the manifest).
+        name: String,
+        /// The hex SHA-256 of the bytes actually read.
+        actual: String,
+    },
+    /// The bytes hash to the name but are not an FST map this version can read.
+    #[error("segment {name}: its hash matches but it is not a valid FST map: {reason}")]
+    Malformed {
+        /// The segment's name.
+        name: String,
+        /// What the FST parser or its checksum found.
+        reason: String,
+    },
+}
+
+/// Why a merged segment could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Another compaction replaced some of the inputs since this one was
+    /// planned (only one should run at a time). The merged segment holds
+    /// nothing that is lost by dropping it.
+    #[error(
+        "stale compaction: segments [{}] are no longer a contiguous run of the current segments",
+        .replaces.join(", ")
+    )]
+    Stale {
+        /// The names of the segments the merge was meant to replace.
+        replaces: Vec<String>,
+    },
+}
+
+/// One immutable, sorted FST map from key to [`Finished`] value.
+///
+/// Its name is the lowercase hex SHA-256 of its bytes: it is stored in S3
+/// under that name, so an upload is idempotent and a checkpoint can verify
+/// what it reads back. Cloning is cheap (an `Arc`), so a background merge can
+/// hold the segments it reads while the coordinator keeps using them.
+#[derive(Clone)]
+pub struct Segment {
+    inner: Arc<SegmentInner>,
+}
+
+struct SegmentInner {
+    map: Map<Vec<u8>>,
+    name: String,
+}
+
+impl Segment {
+    /// The hex SHA-256 of [`Segment::bytes`], the segment's S3 object name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The number of keys in this segment.
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Whether the segment holds no key (only a segment read back from S3 can).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The serialized FST: what is uploaded, and what [`Segment::from_bytes`]
+    /// takes back.
+    pub fn bytes(&self) -> &[u8] {
+        self.inner.map.as_fst().as_bytes()
+    }
+
+    /// Loads a segment read back from S3 under `name`.
+    ///
+    /// Verifies that the bytes hash to `name` (which catches any corruption or
+    /// mix-up of objects), then that they parse as an FST map and that the
+    /// FST's own CRC32C checksum holds. No copy of the bytes is made. This is
+    /// linear in the size of the segment but fast (hashing runs at hundreds of
+    /// MB/s or more), so a checkpoint of millions of keys loads in well under a
+    /// second; the FST is not otherwise walked.
+    pub fn from_bytes(name: &str, mut bytes: Vec<u8>) -> Result<Segment, SegmentError> {
+        let actual = sha256_hex(&bytes);
+        if actual != name {
+            return Err(SegmentError::HashMismatch {
+                name: name.to_owned(),
+                actual,
+            });
+        }
+        let malformed = |e: fst::Error| SegmentError::Malformed {
+            name: name.to_owned(),
+            // fst::Error's own message is just "FST error"; the detail
+            // (bad version, size, checksum) is in the wrapped error.
+            reason: match e {
+                fst::Error::Fst(e) => e.to_string(),
+                fst::Error::Io(e) => e.to_string(),
+            },
+        };
+        // The buffer is kept for the life of the segment: drop spare capacity.
+        bytes.shrink_to_fit();
+        let map = Map::new(bytes).map_err(malformed)?;
+        map.as_fst().verify().map_err(malformed)?;
+        Ok(Segment {
+            inner: Arc::new(SegmentInner { map, name: actual }),
+        })
+    }
+
+    /// The entry for `key` in this segment alone.
+    pub(crate) fn get(&self, key: &str) -> Option<Finished> {
+        self.inner.map.get(key).map(Finished::from_value)
+    }
+
+    fn map(&self) -> &Map<Vec<u8>> {
+        &self.inner.map
+    }
+
+    /// Finishes a builder that was fed strictly increasing keys.
+    fn finish(builder: MapBuilder<Vec<u8>>) -> Segment {
+        // Writing to a Vec cannot fail, and MapBuilder's output always parses.
+        let mut bytes = builder
+            .into_inner()
+            .expect("finishing an FST in memory cannot fail");
+        bytes.shrink_to_fit();
+        let name = sha256_hex(&bytes);
+        let map = Map::new(bytes).expect("a freshly built FST parses");
+        Segment {
+            inner: Arc::new(SegmentInner { map, name }),
+        }
+    }
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name())
+            .field("keys", &self.len())
+            .field("bytes", &self.bytes().len())
+            .finish()
+    }
+}
+
+/// All finished keys of one source: immutable segments (oldest first) plus a
+/// delta of the keys finished since the last [`FinishedKeys::seal`].
+#[derive(Default)]
+pub struct FinishedKeys {
+    /// Oldest first; a key's newest entry is in the last segment holding it.
+    segments: Vec<Segment>,
+    /// Key to [`Finished::to_value`]; sorted, so sealing is a single pass.
+    delta: BTreeMap<String, u64>,
+    /// Sum of the delta's key lengths, for [`FinishedKeys::memory_bytes`].
+    delta_key_bytes: usize,
+}
+
+impl FinishedKeys {
+    /// Restores the keys of a checkpoint from its segments, oldest first.
+    pub fn from_segments(segments: Vec<Segment>) -> Self {
+        FinishedKeys {
+            segments,
+            ..FinishedKeys::default()
+        }
+    }
+
+    /// The newest entry for `key`: the delta's, else that of the newest
+    /// segment holding it.
+    pub fn get(&self, key: &str) -> Option<Finished> {
+        if let Some(&value) = self.delta.get(key) {
+            return Some(Finished::from_value(value));
+        }
+        self.segments.iter().rev().find_map(|s| s.get(key))
+    }
+
+    /// Records a finished key, shadowing any older entry for it.
+    pub fn insert(&mut self, key: &str, finished: Finished) {
+        let value = finished.to_value();
+        // Look up first so that overriding a key does not allocate.
+        if let Some(slot) = self.delta.get_mut(key) {
+            *slot = value;
+        } else {
+            self.delta_key_bytes += key.len();
+            self.delta.insert(key.to_owned(), value);
+        }
+    }
+
+    /// Moves the delta into a new segment, appended as the newest, and returns
+    /// it so the caller can upload its bytes before writing a manifest that
+    /// names it; `None` when the delta is empty. The cost is linear in the
+    /// delta alone; merging is left to [`FinishedKeys::compaction`].
+    pub fn seal(&mut self) -> Option<&Segment> {
+        if self.delta.is_empty() {
+            return None;
+        }
+        let delta = std::mem::take(&mut self.delta);
+        self.delta_key_bytes = 0;
+        let mut builder = MapBuilder::memory();
+        for (key, &value) in &delta {
+            // BTreeMap<String, _> iterates in byte order without duplicates,
+            // which is exactly the order an FST builder requires.
+            builder
+                .insert(key, value)
+                .expect("delta keys are strictly increasing");
+        }
+        drop(delta);
+        self.segments.push(Segment::finish(builder));
+        self.segments.last()
+    }
+
+    /// The merge to run now, if any: a run of the newest segments.
+    ///
+    /// Size-tiered policy: walking from the newest segment to the oldest, a
+    /// segment that holds at most [`SIZE_RATIO`] times the keys of all newer
+    /// segments together is merged with all of them (the oldest such segment
+    /// decides the run). Afterwards every segment holds more than twice the
+    /// keys of all newer ones, so there are at most `log3(n) + 1` segments,
+    /// and each key is rewritten only when its segment grows by at least half,
+    /// so total merge work is `O(n log n)`. Beyond [`MAX_SEGMENTS`] segments
+    /// the run is extended to bring the count back to it.
+    ///
+    /// Start at most one compaction at a time: a second one planned while the
+    /// first runs would overlap it, and one of the two would be stale.
+    pub fn compaction(&self) -> Option<Compaction> {
+        let lens: Vec<usize> = self.segments.iter().map(Segment::len).collect();
+        let start = plan(&lens)?;
+        Some(Compaction {
+            inputs: self.segments[start..].to_vec(),
+        })
+    }
+
+    /// Replaces the segments a [`Compaction`] merged with its result.
+    ///
+    /// The inputs are found by name as a contiguous run (the newest such run,
+    /// should identical segments repeat), so keys inserted and segments sealed
+    /// while the merge ran are kept, and stay newer than the merged segment.
+    /// Upload `merged.segment()` before writing a manifest without the inputs.
+    ///
+    /// Returns the names of the inputs no longer referenced, which may be
+    /// deleted from S3 once a manifest without them is durable. Fails, changing
+    /// nothing, when the inputs are no longer all there as a run (a concurrent
+    /// compaction replaced some of them).
+    pub fn apply(&mut self, merged: Merged) -> Result<Vec<String>, ApplyError> {
+        let Merged { replaces, segment } = merged;
+        let found = if replaces.is_empty() {
+            None
+        } else {
+            self.segments.windows(replaces.len()).rposition(|run| {
+                run.iter()
+                    .map(Segment::name)
+                    .eq(replaces.iter().map(String::as_str))
+            })
+        };
+        let Some(start) = found else {
+            return Err(ApplyError::Stale { replaces });
+        };
+        self.segments
+            .splice(start..start + replaces.len(), [segment]);
+        let mut obsolete: Vec<String> = Vec::with_capacity(replaces.len());
+        for name in replaces {
+            if !obsolete.contains(&name) && !self.segments.iter().any(|s| s.name() == name) {
+                obsolete.push(name);
+            }
+        }
+        Ok(obsolete)
+    }
+
+    /// The segments, oldest first, as a checkpoint manifest lists them.
+    pub fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.iter()
+    }
+
+    /// The number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The number of entries in the delta and all segments. A key finished
+    /// again after its first entry was sealed counts once per entry until a
+    /// merge drops the older one, so this is an upper bound on distinct keys.
+    pub fn len(&self) -> usize {
+        self.delta.len() + self.segments.iter().map(Segment::len).sum::<usize>()
+    }
+
+    /// Whether no key is recorded at all.
+    pub fn is_empty(&self) -> bool {
+        self.delta.is_empty() && self.segments.iter().all(Segment::is_empty)
+    }
+
+    /// The number of keys finished since the last [`FinishedKeys::seal`].
+    pub fn delta_len(&self) -> usize {
+        self.delta.len()
+    }
+
+    /// Approximate heap bytes held, for a metric: the segments' FST bytes plus
+    /// an estimate of the delta (B-tree nodes about two-thirds full, plus each
+    /// key's own allocation). A segment shared with a running compaction is
+    /// counted once; the merge's output is not counted until applied.
+    pub fn memory_bytes(&self) -> usize {
+        const ENTRY: usize = size_of::<String>() + size_of::<u64>();
+        const ALLOC_OVERHEAD: usize = 16;
+        let segments: usize = self
+            .segments
+            .iter()
+            .map(|s| s.bytes().len() + s.name().len() + size_of::<SegmentInner>())
+            .sum();
+        let delta = self.delta.len() * (ENTRY * 3 / 2 + ALLOC_OVERHEAD) + self.delta_key_bytes;
+        segments + self.segments.capacity() * size_of::<Segment>() + delta
+    }
+}
+
+impl fmt::Debug for FinishedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FinishedKeys")
+            .field("segments", &self.segments)
+            .field("delta_len", &self.delta.len())
+            .finish()
+    }
+}
+
+/// A planned merge of a run of the newest segments, made by
+/// [`FinishedKeys::compaction`].
+///
+/// It owns shared handles to its inputs, so it is `Send + 'static` and can be
+/// moved into `spawn_blocking` while the coordinator keeps inserting, sealing
+/// and reading.
+#[derive(Clone, Debug)]
+pub struct Compaction {
+    /// Oldest first; at least two.
+    inputs: Vec<Segment>,
+}
+
+impl Compaction {
+    /// The segments to merge, oldest first.
+    pub fn inputs(&self) -> &[Segment] {
+        &self.inputs
+    }
+
+    /// Merges the inputs into one segment, keeping each key's newest entry.
+    ///
+    /// CPU-bound and linear in the inputs' keys: run it off the async runtime.
+    /// The union of the inputs is streamed straight into the new FST, so
+    /// besides the output only a few keys are held at a time.
+    pub fn run(&self) -> Merged {
+        let mut union = OpBuilder::new();
+        for segment in &self.inputs {
+            union.push(segment.map());
+        }
+        let mut union = union.union();
+        // The output is rarely larger than the inputs together: reserving that
+        // avoids regrowing (and transiently doubling) a buffer of up to
+        // hundreds of MB. Spare capacity is released when finishing.
+        let capacity = self.inputs.iter().map(|s| s.bytes().len()).sum();
+        let mut builder = MapBuilder::new(Vec::with_capacity(capacity))
+            .expect("writing an FST header to a Vec cannot fail");
+        while let Some((key, values)) = union.next() {
+            // Streams are numbered in the order they were pushed, oldest
+            // first, so the highest index is the newest entry.
+            let Some(newest) = values.iter().max_by_key(|v| v.index) else {
+                continue;
+            };
+            builder
+                .insert(key, newest.value)
+                .expect("a union of FSTs yields strictly increasing keys");
+        }
+        Merged {
+            replaces: self.inputs.iter().map(|s| s.name().to_owned()).collect(),
+            segment: Segment::finish(builder),
+        }
+    }
+}
+
+/// The result of [`Compaction::run`], to hand to [`FinishedKeys::apply`].
+#[derive(Clone, Debug)]
+pub struct Merged {
+    /// Names of the merged inputs, oldest first.
+    replaces: Vec<String>,
+    segment: Segment,
+}
+
+impl Merged {
+    /// The merged segment, to upload before applying.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// The names of the segments it replaces, oldest first.
+    pub fn replaces(&self) -> &[String] {
+        &self.replaces
+    }
+}
+
+/// Which run of the newest segments to merge, given segment key counts oldest
+/// first: the index of the run's oldest segment, or `None`.
+///
+/// The run starts at the oldest segment holding at most [`SIZE_RATIO`] times
+/// the keys of all newer segments; beyond [`MAX_SEGMENTS`] it starts no later
+/// than where merging brings the count back to the maximum.
+fn plan(lens: &[usize]) -> Option<usize> {
+    let count = lens.len();
+    if count < 2 {
+        return None;
+    }
+    let mut newer = 0usize;
+    let mut start = None;
+    for (index, &len) in lens.iter().enumerate().rev() {
+        if index + 1 < count && len <= newer.saturating_mul(SIZE_RATIO) {
+            start = Some(index);
+        }
+        newer = newer.saturating_add(len);
+    }
+    if count > MAX_SEGMENTS {
+        let capped = MAX_SEGMENTS - 1;
+        start = Some(start.map_or(capped, |s| s.min(capped)));
+    }
+    start
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(2 * digest.len());
+    for byte in digest.iter() {
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    hex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(fingerprint: u64) -> Finished {
+        Finished {
+            fingerprint,
+            failed: false,
+        }
+    }
+
+    fn failed(fingerprint: u64) -> Finished {
+        Finished {
+            fingerprint,
+            failed: true,
+        }
+    }
+
+    /// Runs and applies compactions until the policy asks for none; returns
+    /// the number of entries the merges read.
+    fn compact_fully(keys: &mut FinishedKeys) -> usize {
+        let mut work = 0;
+        while let Some(compaction) = keys.compaction() {
+            work += compaction.inputs().iter().map(Segment::len).sum::<usize>();
+            let merged = compaction.run();
+            keys.apply(merged)
+                .expect("nothing else changed the segments");
+        }
+        work
+    }
+
+    fn reload(segment: &Segment) -> Segment {
+        Segment::from_bytes(segment.name(), segment.bytes().to_vec()).expect("round trip")
+    }
+
+    // --- fingerprint and value encoding ---
+
+    #[test]
+    fn fingerprint_is_stable() {
+        // sha256("9b2cf535f27731c974343645a3985328" 00 d204000000000000)
+        //   = 75111abe220efd8e927392877a30692f...
+        assert_eq!(
+            fingerprint("9b2cf535f27731c974343645a3985328", 1234),
+            0x7511_1abe_220e_fd8e
+        );
+    }
+
+    #[test]
+    fn fingerprint_ignores_surrounding_quotes() {
+        assert_eq!(
+            fingerprint("\"9b2cf535f27731c974343645a3985328\"", 1234),
+            fingerprint("9b2cf535f27731c974343645a3985328", 1234)
+        );
+        // A lone quote is part of the ETag.
+        assert_ne!(fingerprint("\"abc", 1), fingerprint("abc", 1));
+    }
+
+    #[test]
+    fn fingerprint_differs_with_etag_or_size() {
+        let base = fingerprint("abc-2", 100);
+        assert_ne!(base, fingerprint("abc-3", 100));
+        assert_ne!(base, fingerprint("abc-2", 101));
+        assert_ne!(base, fingerprint("abc-2", 100 << 32));
+        // The separator keeps ETag bytes from sliding into the size.
+        assert_ne!(fingerprint("a", 0), fingerprint("", 0x61));
+    }
+
+    #[test]
+    fn fingerprint_fits_in_63_bits() {
+        for size in 0..2000 {
+            assert_eq!(fingerprint("etag", size) & FAILED_BIT, 0);
+        }
+    }
+
+    #[test]
+    fn value_round_trips_with_failed_flag() {
+        for fp in [0, 1, 0x1234_5678_9abc_def0, FINGERPRINT_MASK] {
+            for entry in [ok(fp), failed(fp)] {
+                assert_eq!(Finished::from_value(entry.to_value()), entry);
+            }
+        }
+        assert_eq!(failed(0).to_value(), FAILED_BIT);
+        assert_eq!(ok(5).to_value(), 5);
+    }
+
+    #[test]
+    fn to_value_drops_the_fingerprint_top_bit() {
+        let entry = ok(u64::MAX);
+        assert_eq!(Finished::from_value(entry.to_value()), ok(FINGERPRINT_MASK));
+    }
+
+    // --- get and insert ---
+
+    #[test]
+    fn empty_has_nothing() {
+        let keys = FinishedKeys::default();
+        assert_eq!(keys.get("a"), None);
+        assert!(keys.is_empty());
+        assert_eq!(keys.len(), 0);
+        assert_eq!(keys.segment_count(), 0);
+        assert!(keys.compaction().is_none());
+    }
+
+    #[test]
+    fn insert_then_get() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("data/a.gz", ok(1));
+        keys.insert("data/b.gz", failed(2));
+        assert_eq!(keys.get("data/a.gz"), Some(ok(1)));
+        assert_eq!(keys.get("data/b.gz"), Some(failed(2)));
+        assert_eq!(keys.get("data/c.gz"), None);
+        assert_eq!(keys.get("data/a"), None, "a prefix is not a key");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.delta_len(), 2);
+        assert!(!keys.is_empty());
+    }
+
+    #[test]
+    fn insert_overrides_in_delta() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("k", ok(1));
+        keys.insert("k", failed(2));
+        assert_eq!(keys.get("k"), Some(failed(2)));
+        assert_eq!(keys.delta_len(), 1);
+    }
+
+    #[test]
+    fn empty_and_unicode_keys_work() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("", ok(1));
+        keys.insert("données/été/ü.json", ok(2));
+        keys.insert("z", ok(3));
+        keys.seal();
+        assert_eq!(keys.get(""), Some(ok(1)));
+        assert_eq!(keys.get("données/été/ü.json"), Some(ok(2)));
+        assert_eq!(keys.get("z"), Some(ok(3)));
+    }
+
+    #[test]
+    fn delta_takes_precedence_over_segments() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("k", ok(1));
+        keys.seal();
+        keys.insert("k", failed(2));
+        assert_eq!(keys.get("k"), Some(failed(2)));
+        assert_eq!(keys.len(), 2, "the shadowed entry still counts");
+    }
+
+    #[test]
+    fn newest_segment_wins_after_seal() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("k", ok(1));
+        keys.insert("only-old", ok(10));
+        keys.seal();
+        keys.insert("k", ok(2));
+        keys.seal();
+        keys.insert("k", ok(3));
+        keys.insert("only-new", ok(30));
+        keys.seal();
+        assert_eq!(keys.segment_count(), 3);
+        assert_eq!(keys.get("k"), Some(ok(3)));
+        assert_eq!(keys.get("only-old"), Some(ok(10)));
+        assert_eq!(keys.get("only-new"), Some(ok(30)));
+    }
+
+    // --- seal and segments ---
+
+    #[test]
+    fn seal_of_empty_delta_is_none() {
+        let mut keys = FinishedKeys::default();
+        assert!(keys.seal().is_none());
+        keys.insert("k", ok(1));
+        assert!(keys.seal().is_some());
+        assert!(keys.seal().is_none(), "the delta was moved");
+        assert_eq!(keys.segment_count(), 1);
+    }
+
+    #[test]
+    fn seal_moves_the_delta_into_the_newest_segment() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("b", ok(2));
+        keys.insert("a", ok(1));
+        let segment = keys.seal().expect("delta not empty").clone();
+        assert_eq!(segment.len(), 2);
+        assert!(!segment.is_empty());
+        assert_eq!(segment.get("a"), Some(ok(1)));
+        assert_eq!(keys.delta_len(), 0);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            keys.segments().last().map(Segment::name),
+            Some(segment.name())
+        );
+    }
+
+    #[test]
+    fn segment_name_is_sha256_of_bytes() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("k", ok(1));
+        let segment = keys.seal().expect("delta not empty");
+        let expected: String = Sha256::digest(segment.bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(segment.name(), expected);
+        assert_eq!(segment.name().len(), 64);
+    }
+
+    #[test]
+    fn sha256_hex_matches_known_vector() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn equal_content_gives_equal_names() {
+        let mut a = FinishedKeys::default();
+        let mut b = FinishedKeys::default();
+        for keys in [&mut a, &mut b] {
+            keys.insert("x", ok(1));
+            keys.insert("y", failed(2));
+        }
+        let a = a.seal().expect("not empty").name().to_owned();
+        let b = b.seal().expect("not empty").name().to_owned();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn from_bytes_round_trips() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("a", ok(1));
+        keys.insert("b", failed(2));
+        let segment = keys.seal().expect("not empty");
+        let loaded = reload(segment);
+        assert_eq!(loaded.name(), segment.name());
+        assert_eq!(loaded.bytes(), segment.bytes());
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded.get("b"), Some(failed(2)));
+    }
+
+    #[test]
+    fn from_bytes_rejects_a_wrong_name() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("a", ok(1));
+        let segment = keys.seal().expect("not empty");
+        let wrong = "0".repeat(64);
+        let err = Segment::from_bytes(&wrong, segment.bytes().to_vec()).unwrap_err();
+        assert!(matches!(err, SegmentError::HashMismatch { .. }));
+        let message = err.to_string();
+        assert!(message.contains(&wrong), "{message}");
+        assert!(message.contains(segment.name()), "{message}");
+        assert!(message.contains("not to its name"), "{message}");
+    }
+
+    #[test]
+    fn from_bytes_rejects_corrupt_and_truncated_bytes() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("a", ok(1));
+        let segment = keys.seal().expect("not empty");
+        let mut flipped = segment.bytes().to_vec();
+        flipped[10] ^= 0x40;
+        let truncated = segment.bytes()[..segment.bytes().len() - 1].to_vec();
+        for bytes in [flipped, truncated, Vec::new()] {
+            let err = Segment::from_bytes(segment.name(), bytes).unwrap_err();
+            assert!(matches!(err, SegmentError::HashMismatch { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn from_bytes_rejects_hash_matching_garbage() {
+        for bytes in [Vec::new(), b"not an fst".to_vec(), vec![0xff; 100]] {
+            let name = sha256_hex(&bytes);
+            let err = Segment::from_bytes(&name, bytes).unwrap_err();
+            assert!(matches!(err, SegmentError::Malformed { .. }), "{err}");
+            let message = err.to_string();
+            assert!(message.contains("not a valid FST map"), "{message}");
+            assert!(message.contains(&name), "{message}");
+        }
+    }
+
+    #[test]
+    fn from_bytes_rejects_a_bad_fst_checksum() {
+        // An FST changed after it was written, renamed to match its new hash:
+        // only the FST's own checksum can tell.
+        let mut keys = FinishedKeys::default();
+        keys.insert("abc", ok(1));
+        keys.insert("abd", ok(2));
+        let segment = keys.seal().expect("not empty");
+        let mut bytes = segment.bytes().to_vec();
+        bytes[17] ^= 0x01;
+        let name = sha256_hex(&bytes);
+        let err = Segment::from_bytes(&name, bytes).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, SegmentError::Malformed { .. }), "{message}");
+        assert!(message.to_lowercase().contains("checksum"), "{message}");
+    }
+
+    #[test]
+    fn from_segments_restores_a_checkpoint() {
+        let mut keys = FinishedKeys::default();
+        for batch in 0..5u64 {
+            for i in 0..20u64 {
+                keys.insert(&format!("p/{batch}/{i}"), ok(batch * 100 + i));
+            }
+            keys.insert("changed", ok(batch));
+            keys.seal();
+        }
+        let manifest: Vec<(String, Vec<u8>)> = keys
+            .segments()
+            .map(|s| (s.name().to_owned(), s.bytes().to_vec()))
+            .collect();
+        let loaded = FinishedKeys::from_segments(
+            manifest
+                .into_iter()
+                .map(|(name, bytes)| Segment::from_bytes(&name, bytes).expect("valid"))
+                .collect(),
+        );
+        assert_eq!(loaded.len(), keys.len());
+        assert_eq!(loaded.delta_len(), 0);
+        assert_eq!(loaded.get("changed"), Some(ok(4)));
+        assert_eq!(loaded.get("p/3/7"), Some(ok(307)));
+        assert_eq!(loaded.get("p/9/9"), None);
+    }
+
+    #[test]
+    fn an_empty_segment_from_s3_is_harmless() {
+        let empty = Map::default().into_fst().into_inner();
+        let name = sha256_hex(&empty);
+        let empty = Segment::from_bytes(&name, empty).expect("an empty FST is valid");
+        assert!(empty.is_empty());
+        let mut keys = FinishedKeys::from_segments(vec![empty]);
+        assert!(keys.is_empty());
+        assert_eq!(keys.get("k"), None);
+        keys.insert("k", ok(1));
+        keys.seal();
+        compact_fully(&mut keys);
+        assert_eq!(keys.segment_count(), 1);
+        assert_eq!(keys.get("k"), Some(ok(1)));
+    }
+
+    // --- memory ---
+
+    #[test]
+    fn memory_bytes_tracks_delta_and_segments() {
+        let mut keys = FinishedKeys::default();
+        let empty = keys.memory_bytes();
+        for i in 0..1000 {
+            keys.insert(&format!("acme/orders/part-{i:08}.ndjson.gz"), ok(i));
+        }
+        let with_delta = keys.memory_bytes();
+        assert!(with_delta > empty + 1000 * 30, "{with_delta}");
+        keys.seal();
+        let sealed = keys.memory_bytes();
+        let segment_bytes: usize = keys.segments().map(|s| s.bytes().len()).sum();
+        assert!(sealed >= segment_bytes);
+        assert!(sealed < with_delta, "a segment is smaller than the delta");
+    }
+
+    // --- compaction ---
+
+    #[test]
+    fn plan_follows_the_size_ratio() {
+        assert_eq!(plan(&[]), None);
+        assert_eq!(plan(&[5]), None);
+        assert_eq!(plan(&[0]), None);
+        assert_eq!(plan(&[100, 10, 1]), None, "geometric: nothing to do");
+        assert_eq!(plan(&[10, 10]), Some(0));
+        assert_eq!(plan(&[20, 10]), Some(0));
+        assert_eq!(plan(&[21, 10]), None);
+        assert_eq!(plan(&[100, 10, 5]), Some(1));
+        assert_eq!(
+            plan(&[100, 1, 60]),
+            Some(0),
+            "a big seal pulls older ones in"
+        );
+        assert_eq!(plan(&[1000, 30, 10, 5]), Some(1));
+        assert_eq!(plan(&[5, 1000]), Some(0));
+        assert_eq!(plan(&[1000, 0, 10]), Some(1), "empty segments are absorbed");
+    }
+
+    #[test]
+    fn plan_caps_the_segment_count() {
+        // Each holds more than twice all newer ones together: no ratio merge.
+        let lens: Vec<usize> = (0..14u32).rev().map(|i| 3usize.pow(i)).collect();
+        assert_eq!(plan(&lens[..MAX_SEGMENTS]), None);
+        assert_eq!(plan(&lens[..MAX_SEGMENTS + 1]), Some(MAX_SEGMENTS - 1));
+        // Merging from index MAX_SEGMENTS - 1 leaves exactly MAX_SEGMENTS.
+        assert_eq!(plan(&lens), Some(MAX_SEGMENTS - 1));
+    }
+
+    #[test]
+    fn compaction_is_none_for_a_single_segment() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("k", ok(1));
+        keys.seal();
+        assert!(keys.compaction().is_none());
+    }
+
+    #[test]
+    fn compaction_merges_and_newest_wins() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("a", ok(1));
+        keys.insert("k", ok(1));
+        keys.seal();
+        keys.insert("k", failed(2));
+        keys.insert("z", ok(3));
+        keys.seal();
+        let compaction = keys.compaction().expect("two equal segments merge");
+        assert_eq!(compaction.inputs().len(), 2);
+        let merged = compaction.run();
+        assert_eq!(merged.segment().len(), 3, "the older k is dropped");
+        let inputs: Vec<String> = keys.segments().map(|s| s.name().to_owned()).collect();
+        assert_eq!(merged.replaces(), inputs.as_slice());
+        let obsolete = keys.apply(merged).expect("not stale");
+        assert_eq!(obsolete, inputs);
+        assert_eq!(keys.segment_count(), 1);
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys.get("k"), Some(failed(2)));
+        assert_eq!(keys.get("a"), Some(ok(1)));
+        assert_eq!(keys.get("z"), Some(ok(3)));
+    }
+
+    #[test]
+    fn merged_segment_reloads_and_is_deterministic() {
+        let build = || {
+            let mut keys = FinishedKeys::default();
+            for i in 0..50u64 {
+                keys.insert(&format!("k{i:03}"), ok(i));
+            }
+            keys.seal();
+            for i in (0..100u64).step_by(2) {
+                keys.insert(&format!("k{i:03}"), failed(i + 1000));
+            }
+            keys.seal();
+            keys.compaction().expect("merge").run()
+        };
+        let (first, second) = (build(), build());
+        assert_eq!(first.segment().name(), second.segment().name());
+        let loaded = reload(first.segment());
+        assert_eq!(loaded.len(), 75);
+        assert_eq!(loaded.get("k010"), Some(failed(1010)));
+        assert_eq!(loaded.get("k011"), Some(ok(11)));
+        assert_eq!(loaded.get("k098"), Some(failed(1098)));
+    }
+
+    #[test]
+    fn compaction_runs_on_another_thread() {
+        fn assert_send_static<T: Send + 'static>(_: &T) {}
+        let mut keys = FinishedKeys::default();
+        keys.insert("a", ok(1));
+        keys.seal();
+        keys.insert("b", ok(2));
+        keys.seal();
+        let compaction = keys.compaction().expect("merge");
+        assert_send_static(&compaction);
+        let merged = std::thread::spawn(move || compaction.run())
+            .join()
+            .expect("merge thread");
+        assert_send_static(&merged);
+        keys.apply(merged).expect("not stale");
+        assert_eq!(keys.get("a"), Some(ok(1)));
+        assert_eq!(keys.get("b"), Some(ok(2)));
+    }
+
+    #[test]
+    fn apply_keeps_concurrent_inserts_and_seals() {
+        let mut keys = FinishedKeys::default();
+        keys.insert("k", ok(1));
+        keys.insert("old", ok(1));
+        keys.seal();
+        keys.insert("k", ok(2));
+        keys.seal();
+        let compaction = keys.compaction().expect("merge");
+
+        // While the merge runs: a newer entry for k is sealed, another k sits
+        // in the delta, and a new key arrives.
+        keys.insert("k", ok(3));
+        keys.insert("new", ok(3));
+        let sealed = keys.seal().expect("not empty").name().to_owned();
+        keys.insert("k", failed(4));
+        keys.insert("newer", ok(4));
+
+        let obsolete = keys.apply(compaction.run()).expect("inputs still there");
+        assert_eq!(obsolete.len(), 2);
+        assert_eq!(keys.segment_count(), 2);
+        assert_eq!(
+            keys.segments().last().map(Segment::name),
+            Some(sealed.as_str())
+        );
+        assert_eq!(keys.get("k"), Some(failed(4)));
+        assert_eq!(keys.get("old"), Some(ok(1)));
+        assert_eq!(keys.get("new"), Some(ok(3)));
+        assert_eq!(keys.get("newer"), Some(ok(4)));
+        keys.seal();
+        assert_eq!(
+            keys.get("k"),
+            Some(failed(4)),
+            "delta entry sealed above merged"
+        );
+        compact_fully(&mut keys);
+        assert_eq!(keys.get("k"), Some(failed(4)));
+        assert_eq!(keys.get("old"), Some(ok(1)));
+    }
+
+    #[test]
+    fn apply_rejects_a_stale_compaction() {
+        let mut keys = FinishedKeys::default();
+        for i in 0..3u64 {
+            keys.insert(&format!("k{i}"), ok(i));
+            keys.seal();
+        }
+        let first = keys.compaction().expect("merge");
+        let second = keys.compaction().expect("same plan");
+        keys.apply(first.run()).expect("first applies");
+        let before: Vec<String> = keys.segments().map(|s| s.name().to_owned()).collect();
+        let err = keys.apply(second.run()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("stale compaction"), "{message}");
+        assert!(
+            message.contains(&second.inputs()[0].name()[..16]),
+            "{message}"
+        );
+        let after: Vec<String> = keys.segments().map(|s| s.name().to_owned()).collect();
+        assert_eq!(before, after, "a failed apply changes nothing");
+    }
+
+    #[test]
+    fn apply_does_not_report_names_still_in_use() {
+        // Two seals of identical content make two segments with one name.
+        let mut keys = FinishedKeys::default();
+        keys.insert("big", ok(0));
+        for i in 0..20u64 {
+            keys.insert(&format!("b{i:02}"), ok(i));
+        }
+        keys.seal();
+        keys.insert("same", ok(1));
+        let name = keys.seal().expect("not empty").name().to_owned();
+        keys.insert("same", ok(1));
+        keys.seal();
+        keys.insert("other", ok(2));
+        keys.seal();
+        let names: Vec<&str> = keys.segments().map(Segment::name).collect();
+        assert_eq!(names[1], names[2]);
+        // Merge only the newest two: the older copy of `name` stays.
+        let compaction = Compaction {
+            inputs: keys.segments().skip(2).cloned().collect(),
+        };
+        let obsolete = keys.apply(compaction.run()).expect("not stale");
+        assert_eq!(obsolete.len(), 1);
+        assert_ne!(obsolete[0], name);
+        assert!(keys.segments().any(|s| s.name() == name));
+        assert_eq!(keys.get("same"), Some(ok(1)));
+        assert_eq!(keys.get("other"), Some(ok(2)));
+    }
+
+    #[test]
+    fn compaction_keeps_segment_count_logarithmic() {
+        let mut keys = FinishedKeys::default();
+        // The expected newest value per key, indexed by key number.
+        let mut expected: Vec<Option<Finished>> = Vec::new();
+        let mut work = 0usize;
+        let mut entries = 0usize;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for batch in 0..1000usize {
+            // Mostly small batches, a few large ones; some keys finished again.
+            let size = match batch % 97 {
+                0 => 500,
+                n if n % 10 == 0 => 60,
+                _ => 1 + (next() % 12) as usize,
+            };
+            for _ in 0..size {
+                let index = if expected.len() > 10 && next().is_multiple_of(8) {
+                    (next() % expected.len() as u64) as usize
+                } else {
+                    expected.push(None);
+                    expected.len() - 1
+                };
+                let entry = Finished::from_value(next());
+                keys.insert(&format!("acme/{:03}/part-{index:06}.gz", index % 7), entry);
+                expected[index] = Some(entry);
+                entries += 1;
+            }
+            keys.seal();
+            work += compact_fully(&mut keys);
+            let total = keys.len().max(2) as f64;
+            let bound = 2.0 * total.log2() + 2.0;
+            assert!(
+                keys.segment_count() as f64 <= bound,
+                "{} segments for {} entries",
+                keys.segment_count(),
+                keys.len()
+            );
+            assert!(keys.segment_count() <= MAX_SEGMENTS);
+        }
+        // Amortized O(n log n): each entry is rewritten O(log n) times.
+        let bound = 3.0 * entries as f64 * (entries as f64).log2();
+        assert!((work as f64) < bound, "{work} merged for {entries} entries");
+        assert!(keys.len() >= expected.len());
+        for (index, entry) in expected.iter().enumerate() {
+            let key = format!("acme/{:03}/part-{index:06}.gz", index % 7);
+            assert_eq!(keys.get(&key), *entry, "{key}");
+        }
+        assert_eq!(keys.get("acme/000/part-999999.gz"), None);
+    }
+
+    /// Builds 10 M realistic keys and reports size and speed. Run with
+    /// `cargo test --release -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark: 10 M keys, run on demand in release mode"]
+    fn ten_million_keys() {
+        use rand::rngs::SmallRng;
+        use rand::{RngExt, SeedableRng};
+        use std::time::Instant;
+
+        const KEYS: u64 = 10_000_000;
+        const PER_HOUR: u64 = 34_723; // 12 days x 24 hours x this > 10 M
+        let key = |n: u64| {
+            let hour = n / PER_HOUR;
+            format!(
+                "acme/orders/2026/11/{:02}/{:02}/part-{:08}.ndjson.gz",
+                1 + hour / 24,
+                hour % 24,
+                n % PER_HOUR
+            )
+        };
+        // Random-looking but reproducible, so lookups can be checked.
+        let entry = |n: u64| {
+            let fp = splitmix64(n) & FINGERPRINT_MASK;
+            Finished {
+                fingerprint: fp,
+                failed: fp.is_multiple_of(1000),
+            }
+        };
+
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut keys = FinishedKeys::default();
+        let mut peak_memory = 0;
+        let mut merged_entries = 0;
+        let start = Instant::now();
+        let mut n = 0;
+        while n < KEYS {
+            let batch = rng.random_range(20_000..120_000).min(KEYS - n);
+            for i in n..n + batch {
+                keys.insert(&key(i), entry(i));
+            }
+            n += batch;
+            peak_memory = peak_memory.max(keys.memory_bytes());
+            keys.seal();
+            merged_entries += compact_fully(&mut keys);
+        }
+        let build = start.elapsed();
+        let segments: Vec<Segment> = keys.segments().cloned().collect();
+        let serialized: usize = segments.iter().map(|s| s.bytes().len()).sum();
+        println!(
+            "10M: built in {build:.2?}, {} segments, {merged_entries} entries merged",
+            segments.len()
+        );
+        println!(
+            "10M: memory_bytes {:.1} MB (peak during build {:.1} MB), serialized {:.1} MB, {:.2} bytes/key",
+            keys.memory_bytes() as f64 / 1e6,
+            peak_memory as f64 / 1e6,
+            serialized as f64 / 1e6,
+            serialized as f64 / KEYS as f64
+        );
+        for s in &segments {
+            println!(
+                "10M:   segment {} keys {} bytes {}",
+                &s.name()[..12],
+                s.len(),
+                s.bytes().len()
+            );
+        }
+
+        // Load the checkpoint back: copies are made first, only from_bytes is timed.
+        let copies: Vec<(String, Vec<u8>)> = segments
+            .iter()
+            .map(|s| (s.name().to_owned(), s.bytes().to_vec()))
+            .collect();
+        drop(segments);
+        drop(keys);
+        let start = Instant::now();
+        let loaded: Vec<Segment> = copies
+            .into_iter()
+            .map(|(name, bytes)| Segment::from_bytes(&name, bytes).expect("valid"))
+            .collect();
+        let load = start.elapsed();
+        let keys = FinishedKeys::from_segments(loaded);
+        println!("10M: from_bytes of all segments in {load:.2?}");
+        assert_eq!(keys.len(), KEYS as usize);
+
+        let probes: Vec<(String, u64)> = (0..1_000_000)
+            .map(|_| {
+                let n = rng.random_range(0..KEYS);
+                (key(n), n)
+            })
+            .collect();
+        let start = Instant::now();
+        let mut found = 0;
+        for (probe, n) in &probes {
+            let got = keys.get(probe);
+            assert_eq!(got, Some(entry(*n)));
+            found += 1;
+        }
+        let gets = start.elapsed();
+        let misses: Vec<String> = (0..1_000_000u64)
+            .map(|i| key(KEYS + rng.random_range(0..KEYS) + i % 2))
+            .collect();
+        let start = Instant::now();
+        let missing = misses.iter().filter(|k| keys.get(k).is_none()).count();
+        let miss_time = start.elapsed();
+        assert_eq!(missing, misses.len());
+        println!(
+            "10M: {found} random hits in {gets:.2?} ({:.0} ns/get), {missing} misses in {miss_time:.2?}",
+            gets.as_nanos() as f64 / found as f64
+        );
+
+        // Worst case for the merge: everything into one segment.
+        let start = Instant::now();
+        let all = Compaction {
+            inputs: keys.segments().cloned().collect(),
+        };
+        let merged = all.run();
+        println!(
+            "10M: full merge of {} segments in {:.2?}, {:.1} MB",
+            all.inputs().len(),
+            start.elapsed(),
+            merged.segment().bytes().len() as f64 / 1e6
+        );
+        if let Some(peak) = peak_rss_mb() {
+            println!("10M: process peak RSS {peak:.0} MB");
+        }
+    }
+
+    fn splitmix64(n: u64) -> u64 {
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn peak_rss_mb() -> Option<f64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+}

@@ -1,0 +1,378 @@
+//! The coordinator: what `sluice coordinator` runs, one per IngestSource.
+//!
+//! It lists the source ([`listing`]), packs what is new into tasks and
+//! leases them to workers ([`tasks`], served by [`http`]), remembers the
+//! finished keys compactly ([`keys`]), and every few seconds writes its
+//! checkpoint ([`checkpoint`]) and archives the tasks that ended
+//! ([`crate::archive`]).
+
+pub mod checkpoint;
+pub mod http;
+pub mod keys;
+pub mod listing;
+pub mod metrics;
+pub mod tasks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use futures::StreamExt;
+use jiff::Timestamp;
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::api::Summary;
+use crate::archive::{self, Batch};
+use crate::config::{self, RuntimeConfig, Store};
+use crate::s3;
+use crate::telemetry::{self, LogFormat, Readiness};
+use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
+use keys::{FinishedKeys, Merged};
+use tasks::{Identity, Limits, Tasks};
+
+/// `sluice coordinator`: track one source's keys and lease its tasks.
+#[derive(clap::Args, Debug)]
+pub struct CoordinatorArgs {
+    /// The runtime configuration the operator renders (config.json).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: PathBuf,
+
+    /// A file holding the token workers must present.
+    #[arg(long, env = "SLUICE_TOKEN_FILE")]
+    pub token_file: PathBuf,
+
+    /// Where the task API, /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "SLUICE_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub address: SocketAddr,
+
+    /// How often the checkpoint is written and finished tasks archived.
+    #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_std)]
+    pub checkpoint_interval: Duration,
+
+    /// At most this many objects are in tasks not yet archived; the
+    /// listing waits for room. Bounds memory however large the source.
+    #[arg(long, env = "SLUICE_MAX_LIVE_OBJECTS", default_value_t = 100_000)]
+    pub max_live_objects: usize,
+
+    /// How logs are written.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot serve the task API: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Commits of newly planned tasks are at least this far apart, so a fast
+/// listing does not write a checkpoint per page.
+const MIN_COMMIT_SPACING: Duration = Duration::from_millis(100);
+
+/// What the HTTP handlers, the listing and the commit loop share.
+pub struct Shared {
+    tasks: Mutex<Tasks>,
+    token: String,
+    lease_duration: Duration,
+    metrics: metrics::Metrics,
+    /// Signalled when tasks were planned that need a commit.
+    planned: Notify,
+    listing_passes: AtomicU64,
+    last_checkpoint: Mutex<Option<Timestamp>>,
+}
+
+impl Shared {
+    fn tasks(&self) -> MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn summary(&self) -> Summary {
+        let mut summary = self.tasks().summary(Timestamp::now());
+        summary.listing_passes = self.listing_passes.load(Ordering::Relaxed);
+        summary.last_checkpoint = *self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        summary
+    }
+}
+
+/// Runs the coordinator until SIGTERM, then writes a last checkpoint.
+pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
+    telemetry::init_logging(args.log_format);
+    let config = RuntimeConfig::load(&args.config).map_err(Error::Config)?;
+    let token = config::read_token(&args.token_file).map_err(Error::Config)?;
+    let source_client = s3::client_for(Store::Source, &config.source.s3).await;
+    let archive_client = s3::client_for(Store::Archive, &config.archive).await;
+
+    let (checkpoint, resumed) = Checkpoint::claim(
+        archive_client.clone(),
+        &config.archive,
+        &config.namespace,
+        &config.name,
+    )
+    .await?;
+    let manifest = resumed.manifest;
+    info!(
+        checkpoint = %checkpoint.location(),
+        epoch = checkpoint.epoch(),
+        tasks = manifest.tasks.len(),
+        "claimed the checkpoint"
+    );
+    let tasks = Tasks::new(
+        Identity {
+            account: config.account.clone(),
+            collection: config.collection.clone(),
+            namespace: config.namespace.clone(),
+            name: config.name.clone(),
+            sink_prefix: config.sink.prefix.clone(),
+        },
+        Limits {
+            max_objects: config.tasks.max_objects,
+            max_bytes: config.tasks.max_bytes,
+            lease: config.tasks.lease_duration.0,
+            max_attempts: config.tasks.max_attempts,
+        },
+        checkpoint.epoch(),
+        FinishedKeys::from_segments(resumed.segments),
+        manifest.tasks,
+        manifest.totals,
+    );
+    let mut registry = Registry::default();
+    let shared = Arc::new(Shared {
+        tasks: Mutex::new(tasks),
+        token,
+        lease_duration: config.tasks.lease_duration.0,
+        metrics: metrics::Metrics::new(&mut registry),
+        planned: Notify::new(),
+        listing_passes: AtomicU64::new(0),
+        last_checkpoint: Mutex::new(manifest.written),
+    });
+    let readiness = Readiness::default();
+    readiness.set(true);
+    let address = telemetry::serve_admin(
+        args.address,
+        readiness,
+        registry,
+        http::router(shared.clone()),
+    )
+    .await?;
+    info!(%address, "serving the task API");
+
+    tokio::spawn(listing::run(
+        shared.clone(),
+        source_client,
+        config.source.clone(),
+        args.max_live_objects,
+    ));
+    tokio::spawn(expire_leases(shared.clone()));
+    let mut committer = Committer {
+        shared,
+        checkpoint,
+        archive: archive_client,
+        config,
+        outbox: manifest.outbox,
+        next_batch: 1,
+        obsolete: Vec::new(),
+        compaction: None,
+    };
+    committer.run(args.checkpoint_interval).await
+}
+
+/// Returns expired leases' tasks to the queue, several times per lease.
+async fn expire_leases(shared: Arc<Shared>) {
+    let period = (shared.lease_duration / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let expired = shared.tasks().expire(Timestamp::now());
+        shared.metrics.expired_leases.inc_by(expired as u64);
+    }
+}
+
+/// Writes checkpoints and archive batches.
+struct Committer {
+    shared: Arc<Shared>,
+    checkpoint: Checkpoint,
+    archive: aws_sdk_s3::Client,
+    config: RuntimeConfig,
+    /// Batches in a written manifest but maybe not yet in the archive.
+    outbox: Vec<Batch>,
+    next_batch: u64,
+    /// Segments merged away; deleted once a manifest without them is
+    /// written.
+    obsolete: Vec<String>,
+    compaction: Option<tokio::task::JoinHandle<Merged>>,
+}
+
+impl Committer {
+    async fn run(&mut self, interval: Duration) -> Result<(), Error> {
+        // Batches a previous coordinator committed but maybe did not write.
+        self.commit(false).await?;
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
+        let mut last = Instant::now();
+        let mut stop = std::pin::pin!(telemetry::terminated());
+        loop {
+            let flush = tokio::select! {
+                _ = ticks.tick() => true,
+                () = shared.planned.notified() => {
+                    tokio::time::sleep_until((last + MIN_COMMIT_SPACING).into()).await;
+                    false
+                }
+                () = &mut stop => {
+                    info!("stopping: writing a last checkpoint");
+                    return self.commit(true).await;
+                }
+            };
+            last = Instant::now();
+            match self.commit(flush).await {
+                Err(err @ Error::Checkpoint(CheckpointError::Fenced { .. })) => return Err(err),
+                Err(err) => warn!(error = %err, "cannot write the checkpoint; retrying"),
+                Ok(()) => {}
+            }
+        }
+    }
+
+    /// Writes a checkpoint with the tasks planned so far (then leasable)
+    /// and, when `flush`, the tasks that ended: their keys join the
+    /// finished keys and their records the archive.
+    async fn commit(&mut self, flush: bool) -> Result<(), Error> {
+        let started = Instant::now();
+        self.apply_compaction().await;
+        let now = Timestamp::now();
+        let (manifest, snapshot, segments) = {
+            let mut tasks = self.shared.tasks();
+            if flush {
+                let records = tasks.drain_finished();
+                for record in &records {
+                    self.shared.metrics.finished(record.state.as_str());
+                }
+                let batches = archive::batches(
+                    self.config.archive.prefix.as_deref(),
+                    (&self.config.namespace, &self.config.name),
+                    tasks.epoch(),
+                    &mut self.next_batch,
+                    records,
+                );
+                self.outbox.extend(batches);
+                tasks.finished_keys_mut().seal();
+            }
+            let mut snapshot = tasks.snapshot();
+            let keys = tasks.finished_keys();
+            self.shared.metrics.finished_keys.set(keys.len() as i64);
+            self.shared
+                .metrics
+                .finished_keys_bytes
+                .set(keys.memory_bytes() as i64);
+            let segments: Vec<_> = keys.segments().cloned().collect();
+            let manifest = Manifest {
+                epoch: tasks.epoch(),
+                written: Some(now),
+                segments: segments
+                    .iter()
+                    .map(|segment| SegmentRef {
+                        name: segment.name().to_owned(),
+                        keys: segment.len() as u64,
+                    })
+                    .collect(),
+                tasks: std::mem::take(&mut snapshot.tasks),
+                outbox: self.outbox.clone(),
+                totals: tasks.totals().clone(),
+            };
+            (manifest, snapshot, segments)
+        };
+        let written = self
+            .checkpoint
+            .write(&manifest, &segments.iter().collect::<Vec<_>>())
+            .await;
+        self.shared
+            .metrics
+            .checkpoint(if written.is_ok() { "ok" } else { "error" });
+        written?;
+        self.shared
+            .metrics
+            .checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.shared.tasks().committed(&snapshot);
+        *self
+            .shared
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
+        let obsolete = std::mem::take(&mut self.obsolete);
+        self.checkpoint.delete_segments(&obsolete).await;
+        self.write_outbox().await;
+        self.start_compaction();
+        Ok(())
+    }
+
+    /// Writes the outbox's batches to the archive; those written leave it.
+    async fn write_outbox(&mut self) {
+        let bucket = &self.config.archive.bucket;
+        let archive = &self.archive;
+        let results: Vec<bool> = futures::stream::iter(&self.outbox)
+            .map(|batch| async move {
+                let written = archive
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&batch.key)
+                    .content_type("application/x-ndjson")
+                    .content_encoding("zstd")
+                    .body(ByteStream::from(archive::encode(&batch.records)))
+                    .send()
+                    .await;
+                if let Err(err) = &written {
+                    warn!(object = %batch.key, error = %s3::describe(err), "cannot write to the archive; retrying");
+                }
+                written.is_ok()
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let mut results = results.into_iter();
+        let metrics = &self.shared.metrics;
+        self.outbox.retain(|batch| {
+            let written = results.next().unwrap_or(false);
+            if written {
+                metrics.archived_records.inc_by(batch.records.len() as u64);
+            }
+            !written
+        });
+    }
+
+    /// Starts merging finished-key segments in the background when the
+    /// plan says so.
+    fn start_compaction(&mut self) {
+        if self.compaction.is_some() {
+            return;
+        }
+        if let Some(compaction) = self.shared.tasks().finished_keys().compaction() {
+            self.compaction = Some(tokio::task::spawn_blocking(move || compaction.run()));
+        }
+    }
+
+    /// Puts a finished merge in place of the segments it merged.
+    async fn apply_compaction(&mut self) {
+        let Some(running) = self.compaction.take_if(|running| running.is_finished()) else {
+            return;
+        };
+        match running.await {
+            Ok(merged) => match self.shared.tasks().finished_keys_mut().apply(merged) {
+                Ok(replaced) => self.obsolete.extend(replaced),
+                Err(err) => warn!(error = %err, "cannot use merged finished keys"),
+            },
+            Err(err) => warn!(error = %err, "merging finished keys failed"),
+        }
+    }
+}

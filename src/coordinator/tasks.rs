@@ -1,0 +1,851 @@
+//! The coordinator's task table: packing listed objects into tasks, leasing
+//! them to workers, lease expiry, retries, the dead letter, and folding
+//! finished tasks into the finished keys.
+//!
+//! Plain state, no I/O: every method takes the current time, so the lease
+//! logic is tested without clocks or servers.
+//!
+//! A task's life: planned (its objects fixed) → committed (written to the
+//! checkpoint, so a restart recreates exactly this task and its output name)
+//! → leased (attempt raised) → succeeded, or back to pending on failure or
+//! lease expiry, or failed for good after `maxAttempts`. Only committed
+//! tasks are leased: a worker's output is named after its task, and a task
+//! that a restart could pack differently would write its records twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{Finished, FinishedKeys, fingerprint};
+use crate::api::{
+    Completion, Failure, LeasedTask, ObjectRef, Progress, Summary, TaskDetail, TaskQuery,
+    TaskState, TaskTotals, TaskView,
+};
+use crate::archive::TaskRecord;
+
+/// Finished tasks kept for the live API after they were archived.
+const RECENT: usize = 500;
+
+/// Which source this is, and where its records go.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub account: String,
+    pub collection: String,
+    pub namespace: String,
+    pub name: String,
+    /// The sink location's prefix.
+    pub sink_prefix: Option<String>,
+}
+
+impl Identity {
+    /// `namespace/name`.
+    pub fn source(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The sink object of a task: the same for every attempt.
+    fn output(&self, task: &Planned) -> String {
+        let date = task.created.strftime("%Y-%m-%d");
+        crate::s3::join(
+            self.sink_prefix.as_deref(),
+            &format!(
+                "{}/dt={date}/{}.{}-{}.ndjson.zst",
+                self.collection, self.namespace, self.name, task.id
+            ),
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_objects: u32,
+    pub max_bytes: u64,
+    pub lease: Duration,
+    pub max_attempts: u32,
+}
+
+/// A task's identity: the coordinator epoch that planned it and a sequence
+/// number, written `EPOCH-SEQ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || format!("{text:?} is not a task id (EPOCH-SEQ, for example 3-1042)");
+        let (epoch, seq) = text.split_once('-').ok_or_else(invalid)?;
+        Ok(TaskId {
+            epoch: epoch.parse().map_err(|_| invalid())?,
+            seq: seq.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An object as the listing found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub object: ObjectRef,
+    pub modified: Timestamp,
+}
+
+/// What the checkpoint keeps of a task that has not been archived yet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Planned {
+    pub id: TaskId,
+    pub created: Timestamp,
+    /// Leases so far.
+    pub attempt: u32,
+    pub objects: Vec<ObjectRef>,
+    /// The oldest object's last-modified time, for the lag.
+    pub oldest: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Counts that outlive the tasks they count; kept in the checkpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+    pub objects_discovered: u64,
+    pub objects_ingested: u64,
+    pub objects_failed: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    worker: String,
+    started: Timestamp,
+    deadline: Timestamp,
+    records: u64,
+    bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Outcome {
+    state: TaskState,
+    worker: Option<String>,
+    started: Option<Timestamp>,
+    finished: Timestamp,
+    records: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+    outputs: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    planned: Planned,
+    size: u64,
+    /// Raised whenever the planned part changes, so a checkpoint taken
+    /// before the change does not commit it.
+    revision: u64,
+    committed: bool,
+    lease: Option<Lease>,
+    outcome: Option<Outcome>,
+}
+
+impl Task {
+    fn new(planned: Planned) -> Self {
+        Task {
+            size: planned.objects.iter().map(|o| o.size).sum(),
+            planned,
+            revision: 0,
+            committed: false,
+            lease: None,
+            outcome: None,
+        }
+    }
+
+    fn state(&self) -> TaskState {
+        match (&self.outcome, &self.lease) {
+            (Some(outcome), _) => outcome.state,
+            (None, Some(_)) => TaskState::Running,
+            (None, None) => TaskState::Pending,
+        }
+    }
+
+    fn leasable(&self) -> bool {
+        self.committed && self.lease.is_none() && self.outcome.is_none()
+    }
+}
+
+/// Why the coordinator refused a worker's report.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no task {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A snapshot of the live tasks for a checkpoint, and what to mark
+/// committed once it is written.
+pub struct Snapshot {
+    pub tasks: Vec<Planned>,
+    revisions: Vec<(TaskId, u64)>,
+}
+
+/// The task table of one source.
+pub struct Tasks {
+    identity: Identity,
+    limits: Limits,
+    epoch: u64,
+    next_seq: u64,
+    finished: FinishedKeys,
+    live: BTreeMap<TaskId, Task>,
+    /// Which live task holds each key, so a relisting does not plan it again.
+    by_key: HashMap<String, TaskId>,
+    /// Committed pending tasks in lease order; may hold ids that were leased
+    /// or finished since (skipped when popped).
+    queue: VecDeque<TaskId>,
+    deadlines: BTreeSet<(Timestamp, TaskId)>,
+    recent: VecDeque<TaskDetail>,
+    totals: Totals,
+}
+
+impl Tasks {
+    /// The table of a coordinator of `epoch`, resuming from what a
+    /// checkpoint kept: finished keys, tasks not yet archived, totals.
+    pub fn new(
+        identity: Identity,
+        limits: Limits,
+        epoch: u64,
+        finished: FinishedKeys,
+        restored: Vec<Planned>,
+        totals: Totals,
+    ) -> Self {
+        let mut tasks = Tasks {
+            identity,
+            limits,
+            epoch,
+            next_seq: 1,
+            finished,
+            live: BTreeMap::new(),
+            by_key: HashMap::new(),
+            queue: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            recent: VecDeque::new(),
+            totals,
+        };
+        for planned in restored {
+            let id = planned.id;
+            tasks.add(planned);
+            tasks.live.get_mut(&id).expect("just added").committed = true;
+            tasks.queue.push_back(id);
+        }
+        tasks
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn finished_keys(&self) -> &FinishedKeys {
+        &self.finished
+    }
+
+    pub fn finished_keys_mut(&mut self) -> &mut FinishedKeys {
+        &mut self.finished
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Objects in tasks not yet archived: what the listing must wait on
+    /// before it plans more.
+    pub fn live_objects(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Plans tasks for the objects of one listing page that are neither
+    /// finished with the same ETag and size nor in a live task. Returns how
+    /// many tasks it planned; they are leased once committed.
+    pub fn plan(&mut self, page: Vec<Listed>, now: Timestamp) -> usize {
+        let new: Vec<Listed> = page
+            .into_iter()
+            .filter(|listed| {
+                let object = &listed.object;
+                !self.by_key.contains_key(&object.key)
+                    && self.finished.get(&object.key).is_none_or(|finished| {
+                        finished.fingerprint != fingerprint(&object.etag, object.size)
+                    })
+            })
+            .collect();
+        self.totals.objects_discovered += new.len() as u64;
+        let groups = pack(new, self.limits.max_objects, self.limits.max_bytes);
+        let planned = groups.len();
+        for group in groups {
+            let id = self.next_id();
+            let oldest = group
+                .iter()
+                .map(|listed| listed.modified)
+                .min()
+                .unwrap_or(now);
+            self.add(Planned {
+                id,
+                created: now,
+                attempt: 0,
+                objects: group.into_iter().map(|listed| listed.object).collect(),
+                oldest,
+                error: None,
+            });
+        }
+        planned
+    }
+
+    fn next_id(&mut self) -> TaskId {
+        let id = TaskId {
+            epoch: self.epoch,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        id
+    }
+
+    fn add(&mut self, planned: Planned) {
+        for object in &planned.objects {
+            self.by_key.insert(object.key.clone(), planned.id);
+        }
+        self.live.insert(planned.id, Task::new(planned));
+    }
+
+    /// Whether some planned task waits for a checkpoint before it can be
+    /// leased.
+    pub fn has_uncommitted(&self) -> bool {
+        self.live
+            .values()
+            .any(|task| !task.committed && task.outcome.is_none())
+    }
+
+    /// Every live task, for the checkpoint.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            tasks: self.live.values().map(|task| task.planned.clone()).collect(),
+            revisions: self
+                .live
+                .values()
+                .filter(|task| !task.committed)
+                .map(|task| (task.planned.id, task.revision))
+                .collect(),
+        }
+    }
+
+    /// Marks the tasks of a written checkpoint committed, unless they
+    /// changed since the snapshot.
+    pub fn committed(&mut self, snapshot: &Snapshot) {
+        for (id, revision) in &snapshot.revisions {
+            if let Some(task) = self.live.get_mut(id)
+                && task.revision == *revision
+                && !task.committed
+            {
+                task.committed = true;
+                if task.outcome.is_none() {
+                    self.queue.push_back(*id);
+                }
+            }
+        }
+    }
+
+    /// Leases up to `max` pending tasks to `worker`.
+    pub fn lease(&mut self, worker: &str, max: u32, now: Timestamp) -> Vec<LeasedTask> {
+        let mut leased = Vec::new();
+        while leased.len() < max as usize {
+            let Some(id) = self.queue.pop_front() else {
+                break;
+            };
+            let deadline = now + self.limits.lease;
+            let Some(task) = self.live.get_mut(&id).filter(|task| task.leasable()) else {
+                continue;
+            };
+            task.planned.attempt += 1;
+            task.lease = Some(Lease {
+                worker: worker.to_owned(),
+                started: now,
+                deadline,
+                records: 0,
+                bytes: 0,
+            });
+            self.deadlines.insert((deadline, id));
+            leased.push(LeasedTask {
+                id: id.to_string(),
+                attempt: task.planned.attempt,
+                objects: task.planned.objects.clone(),
+                output: self.identity.output(&task.planned),
+            });
+        }
+        leased
+    }
+
+    /// Renews the leases `worker` reports progress on. Returns the tasks it
+    /// no longer holds. A pending task reported with the attempt it was last
+    /// leased for (a worker that outlived a coordinator restart) is leased
+    /// to it again rather than redone.
+    pub fn heartbeat(&mut self, worker: &str, progress: &[Progress], now: Timestamp) -> Vec<String> {
+        let deadline = now + self.limits.lease;
+        let mut lost = Vec::new();
+        for report in progress {
+            let Some((id, task)) = report
+                .id
+                .parse::<TaskId>()
+                .ok()
+                .and_then(|id| Some(id).zip(self.live.get_mut(&id)))
+            else {
+                lost.push(report.id.clone());
+                continue;
+            };
+            if task.planned.attempt != report.attempt || task.outcome.is_some() {
+                lost.push(report.id.clone());
+                continue;
+            }
+            match &mut task.lease {
+                Some(lease) if lease.worker == worker => {
+                    self.deadlines.remove(&(lease.deadline, id));
+                    lease.deadline = deadline;
+                    lease.records = report.records;
+                    lease.bytes = report.bytes;
+                }
+                None if task.committed => {
+                    task.lease = Some(Lease {
+                        worker: worker.to_owned(),
+                        started: now,
+                        deadline,
+                        records: report.records,
+                        bytes: report.bytes,
+                    });
+                }
+                _ => {
+                    lost.push(report.id.clone());
+                    continue;
+                }
+            }
+            self.deadlines.insert((deadline, id));
+        }
+        lost
+    }
+
+    /// Records a task done. Accepted from whichever worker finished it
+    /// first: every attempt writes the same output, so a late duplicate
+    /// attempt changes nothing.
+    pub fn complete(&mut self, id: &str, done: Completion, now: Timestamp) -> Result<(), Refusal> {
+        let id = self.find_live(id)?;
+        let task = self.live.get_mut(&id).expect("found");
+        if task.outcome.is_some() {
+            return Err(Refusal::Conflict(format!("task {id} has already finished")));
+        }
+        if task.planned.attempt == 0 {
+            return Err(Refusal::Conflict(format!("task {id} was never leased")));
+        }
+        let started = task.lease.take().map(|lease| {
+            self.deadlines.remove(&(lease.deadline, id));
+            lease.started
+        });
+        task.planned.error = None;
+        task.outcome = Some(Outcome {
+            state: TaskState::Succeeded,
+            worker: Some(done.worker),
+            started,
+            finished: now,
+            records: done.records,
+            bytes_read: done.bytes_read,
+            bytes_written: done.bytes_written,
+            outputs: done.outputs,
+        });
+        self.totals.tasks_succeeded += 1;
+        self.totals.objects_ingested += task.planned.objects.len() as u64;
+        self.totals.records += done.records;
+        self.totals.bytes += done.bytes_read;
+        Ok(())
+    }
+
+    /// Records a failed attempt. The task is retried until it has had
+    /// `maxAttempts`; an object named as the fault is split off into a task
+    /// of its own so the other objects go on.
+    pub fn fail(&mut self, id: &str, failure: Failure, now: Timestamp) -> Result<(), Refusal> {
+        let id = self.find_live(id)?;
+        let task = self.live.get_mut(&id).expect("found");
+        let holds = task.outcome.is_none()
+            && task.planned.attempt == failure.attempt
+            && task
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.worker == failure.worker);
+        if !holds {
+            return Err(Refusal::Conflict(format!(
+                "worker {} does not hold attempt {} of task {id}",
+                failure.worker, failure.attempt
+            )));
+        }
+        let lease = task.lease.take().expect("held");
+        self.deadlines.remove(&(lease.deadline, id));
+        if failure.released {
+            task.planned.attempt -= 1;
+            if task.committed {
+                self.queue.push_front(id);
+            }
+            return Ok(());
+        }
+        task.planned.error = Some(failure.error.clone());
+        let culprit = failure.key.as_deref().and_then(|key| {
+            task.planned
+                .objects
+                .iter()
+                .position(|object| object.key == key)
+        });
+        match culprit {
+            Some(index) if task.planned.objects.len() > 1 => {
+                let object = task.planned.objects.remove(index);
+                let oldest = task.planned.oldest;
+                // The others did nothing wrong: they start over.
+                task.planned.attempt = 0;
+                task.planned.error = None;
+                task.size -= object.size;
+                task.revision += 1;
+                task.committed = false;
+                let split = Planned {
+                    id: self.next_id(),
+                    created: now,
+                    attempt: failure.attempt,
+                    objects: vec![object],
+                    oldest,
+                    error: Some(failure.error),
+                };
+                let split_id = split.id;
+                self.add(split);
+                self.retry_or_give_up(split_id, Some(lease), now);
+            }
+            _ => self.retry_or_give_up(id, Some(lease), now),
+        }
+        Ok(())
+    }
+
+    /// Expires the leases whose deadline passed: their tasks are retried
+    /// or, after `maxAttempts`, failed for good. Returns how many expired.
+    pub fn expire(&mut self, now: Timestamp) -> usize {
+        let mut expired = 0;
+        while let Some(&(deadline, id)) = self.deadlines.first()
+            && deadline <= now
+        {
+            self.deadlines.pop_first();
+            let Some(task) = self.live.get_mut(&id) else {
+                continue;
+            };
+            let Some(lease) = task.lease.take_if(|lease| lease.deadline == deadline) else {
+                continue;
+            };
+            task.planned.error = Some(format!(
+                "lease expired: worker {} sent no heartbeat for {}",
+                lease.worker,
+                crate::duration::Duration(self.limits.lease)
+            ));
+            expired += 1;
+            self.retry_or_give_up(id, Some(lease), now);
+        }
+        expired
+    }
+
+    fn retry_or_give_up(&mut self, id: TaskId, lease: Option<Lease>, now: Timestamp) {
+        let max_attempts = self.limits.max_attempts;
+        let task = self.live.get_mut(&id).expect("a live task");
+        if task.planned.attempt < max_attempts {
+            if task.committed {
+                self.queue.push_back(id);
+            }
+            return;
+        }
+        let (records, bytes, worker, started) = match lease {
+            Some(lease) => (lease.records, lease.bytes, Some(lease.worker), Some(lease.started)),
+            None => (0, 0, None, None),
+        };
+        task.outcome = Some(Outcome {
+            state: TaskState::Failed,
+            worker,
+            started,
+            finished: now,
+            records,
+            bytes_read: bytes,
+            bytes_written: 0,
+            outputs: Vec::new(),
+        });
+        self.totals.tasks_failed += 1;
+        self.totals.objects_failed += task.planned.objects.len() as u64;
+    }
+
+    /// The id of a live task, or why there is none.
+    fn find_live(&self, id: &str) -> Result<TaskId, Refusal> {
+        let parsed: TaskId = id.parse().map_err(Refusal::NotFound)?;
+        if self.live.contains_key(&parsed) {
+            return Ok(parsed);
+        }
+        if self.recent.iter().any(|detail| detail.task.id == id) {
+            return Err(Refusal::Conflict(format!("task {id} has already finished")));
+        }
+        Err(Refusal::NotFound(id.to_owned()))
+    }
+
+    /// Takes the finished tasks out of the table, folds their keys into the
+    /// finished keys, and returns their archive records.
+    pub fn drain_finished(&mut self) -> Vec<TaskRecord> {
+        let done: Vec<TaskId> = self
+            .live
+            .iter()
+            .filter(|(_, task)| task.outcome.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut records = Vec::with_capacity(done.len());
+        for id in done {
+            let task = self.live.remove(&id).expect("listed above");
+            let outcome = task.outcome.as_ref().expect("finished");
+            let failed = outcome.state == TaskState::Failed;
+            for object in &task.planned.objects {
+                self.by_key.remove(&object.key);
+                self.finished.insert(
+                    &object.key,
+                    Finished {
+                        fingerprint: fingerprint(&object.etag, object.size),
+                        failed,
+                    },
+                );
+            }
+            records.push(self.record(&task));
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(self.detail(id, &task));
+        }
+        records
+    }
+
+    fn record(&self, task: &Task) -> TaskRecord {
+        let outcome = task.outcome.as_ref().expect("finished");
+        let duration = outcome
+            .started
+            .map(|started| outcome.finished.duration_since(started))
+            .unwrap_or_default();
+        TaskRecord {
+            id: task.planned.id.to_string(),
+            account: self.identity.account.clone(),
+            collection: self.identity.collection.clone(),
+            source: self.identity.source(),
+            state: outcome.state,
+            worker: outcome.worker.clone(),
+            attempt: task.planned.attempt,
+            objects: task.planned.objects.clone(),
+            records: outcome.records,
+            bytes_read: outcome.bytes_read,
+            bytes_written: outcome.bytes_written,
+            outputs: outcome.outputs.clone(),
+            created: task.planned.created,
+            started: outcome.started,
+            finished: outcome.finished,
+            duration_ms: duration.as_millis().try_into().unwrap_or(0),
+            error: task.planned.error.clone(),
+        }
+    }
+
+    fn view(&self, task: &Task) -> TaskView {
+        let (worker, started, finished, records, bytes) = match (&task.outcome, &task.lease) {
+            (Some(outcome), _) => (
+                outcome.worker.clone(),
+                outcome.started,
+                Some(outcome.finished),
+                outcome.records,
+                outcome.bytes_read,
+            ),
+            (None, Some(lease)) => (
+                Some(lease.worker.clone()),
+                Some(lease.started),
+                None,
+                lease.records,
+                lease.bytes,
+            ),
+            (None, None) => (None, None, None, 0, 0),
+        };
+        TaskView {
+            id: task.planned.id.to_string(),
+            account: self.identity.account.clone(),
+            collection: self.identity.collection.clone(),
+            source: self.identity.source(),
+            state: task.state(),
+            worker,
+            attempt: task.planned.attempt,
+            objects: task.planned.objects.len() as u32,
+            size: task.size,
+            first_key: task
+                .planned
+                .objects
+                .first()
+                .map(|object| object.key.clone())
+                .unwrap_or_default(),
+            records,
+            bytes,
+            created: task.planned.created,
+            started,
+            finished,
+            error: task.planned.error.clone(),
+        }
+    }
+
+    fn detail(&self, id: TaskId, task: &Task) -> TaskDetail {
+        debug_assert_eq!(id, task.planned.id);
+        TaskDetail {
+            task: self.view(task),
+            keys: task.planned.objects.clone(),
+            output: self.identity.output(&task.planned),
+        }
+    }
+
+    /// One task, live or recently finished.
+    pub fn get(&self, id: &str) -> Option<TaskDetail> {
+        let parsed: TaskId = id.parse().ok()?;
+        match self.live.get(&parsed) {
+            Some(task) => Some(self.detail(parsed, task)),
+            None => self
+                .recent
+                .iter()
+                .find(|detail| detail.task.id == id)
+                .cloned(),
+        }
+    }
+
+    /// The tasks matching `query`, in id order, from after `query.cursor`.
+    /// Returns the page and whether more follow.
+    pub fn list(&self, query: &TaskQuery, limit: usize) -> (Vec<TaskView>, bool) {
+        let identity = &self.identity;
+        let mine = query.account.as_ref().is_none_or(|a| *a == identity.account)
+            && query
+                .collection
+                .as_ref()
+                .is_none_or(|c| *c == identity.collection)
+            && query.source.as_ref().is_none_or(|s| *s == identity.source());
+        if !mine {
+            return (Vec::new(), false);
+        }
+        let after = query
+            .cursor
+            .as_deref()
+            .and_then(|cursor| cursor.parse::<TaskId>().ok());
+        let matches = |view: &TaskView| {
+            query.state.is_none_or(|state| view.state == state)
+                && query
+                    .worker
+                    .as_ref()
+                    .is_none_or(|worker| view.worker.as_ref() == Some(worker))
+        };
+        let mut views: Vec<(TaskId, TaskView)> = self
+            .recent
+            .iter()
+            .filter_map(|detail| Some((detail.task.id.parse().ok()?, detail.task.clone())))
+            .filter(|(id, view)| after.is_none_or(|after| *id > after) && matches(view))
+            .collect();
+        let live = match after {
+            Some(after) => self.live.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => self.live.range(..),
+        };
+        views.extend(
+            live.map(|(id, task)| (*id, self.view(task)))
+                .filter(|(_, view)| matches(view)),
+        );
+        views.sort_by_key(|(id, _)| *id);
+        let more = views.len() > limit;
+        views.truncate(limit);
+        (views.into_iter().map(|(_, view)| view).collect(), more)
+    }
+
+    /// The counts the live API and the status report.
+    pub fn summary(&self, now: Timestamp) -> Summary {
+        let mut pending = 0;
+        let mut running = 0;
+        let mut oldest: Option<Timestamp> = None;
+        for task in self.live.values() {
+            match task.state() {
+                TaskState::Pending => pending += 1,
+                TaskState::Running => running += 1,
+                _ => continue,
+            }
+            oldest = Some(oldest.map_or(task.planned.oldest, |o| o.min(task.planned.oldest)));
+        }
+        let lag = oldest
+            .map(|oldest| now.duration_since(oldest).as_secs().max(0) as u64)
+            .unwrap_or(0);
+        Summary {
+            account: self.identity.account.clone(),
+            collection: self.identity.collection.clone(),
+            source: self.identity.source(),
+            epoch: self.epoch,
+            tasks: TaskTotals {
+                pending,
+                running,
+                succeeded: self.totals.tasks_succeeded,
+                failed: self.totals.tasks_failed,
+            },
+            objects: crate::api::ObjectTotals {
+                discovered: self.totals.objects_discovered,
+                ingested: self.totals.objects_ingested,
+                failed: self.totals.objects_failed,
+            },
+            records_ingested: self.totals.records,
+            bytes_ingested: self.totals.bytes,
+            lag_seconds: lag,
+            listing_passes: 0,
+            last_checkpoint: None,
+        }
+    }
+}
+
+/// Packs objects, in order, into groups of at most `max_objects` objects
+/// and `max_bytes` bytes; an object larger than `max_bytes` is a group of
+/// its own.
+pub fn pack(objects: Vec<Listed>, max_objects: u32, max_bytes: u64) -> Vec<Vec<Listed>> {
+    let mut groups: Vec<Vec<Listed>> = Vec::new();
+    let mut bytes = 0u64;
+    for listed in objects {
+        let size = listed.object.size;
+        let fits = groups.last().is_some_and(|group| {
+            group.len() < max_objects as usize && bytes.saturating_add(size) <= max_bytes
+        });
+        if fits {
+            bytes += size;
+            groups.last_mut().expect("fits").push(listed);
+        } else {
+            bytes = size;
+            groups.push(vec![listed]);
+        }
+    }
+    groups
+}

@@ -1,0 +1,559 @@
+//! The worker: what `sluice worker` runs, a pool of them per IngestSource.
+//!
+//! It leases tasks from the coordinator, streams each object from the
+//! source, decodes and readies its records ([`decode`]), writes them to the
+//! task's sink object ([`output`]), heartbeats while it works, and reports
+//! the outcome. On SIGTERM it stops leasing, finishes what it can within
+//! the grace period, and gives the rest back.
+
+pub mod decode;
+pub mod output;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{
+    Completion, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
+    LeasedTask, Progress,
+};
+use crate::config::{self, RuntimeConfig, Store};
+use crate::s3;
+use crate::telemetry::{self, LogFormat, Readiness};
+use decode::{DecodeError, Limits, Origin};
+
+/// `sluice worker`: execute one source's tasks.
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The runtime configuration the operator renders (config.json).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: PathBuf,
+
+    /// The coordinator's URL.
+    #[arg(long, env = "SLUICE_COORDINATOR")]
+    pub coordinator: String,
+
+    /// A file holding the token to present to the coordinator.
+    #[arg(long, env = "SLUICE_TOKEN_FILE")]
+    pub token_file: PathBuf,
+
+    /// This worker's name in leases and records (in a pod: its name).
+    #[arg(long, env = "POD_NAME")]
+    pub name: Option<String>,
+
+    /// Tasks executed at once.
+    #[arg(long, env = "SLUICE_WORKER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u32,
+
+    /// On SIGTERM, how long running tasks may take to finish before they
+    /// are given back.
+    #[arg(long, env = "SLUICE_GRACE", default_value = "20s", value_parser = crate::duration::parse_std)]
+    pub grace: Duration,
+
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "SLUICE_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub address: SocketAddr,
+
+    /// How logs are written.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot serve health and metrics: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The longest wait between lease requests when there is no work.
+const MAX_IDLE: Duration = Duration::from_secs(2);
+/// Requests to the coordinator give up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A task being executed: its progress and how to stop it.
+struct Active {
+    attempt: u32,
+    records: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    cancel: CancellationToken,
+    /// Why it was cancelled: given back (SIGTERM) or lost (the
+    /// coordinator leased it elsewhere).
+    release: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Worker {
+    name: String,
+    config: RuntimeConfig,
+    coordinator: String,
+    token: String,
+    http: reqwest::Client,
+    source: aws_sdk_s3::Client,
+    sink: aws_sdk_s3::Client,
+    active: Mutex<HashMap<String, Active>>,
+    /// Learned from the coordinator's lease responses.
+    lease_ms: AtomicU64,
+    metrics: Metrics,
+}
+
+struct Metrics {
+    succeeded: Counter,
+    failed: Counter,
+    records: Counter,
+    bytes_read: Counter,
+}
+
+impl Metrics {
+    fn new(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            succeeded: Counter::default(),
+            failed: Counter::default(),
+            records: Counter::default(),
+            bytes_read: Counter::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("sluice_worker");
+        registry.register("tasks_succeeded", "Tasks done", metrics.succeeded.clone());
+        registry.register("tasks_failed", "Task attempts that failed", metrics.failed.clone());
+        registry.register("records", "Records written to the sink", metrics.records.clone());
+        registry.register("bytes_read", "Source bytes read", metrics.bytes_read.clone());
+        metrics
+    }
+}
+
+/// Runs the worker until SIGTERM.
+pub async fn run(args: WorkerArgs) -> Result<(), Error> {
+    telemetry::init_logging(args.log_format);
+    let config = RuntimeConfig::load(&args.config).map_err(Error::Config)?;
+    let token = config::read_token(&args.token_file).map_err(Error::Config)?;
+    if args.concurrency == 0 {
+        return Err(Error::Config("--concurrency must be at least 1".into()));
+    }
+    let mut registry = Registry::default();
+    let worker = Arc::new(Worker {
+        name: args.name.unwrap_or_else(default_name),
+        coordinator: args.coordinator.trim_end_matches('/').to_owned(),
+        token,
+        http: reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|err| Error::Config(format!("cannot create an HTTP client: {err}")))?,
+        source: s3::client_for(Store::Source, &config.source.s3).await,
+        sink: s3::client_for(Store::Sink, &config.sink).await,
+        config,
+        active: Mutex::new(HashMap::new()),
+        lease_ms: AtomicU64::new(30_000),
+        metrics: Metrics::new(&mut registry),
+    });
+    let readiness = Readiness::default();
+    readiness.set(true);
+    let address =
+        telemetry::serve_admin(args.address, readiness, registry, axum::Router::new()).await?;
+    info!(%address, worker = %worker.name, coordinator = %worker.coordinator, "working");
+    tokio::spawn(worker.clone().heartbeats());
+    worker.work(args.concurrency, args.grace).await;
+    Ok(())
+}
+
+fn default_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()))
+}
+
+impl Worker {
+    fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
+        self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Leases and executes tasks until SIGTERM, then drains.
+    async fn work(self: &Arc<Self>, concurrency: u32, grace: Duration) {
+        let mut running = JoinSet::new();
+        let mut idle = Duration::from_millis(50);
+        let mut stop = std::pin::pin!(telemetry::terminated());
+        loop {
+            let free = concurrency.saturating_sub(running.len() as u32);
+            if free > 0 {
+                match self.lease(free).await {
+                    Ok(tasks) if !tasks.is_empty() => {
+                        idle = Duration::from_millis(50);
+                        for task in tasks {
+                            running.spawn(self.clone().execute(task));
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(err) => warn!(error = %err, "cannot lease tasks"),
+                }
+            }
+            tokio::select! {
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                () = tokio::time::sleep(idle), if free > 0 => idle = (idle * 2).min(MAX_IDLE),
+                () = &mut stop => break,
+            }
+        }
+        info!(tasks = running.len(), ?grace, "stopping: finishing running tasks");
+        let drained = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            for active in self.active().values() {
+                active.release.store(true, Ordering::Relaxed);
+                active.cancel.cancel();
+            }
+            while running.join_next().await.is_some() {}
+        }
+    }
+
+    async fn lease(&self, max: u32) -> Result<Vec<LeasedTask>, String> {
+        let response: LeaseResponse = self
+            .post(
+                "/v1/lease",
+                &LeaseRequest {
+                    worker: self.name.clone(),
+                    max,
+                },
+            )
+            .await?;
+        self.lease_ms
+            .store(response.lease_duration_ms.max(1), Ordering::Relaxed);
+        Ok(response.tasks)
+    }
+
+    /// Renews the leases of the running tasks, three times per lease, and
+    /// stops the tasks the coordinator says this worker lost.
+    async fn heartbeats(self: Arc<Self>) {
+        loop {
+            let period = Duration::from_millis(self.lease_ms.load(Ordering::Relaxed) / 3);
+            tokio::time::sleep(period).await;
+            let tasks: Vec<Progress> = self
+                .active()
+                .iter()
+                .map(|(id, active)| Progress {
+                    id: id.clone(),
+                    attempt: active.attempt,
+                    records: active.records.load(Ordering::Relaxed),
+                    bytes: active.bytes.load(Ordering::Relaxed),
+                })
+                .collect();
+            if tasks.is_empty() {
+                continue;
+            }
+            let request = HeartbeatRequest {
+                worker: self.name.clone(),
+                tasks,
+            };
+            match self
+                .post::<_, HeartbeatResponse>("/v1/heartbeat", &request)
+                .await
+            {
+                Ok(response) => {
+                    for id in response.lost {
+                        if let Some(active) = self.active().get(&id) {
+                            warn!(task = %id, "lost the lease; stopping the task");
+                            active.cancel.cancel();
+                        }
+                    }
+                }
+                Err(err) => warn!(error = %err, "cannot send heartbeats"),
+            }
+        }
+    }
+
+    /// Executes one task and reports its outcome.
+    async fn execute(self: Arc<Self>, task: LeasedTask) {
+        let active = Active {
+            attempt: task.attempt,
+            records: Arc::default(),
+            bytes: Arc::default(),
+            cancel: CancellationToken::new(),
+            release: Arc::default(),
+        };
+        let (records, bytes, cancel, release) = (
+            active.records.clone(),
+            active.bytes.clone(),
+            active.cancel.clone(),
+            active.release.clone(),
+        );
+        self.active().insert(task.id.clone(), active);
+        let outcome = self.ingest(&task, &records, &bytes, &cancel).await;
+        self.active().remove(&task.id);
+        let path = match outcome {
+            Ok(completion) => {
+                self.metrics.succeeded.inc();
+                self.metrics.records.inc_by(completion.records);
+                self.metrics.bytes_read.inc_by(completion.bytes_read);
+                self.report(&format!("/v1/tasks/{}/complete", task.id), &completion)
+                    .await;
+                return;
+            }
+            Err(_) if cancel.is_cancelled() && !release.load(Ordering::Relaxed) => return,
+            Err(failure) => failure,
+        };
+        self.metrics.failed.inc();
+        let failure = if release.load(Ordering::Relaxed) {
+            Failure {
+                worker: self.name.clone(),
+                attempt: task.attempt,
+                error: "the worker stopped before finishing; given back".into(),
+                key: None,
+                released: true,
+            }
+        } else {
+            warn!(task = %task.id, error = %path.error, "task failed");
+            Failure {
+                worker: self.name.clone(),
+                attempt: task.attempt,
+                error: path.error,
+                key: path.key,
+                released: false,
+            }
+        };
+        self.report(&format!("/v1/tasks/{}/fail", task.id), &failure)
+            .await;
+    }
+
+    /// Reads the task's objects and writes their records to its output.
+    async fn ingest(
+        &self,
+        task: &LeasedTask,
+        records: &Arc<AtomicU64>,
+        bytes: &Arc<AtomicU64>,
+        cancel: &CancellationToken,
+    ) -> Result<Completion, TaskFailure> {
+        let ingested = Timestamp::now().to_string();
+        let (mut encoder, parts) = output::encoder();
+        let upload = {
+            let sink = self.sink.clone();
+            let bucket = self.config.sink.bucket.clone();
+            let key = task.output.clone();
+            tokio::spawn(async move { output::upload(&sink, &bucket, &key, parts).await })
+        };
+        let mut total_records = 0;
+        let mut bytes_read = 0;
+        for object in &task.objects {
+            let response = self
+                .source
+                .get_object()
+                .bucket(&self.config.source.s3.bucket)
+                .key(&object.key)
+                .if_match(&object.etag)
+                .send()
+                .await
+                .map_err(|err| {
+                    let gone = matches!(s3::status(&err), Some(404 | 412));
+                    TaskFailure {
+                        error: if gone {
+                            format!(
+                                "s3 object {:?} was changed or deleted after it was listed",
+                                object.key
+                            )
+                        } else {
+                            format!("cannot read s3 object {:?}: {}", object.key, s3::describe(&err))
+                        },
+                        key: gone.then(|| object.key.clone()),
+                    }
+                })?;
+            let reader = Counted {
+                inner: tokio_util::io::SyncIoBridge::new(response.body.into_async_read()),
+                bytes: bytes.clone(),
+                cancel: cancel.clone(),
+            };
+            let origin = (
+                object.key.clone(),
+                object.etag.clone(),
+                task.id.clone(),
+                ingested.clone(),
+            );
+            let (format, compression) = (self.config.source.format, self.config.source.compression);
+            let records = records.clone();
+            let (returned, decoded) = tokio::task::spawn_blocking(move || {
+                let (key, etag, task, ingested) = &origin;
+                let origin = Origin {
+                    key,
+                    etag,
+                    task,
+                    ingested,
+                };
+                let mut out = CountedRecords {
+                    inner: &mut encoder,
+                    records: &records,
+                };
+                let decoded = decode::decode(
+                    reader,
+                    &origin,
+                    format,
+                    compression,
+                    &Limits::default(),
+                    &mut out,
+                );
+                (encoder, decoded)
+            })
+            .await
+            .map_err(|err| TaskFailure {
+                error: format!("decoding {:?} stopped: {err}", object.key),
+                key: None,
+            })?;
+            encoder = returned;
+            match decoded {
+                Ok(decoded) => {
+                    total_records += decoded.records;
+                    bytes_read += decoded.bytes_in;
+                }
+                Err(err) => {
+                    drop(encoder);
+                    let _ = upload.await;
+                    return Err(TaskFailure::from(err));
+                }
+            }
+        }
+        let bytes_written = if total_records == 0 {
+            drop(encoder);
+            0
+        } else {
+            tokio::task::spawn_blocking(move || encoder.finish().and_then(|parts| parts.finish()))
+                .await
+                .map_err(|err| TaskFailure::transient(format!("finishing the output: {err}")))?
+                .map_err(|err| TaskFailure::transient(format!("finishing the output: {err}")))?
+        };
+        let wrote = upload
+            .await
+            .map_err(|err| TaskFailure::transient(format!("the upload stopped: {err}")))?
+            .map_err(TaskFailure::transient)?;
+        Ok(Completion {
+            worker: self.name.clone(),
+            attempt: task.attempt,
+            records: total_records,
+            bytes_read,
+            bytes_written,
+            outputs: if wrote {
+                vec![task.output.clone()]
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Sends a task's outcome, retrying while the coordinator is away. A
+    /// refusal (4xx) is final: the lease went elsewhere.
+    async fn report<B: Serialize>(&self, path: &str, body: &B) {
+        let mut backoff = Duration::from_millis(200);
+        for _ in 0..8 {
+            match self.post_raw(path, body).await {
+                Ok(response) if response.status().is_success() => return,
+                Ok(response) if response.status().is_client_error() => {
+                    let text = response.text().await.unwrap_or_default();
+                    warn!(%path, status = %text, "the coordinator refused the report");
+                    return;
+                }
+                Ok(response) => warn!(%path, status = %response.status(), "cannot report; retrying"),
+                Err(err) => warn!(%path, error = %err, "cannot report; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn post_raw<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        self.http
+            .post(format!("{}{path}", self.coordinator))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, String> {
+        let response = self
+            .post_raw(path, body)
+            .await
+            .map_err(|err| format!("{}{path}: {err}", self.coordinator))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("{}{path}: {status}: {text}", self.coordinator));
+        }
+        response
+            .json()
+            .await
+            .map_err(|err| format!("{}{path}: {err}", self.coordinator))
+    }
+}
+
+/// Why a task failed, and the object at fault when there is one.
+struct TaskFailure {
+    error: String,
+    key: Option<String>,
+}
+
+impl TaskFailure {
+    fn transient(error: String) -> Self {
+        TaskFailure { error, key: None }
+    }
+}
+
+impl From<DecodeError> for TaskFailure {
+    fn from(err: DecodeError) -> Self {
+        let key = match &err {
+            DecodeError::Data { key, .. } => Some(key.clone()),
+            _ => None,
+        };
+        TaskFailure {
+            error: err.to_string(),
+            key,
+        }
+    }
+}
+
+/// Counts the source bytes read, and stops reading once cancelled.
+struct Counted<R> {
+    inner: R,
+    bytes: Arc<AtomicU64>,
+    cancel: CancellationToken,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("the task was stopped"));
+        }
+        let read = self.inner.read(buf)?;
+        self.bytes.fetch_add(read as u64, Ordering::Relaxed);
+        Ok(read)
+    }
+}
+
+/// Counts the records (lines) written, for heartbeats.
+struct CountedRecords<'a, W> {
+    inner: &'a mut W,
+    records: &'a AtomicU64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountedRecords<'_, W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(data)?;
+        let lines = memchr::memchr_iter(b'\n', &data[..written]).count();
+        self.records.fetch_add(lines as u64, Ordering::Relaxed);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

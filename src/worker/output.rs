@@ -1,0 +1,209 @@
+//! Writes a task's records to its sink object as zstd-compressed NDJSON,
+//! streaming: the compressed bytes are cut into parts and uploaded while
+//! the records are still being decoded, so no whole output is held in
+//! memory. A small output is one PUT; a large one a multipart upload.
+//!
+//! Parquet can follow by putting another encoder in front of [`Parts`].
+
+use std::io::Write;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+
+use crate::s3;
+
+/// The size of an upload part (S3's minimum is 5 MiB).
+pub const PART_SIZE: usize = 8 << 20;
+/// Parts buffered between the encoder and the uploader, and parts in
+/// flight: together they bound a task's output memory.
+const PARTS_QUEUED: usize = 2;
+const PARTS_IN_FLIGHT: usize = 4;
+const ZSTD_LEVEL: i32 = 3;
+
+/// The writing end, used from the blocking thread that decodes: records
+/// go in as NDJSON and come out as compressed parts.
+pub type Encoder = zstd::Encoder<'static, Parts>;
+
+/// What the encoder hands the uploader.
+pub enum Chunk {
+    Part(Bytes),
+    /// The output is complete. When the channel closes without it, the
+    /// task failed and the upload is abandoned.
+    End,
+}
+
+/// Creates an encoder whose parts reach the returned receiver.
+pub fn encoder() -> (Encoder, mpsc::Receiver<Chunk>) {
+    let (sender, receiver) = mpsc::channel(PARTS_QUEUED);
+    let parts = Parts {
+        buffer: Vec::with_capacity(PART_SIZE),
+        sender,
+        written: 0,
+    };
+    let encoder = zstd::Encoder::new(parts, ZSTD_LEVEL).expect("zstd level 3 is valid");
+    (encoder, receiver)
+}
+
+/// Cuts the compressed stream into parts and hands them to the uploader.
+pub struct Parts {
+    buffer: Vec<u8>,
+    sender: mpsc::Sender<Chunk>,
+    written: u64,
+}
+
+impl Parts {
+    fn send(&mut self, chunk: Chunk) -> std::io::Result<()> {
+        self.sender
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::other("the upload of the output stopped"))
+    }
+
+    fn send_part(&mut self) -> std::io::Result<()> {
+        let part = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE));
+        self.send(Chunk::Part(Bytes::from(part)))
+    }
+
+    /// Sends the last part and the end; the uploader then completes the
+    /// object. Returns the bytes written.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        if !self.buffer.is_empty() {
+            self.send_part()?;
+        }
+        self.send(Chunk::End)?;
+        Ok(self.written)
+    }
+}
+
+impl Write for Parts {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.buffer.len() >= PART_SIZE {
+            self.send_part()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Uploads the parts from `receiver` as `bucket/key` once the end comes.
+/// Nothing is written when the channel closes before the end (a failed
+/// task), or when it ends without a part (a task without records).
+/// Returns whether an object was written.
+pub async fn upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    mut receiver: mpsc::Receiver<Chunk>,
+) -> Result<bool, String> {
+    let failed = |err: String| format!("cannot write s3://{bucket}/{key}: {err}");
+    let first = match receiver.recv().await {
+        Some(Chunk::Part(part)) => part,
+        Some(Chunk::End) => return Ok(false),
+        None => return Err(failed("the task stopped".into())),
+    };
+    let second = match receiver.recv().await {
+        Some(Chunk::Part(part)) => part,
+        Some(Chunk::End) => {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .content_type("application/x-ndjson")
+                .content_encoding("zstd")
+                .body(ByteStream::from(first))
+                .send()
+                .await
+                .map_err(|err| failed(s3::describe(&err)))?;
+            return Ok(true);
+        }
+        None => return Err(failed("the task stopped".into())),
+    };
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type("application/x-ndjson")
+        .content_encoding("zstd")
+        .send()
+        .await
+        .map_err(|err| failed(s3::describe(&err)))?;
+    let upload_id = created.upload_id().unwrap_or_default().to_owned();
+    let completed = upload_parts(client, bucket, key, &upload_id, [first, second], receiver).await;
+    let completed = match completed {
+        Ok(parts) => client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|err| s3::describe(&err)),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = completed {
+        let _ = client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+        return Err(failed(err));
+    }
+    Ok(true)
+}
+
+/// Uploads parts as they come, several at once, until the end; fails when
+/// a part fails or the channel closes without the end.
+async fn upload_parts(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    first: [Bytes; 2],
+    receiver: mpsc::Receiver<Chunk>,
+) -> Result<Vec<CompletedPart>, String> {
+    let rest = futures::stream::unfold(receiver, |mut receiver| async {
+        match receiver.recv().await {
+            Some(Chunk::Part(part)) => Some((Ok(part), receiver)),
+            Some(Chunk::End) => None,
+            None => Some((Err("the task stopped".to_owned()), receiver)),
+        }
+    });
+    futures::stream::iter(first.map(Ok))
+        .chain(rest)
+        .enumerate()
+        .map(|(index, part)| async move {
+            let number = index as i32 + 1;
+            let uploaded = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(part?))
+                .send()
+                .await
+                .map_err(|err| s3::describe(&err))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag)
+                .build())
+        })
+        .buffered(PARTS_IN_FLIGHT)
+        .try_collect()
+        .await
+}
