@@ -14,8 +14,8 @@
 //! * [`FinishedKeys::seal`] turns the delta into an immutable [`Segment`]: an
 //!   FST map (`fst::Map`) from key bytes to a `u64` [`Finished`] value. FSTs
 //!   share both prefixes and suffixes of keys, which for bucket keys such as
-//!   `data/2026/11/24/part-000123.ndjson.gz` costs a dozen or so bytes per key,
-//!   most of it the fingerprint. A segment's name is the hex SHA-256 of its
+//!   `data/2026/11/24/part-000123.ndjson.gz` costs about 14 bytes per key, 8 of
+//!   them the random-looking fingerprint, which no FST can compress. A segment's name is the hex SHA-256 of its
 //!   bytes, so it can be uploaded once under that name and never changes: a
 //!   checkpoint is a manifest listing segment names, oldest first.
 //! * Segments are merged in the background ([`FinishedKeys::compaction`],
@@ -87,9 +87,10 @@ impl Finished {
 ///
 /// It is persisted in checkpoints, so it must never change across versions of
 /// sluice or platforms: hence a fixed cryptographic hash rather than `std`'s
-/// `Hash`, which is neither stable nor portable. The size is hashed along the
-/// ETag because multipart ETags of differently sized uploads can collide in
-/// practice (same part hashes). One pair of surrounding double quotes is
+/// `Hash`, which is neither stable nor portable. The size is hashed along with
+/// the ETag as a cheap second witness of change: ETags are opaque (not an MD5
+/// for multipart or KMS-encrypted objects) and S3-compatible stores vary in
+/// how carefully they derive them. One pair of surrounding double quotes is
 /// stripped from the ETag first, because S3 APIs and SDKs disagree on whether
 /// they are part of it, and a change of API must not re-ingest every object.
 /// With 63 bits, a changed object goes unnoticed with probability 2^-63.
@@ -322,13 +323,14 @@ impl FinishedKeys {
     /// The merge to run now, if any: a run of the newest segments.
     ///
     /// Size-tiered policy: walking from the newest segment to the oldest, a
-    /// segment that holds at most [`SIZE_RATIO`] times the keys of all newer
-    /// segments together is merged with all of them (the oldest such segment
-    /// decides the run). Afterwards every segment holds more than twice the
-    /// keys of all newer ones, so there are at most `log3(n) + 1` segments,
-    /// and each key is rewritten only when its segment grows by at least half,
-    /// so total merge work is `O(n log n)`. Beyond [`MAX_SEGMENTS`] segments
-    /// the run is extended to bring the count back to it.
+    /// segment that holds at most twice the keys of all newer segments
+    /// together is merged with all of them (the oldest such segment decides
+    /// the run). Afterwards every segment holds more than twice the keys of
+    /// all newer ones, so there are at most `log3(n) + 1` segments; and a
+    /// merge reading a key (other than from a fresh seal) makes its segment
+    /// grow by half or more, so each key is rewritten `O(log n)` times and the
+    /// total merge work is `O(n log n)`. Beyond 12 segments the run is extended
+    /// to bring the count back to 12, bounding the cost of a lookup miss.
     ///
     /// Start at most one compaction at a time: a second one planned while the
     /// first runs would overlap it, and one of the two would be stale.
@@ -1182,6 +1184,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(7);
         let mut keys = FinishedKeys::default();
         let mut peak_memory = 0;
+        let mut peak_merge = 0;
         let mut merged_entries = 0;
         let start = Instant::now();
         let mut n = 0;
@@ -1193,7 +1196,14 @@ mod tests {
             n += batch;
             peak_memory = peak_memory.max(keys.memory_bytes());
             keys.seal();
-            merged_entries += compact_fully(&mut keys);
+            while let Some(compaction) = keys.compaction() {
+                merged_entries += compaction.inputs().iter().map(Segment::len).sum::<usize>();
+                let merged = compaction.run();
+                // Inputs and output are alive together until the apply.
+                let during = keys.memory_bytes() + merged.segment().bytes().len();
+                peak_merge = peak_merge.max(during);
+                keys.apply(merged).expect("no concurrent compaction");
+            }
         }
         let build = start.elapsed();
         let segments: Vec<Segment> = keys.segments().cloned().collect();
@@ -1208,6 +1218,12 @@ mod tests {
             peak_memory as f64 / 1e6,
             serialized as f64 / 1e6,
             serialized as f64 / KEYS as f64
+        );
+        println!(
+            "10M: peak while a merge's output coexists with its inputs {:.1} MB; process RSS {:.0} MB (peak {:.0} MB)",
+            peak_merge as f64 / 1e6,
+            proc_status_mb("VmRSS:").unwrap_or(f64::NAN),
+            proc_status_mb("VmHWM:").unwrap_or(f64::NAN)
         );
         for s in &segments {
             println!(
@@ -1232,7 +1248,11 @@ mod tests {
             .collect();
         let load = start.elapsed();
         let keys = FinishedKeys::from_segments(loaded);
-        println!("10M: from_bytes of all segments in {load:.2?}");
+        println!(
+            "10M: from_bytes of all segments in {load:.2?}; memory_bytes {:.1} MB, process RSS {:.0} MB",
+            keys.memory_bytes() as f64 / 1e6,
+            proc_status_mb("VmRSS:").unwrap_or(f64::NAN)
+        );
         assert_eq!(keys.len(), KEYS as usize);
 
         let probes: Vec<(String, u64)> = (0..1_000_000)
@@ -1273,9 +1293,6 @@ mod tests {
             start.elapsed(),
             merged.segment().bytes().len() as f64 / 1e6
         );
-        if let Some(peak) = peak_rss_mb() {
-            println!("10M: process peak RSS {peak:.0} MB");
-        }
     }
 
     fn splitmix64(n: u64) -> u64 {
@@ -1285,10 +1302,11 @@ mod tests {
         z ^ (z >> 31)
     }
 
-    fn peak_rss_mb() -> Option<f64> {
+    /// A memory figure of this process from /proc (Linux only), in MB.
+    fn proc_status_mb(field: &str) -> Option<f64> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb / 1024.0)
+        Some(kb * 1024.0 / 1e6)
     }
 }

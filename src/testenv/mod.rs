@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use self::kube::KubeEnv;
 pub use self::minio::MinioEnv;
-pub use self::process::{Daemon, free_port, http_get};
+pub use self::process::{Daemon, free_port, http, http_get};
 
 /// Why a component of the environment could not start.
 #[derive(Debug, thiserror::Error)]

@@ -94,6 +94,28 @@ impl Daemon {
         }
     }
 
+    /// Kills the process (SIGKILL), as a crash or the OOM killer would,
+    /// and reaps it.
+    pub fn kill(&mut self) {
+        kill_group(self.child.id());
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit
+    /// status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `ready` every 50 ms until it answers true, the process exits,
     /// or `timeout` passes.
     pub fn wait_ready(
@@ -148,10 +170,33 @@ pub fn http_ok(port: u16, path: &str) -> bool {
 /// A plain-HTTP GET of `path` on a loopback port: the status and the body,
 /// or None when nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path, &[], b"")
+}
+
+/// A plain-HTTP request on a loopback port, with extra `headers` and a
+/// `body`: the status and the body of the response, or None when nothing
+/// answers.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    // The server may answer (413) before it read a large body.
+    let _ = stream.write_all(&bytes);
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;

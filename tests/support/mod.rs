@@ -4,6 +4,7 @@
 //! namespaces and buckets.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod dataplane;
 pub mod sources;
 
 use std::io::Write;

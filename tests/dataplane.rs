@@ -1,0 +1,362 @@
+//! The data plane against a real MinIO: a coordinator and workers as local
+//! processes, started as the operator's Deployments start them.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use sluice::api::{TaskDetail, TaskList, TaskState};
+use support::dataplane::{Ingest, TOKEN, wait_until_done};
+use support::eventually;
+
+const SHORT: Duration = Duration::from_secs(2);
+const DONE: Duration = Duration::from_secs(120);
+
+/// Object `index` holding `records` records with ids `o{index}-r{n}`, in
+/// one of six encodings (NDJSON, CSV, JSON; plain, gzip, zstd) chosen by
+/// the index.
+fn object(index: usize, records: usize) -> (String, Vec<u8>) {
+    let ids = (0..records).map(|n| format!("o{index}-r{n}"));
+    let (extension, text) = match index % 4 {
+        0 | 1 => (
+            "ndjson",
+            ids.map(|id| format!("{{\"id\":\"{id}\",\"amount\":{index}}}\n"))
+                .collect::<String>(),
+        ),
+        2 => (
+            "csv",
+            std::iter::once("id,amount\n".to_owned())
+                .chain(ids.map(|id| format!("{id},{index}\n")))
+                .collect(),
+        ),
+        _ => (
+            "json",
+            format!(
+                "[{}]",
+                ids.map(|id| format!("{{\"id\":\"{id}\"}}"))
+                    .collect::<Vec<_>>()
+                    .join(",\n")
+            ),
+        ),
+    };
+    let key = format!("{index:05}.{extension}");
+    match index % 3 {
+        0 => (key, text.into_bytes()),
+        1 => {
+            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gzip.write_all(text.as_bytes()).unwrap();
+            (format!("{key}.gz"), gzip.finish().unwrap())
+        }
+        _ => (
+            format!("{key}.zst"),
+            zstd::encode_all(text.as_bytes(), 1).unwrap(),
+        ),
+    }
+}
+
+fn expected(objects: std::ops::Range<usize>, records: usize) -> BTreeSet<String> {
+    objects
+        .flat_map(|index| (0..records).map(move |n| format!("o{index}-r{n}")))
+        .collect()
+}
+
+/// Asserts that the sink holds exactly `expected`, each once.
+async fn assert_exactly_once(ingest: &Ingest, expected: &BTreeSet<String>) {
+    let ids = ingest.sink_ids().await;
+    let duplicated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(duplicated.is_empty(), "duplicated records: {duplicated:?}");
+    let found: BTreeSet<String> = ids.into_keys().collect();
+    let lost: Vec<_> = expected.difference(&found).take(5).collect();
+    assert!(lost.is_empty(), "lost records: {lost:?}");
+    let extra: Vec<_> = found.difference(expected).take(5).collect();
+    assert!(extra.is_empty(), "unexpected records: {extra:?}");
+}
+
+/// Asserts that every task is archived exactly once, and that the
+/// succeeded ones cover `objects` objects.
+async fn assert_archived_once(ingest: &Ingest, objects: usize) {
+    let records = eventually("the archive to hold every task", DONE, || async {
+        let records = ingest.archive_records().await;
+        let covered: usize = records
+            .iter()
+            .filter(|(_, r)| r.state == TaskState::Succeeded)
+            .map(|(_, r)| r.objects.len())
+            .sum();
+        (covered >= objects).then_some(records)
+    })
+    .await;
+    let mut ids = BTreeSet::new();
+    for (_, record) in &records {
+        assert!(ids.insert(record.id.clone()), "task {} archived twice", record.id);
+    }
+    let keys: BTreeSet<_> = records
+        .iter()
+        .filter(|(_, r)| r.state == TaskState::Succeeded)
+        .flat_map(|(_, r)| r.objects.iter().map(|o| o.key.clone()))
+        .collect();
+    assert_eq!(keys.len(), objects, "every object is in exactly one succeeded task");
+}
+
+#[tokio::test]
+async fn three_workers_ingest_every_record_exactly_once_and_archive_every_task() {
+    let ingest = Ingest::new("mixed", 25, Duration::from_secs(30), 3).await;
+    let objects = 2000;
+    ingest.put((0..objects).map(|i| object(i, 3)).collect()).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let _workers: Vec<_> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|name| ingest.worker(coordinator.port, name))
+        .collect();
+
+    let summary = wait_until_done(&coordinator, objects as u64, DONE).await;
+    assert_eq!(summary.objects.discovered, objects as u64);
+    assert_eq!(summary.objects.ingested, objects as u64);
+    assert_eq!(summary.records_ingested, 3 * objects as u64);
+    assert_eq!(summary.tasks.failed, 0);
+    assert_exactly_once(&ingest, &expected(0..objects, 3)).await;
+    assert_archived_once(&ingest, objects).await;
+
+    // Records carry where they came from, and land in the collection's
+    // partition.
+    let (output, record) = ingest.sink_records().await.swap_remove(0);
+    assert!(
+        output.starts_with("collections/orders/dt=") && output.ends_with(".ndjson.zst"),
+        "{output}"
+    );
+    let meta = &record["_sluice"];
+    assert!(meta["key"].as_str().unwrap().starts_with("in/"), "{record}");
+    assert!(meta["etag"].is_string() && meta["task"].is_string() && meta["ingested"].is_string());
+
+    // The archive records say who did what.
+    let (key, task) = ingest.archive_records().await.swap_remove(0);
+    assert!(key.starts_with("sluice/tasks/dt="), "{key}");
+    assert!(key.contains("/hour=") && key.contains("/shop.mixed/"), "{key}");
+    assert_eq!((task.account.as_str(), task.source.as_str()), ("acme", "shop/mixed"));
+    assert!(["w1", "w2", "w3"].contains(&task.worker.as_deref().unwrap()));
+    assert_eq!(task.outputs.len(), 1);
+
+    // The live API: filters, pages, one task.
+    let page: TaskList = coordinator.get("/v1/tasks?state=succeeded&limit=7");
+    assert_eq!(page.items.len(), 7);
+    assert!(page.items.iter().all(|t| t.state == TaskState::Succeeded));
+    let next: TaskList = coordinator.get(&format!(
+        "/v1/tasks?state=succeeded&limit=7&cursor={}",
+        page.next.unwrap()
+    ));
+    assert!(next.items[0].id > page.items[6].id || next.items[0].id.len() > page.items[6].id.len());
+    let by_worker: TaskList = coordinator.get("/v1/tasks?worker=w2&limit=1000");
+    assert!(by_worker.items.iter().all(|t| t.worker.as_deref() == Some("w2")));
+    let none: TaskList = coordinator.get("/v1/tasks?account=someone-else");
+    assert!(none.items.is_empty());
+    let mine: TaskList = coordinator.get("/v1/tasks?account=acme&collection=orders&source=shop/mixed");
+    assert!(!mine.items.is_empty());
+    let detail: TaskDetail = coordinator.get(&format!("/v1/tasks/{}", page.items[0].id));
+    assert_eq!(detail.keys.len() as u32, detail.task.objects);
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_again_and_again_resumes_without_loss_or_duplicates() {
+    let ingest = Ingest::new("crashy", 5, Duration::from_secs(3), 5).await;
+    let objects = 600;
+    ingest.put((0..objects).map(|i| object(i, 2)).collect()).await;
+    let mut coordinator = ingest.coordinator(None, &[]);
+    let port = coordinator.port;
+    let _workers: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|name| ingest.worker(port, name))
+        .collect();
+    let mut epochs = vec![coordinator.summary().epoch];
+    for round in 1..=3u64 {
+        eventually("progress before the next crash", DONE, || async {
+            (coordinator.summary().objects.ingested >= round * 100).then_some(())
+        })
+        .await;
+        coordinator.kill();
+        coordinator = ingest.coordinator(Some(port), &[]);
+        epochs.push(coordinator.summary().epoch);
+    }
+    assert!(epochs.windows(2).all(|w| w[1] > w[0]), "epochs {epochs:?}");
+    wait_until_done(&coordinator, 0, DONE).await;
+    eventually("every object ingested", DONE, || async {
+        let ids = ingest.sink_ids().await;
+        (ids.len() == 2 * objects).then_some(())
+    })
+    .await;
+    assert_exactly_once(&ingest, &expected(0..objects, 2)).await;
+    assert_archived_once(&ingest, objects).await;
+}
+
+#[tokio::test]
+async fn tasks_of_killed_workers_are_redone_elsewhere_exactly_once() {
+    let ingest = Ingest::new("workers", 2, Duration::from_secs(2), 5).await;
+    let objects = 300;
+    ingest.put((0..objects).map(|i| object(i, 200)).collect()).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let mut doomed: Vec<_> = ["d1", "d2"]
+        .iter()
+        .map(|name| ingest.worker(coordinator.port, name))
+        .collect();
+    for worker in &mut doomed {
+        eventually("the worker to run a task", DONE, || async {
+            let running: TaskList = coordinator.get("/v1/tasks?state=running&worker=d1");
+            let running2: TaskList = coordinator.get("/v1/tasks?state=running&worker=d2");
+            (!running.items.is_empty() || !running2.items.is_empty()).then_some(())
+        })
+        .await;
+        worker.kill();
+    }
+    let _survivor = ingest.worker(coordinator.port, "survivor");
+    let summary = wait_until_done(&coordinator, objects as u64, DONE).await;
+    assert_eq!(summary.tasks.failed, 0);
+    assert_exactly_once(&ingest, &expected(0..objects, 200)).await;
+    assert_archived_once(&ingest, objects).await;
+}
+
+#[tokio::test]
+async fn a_second_coordinator_fences_out_the_first() {
+    let ingest = Ingest::new("split-brain", 5, Duration::from_secs(30), 3).await;
+    ingest.put((0..20).map(|i| object(i, 1)).collect()).await;
+    let mut first = ingest.coordinator(None, &[]);
+    let first_epoch = first.summary().epoch;
+    let second = ingest.coordinator(None, &[]);
+    assert_eq!(second.summary().epoch, first_epoch + 1);
+    let status = first
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the fenced coordinator kept running:\n{}", first.log()));
+    assert!(!status.success());
+    let log = first.log();
+    assert!(
+        log.contains("was taken over by another coordinator of this source"),
+        "{log}"
+    );
+    // The winner goes on and finishes the work.
+    let _worker = ingest.worker(second.port, "w1");
+    wait_until_done(&second, 20, DONE).await;
+    assert_exactly_once(&ingest, &expected(0..20, 1)).await;
+}
+
+#[tokio::test]
+async fn a_poison_object_fails_alone_after_its_attempts_and_the_rest_go_on() {
+    let ingest = Ingest::new("poison", 4, Duration::from_secs(30), 2).await;
+    let mut objects: Vec<_> = (0..10).map(|i| object(i * 4, 2)).collect();
+    objects.push((
+        "00001-bad.ndjson".into(),
+        b"{\"id\":\"bad-1\"}\n{\"id\":\"bad-2\"}\n{\"id\": oops}\n".to_vec(),
+    ));
+    ingest.put(objects).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let _worker = ingest.worker(coordinator.port, "w1");
+    let summary = wait_until_done(&coordinator, 11, DONE).await;
+    assert_eq!((summary.objects.ingested, summary.objects.failed), (10, 1));
+    assert_eq!(summary.tasks.failed, 1);
+    let failed: TaskList = coordinator.get("/v1/tasks?state=failed");
+    assert_eq!(failed.items.len(), 1);
+    let task = &failed.items[0];
+    assert_eq!((task.first_key.as_str(), task.attempt), ("in/00001-bad.ndjson", 2));
+    let error = task.error.as_deref().unwrap();
+    assert!(error.contains("in/00001-bad.ndjson") && error.contains("line 3"), "{error}");
+    assert_exactly_once(&ingest, &(0..10).flat_map(|i| expected(i * 4..i * 4 + 1, 2)).collect())
+        .await;
+    let archived = eventually("the failure in the archive", DONE, || async {
+        ingest
+            .archive_records()
+            .await
+            .into_iter()
+            .find(|(_, r)| r.state == TaskState::Failed)
+    })
+    .await;
+    assert!(archived.1.error.unwrap().contains("line 3"));
+}
+
+#[tokio::test]
+async fn polling_picks_up_new_and_changed_objects() {
+    let mut ingest = Ingest::new("polling", 10, Duration::from_secs(30), 3).await;
+    ingest.config.source.poll_interval = Some(sluice::duration::Duration(Duration::from_millis(300)));
+    ingest.write_config();
+    ingest.put((0..5).map(|i| object(i, 2)).collect()).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let _worker = ingest.worker(coordinator.port, "w1");
+    wait_until_done(&coordinator, 5, DONE).await;
+    // Two new objects, and object 0 rewritten with other records.
+    let mut more: Vec<_> = (5..7).map(|i| object(i, 2)).collect();
+    more.push((object(0, 2).0, b"{\"id\":\"o0-v2\"}\n".to_vec()));
+    ingest.put(more).await;
+    let summary = wait_until_done(&coordinator, 8, DONE).await;
+    assert_eq!(summary.objects.discovered, 8);
+    let mut wanted = expected(0..7, 2);
+    wanted.insert("o0-v2".into());
+    assert_exactly_once(&ingest, &wanted).await;
+}
+
+#[tokio::test]
+async fn the_task_api_refuses_bad_requests_with_json_errors() {
+    let ingest = Ingest::new("api", 5, Duration::from_secs(30), 3).await;
+    let mut coordinator = ingest.coordinator(None, &[]);
+    let lease = r#"{"worker":"w1","max":1}"#;
+    let refused = |status: u16, (got, body): (u16, String)| {
+        assert_eq!(got, status, "{body}");
+        let error: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|err| panic!("not a JSON error ({err}): {body}"));
+        error["error"].as_str().unwrap().to_owned()
+    };
+    let message = refused(401, coordinator.request("POST", "/v1/lease", None, lease));
+    assert!(message.contains("missing token"), "{message}");
+    let message = refused(401, coordinator.request("POST", "/v1/lease", Some("guess"), lease));
+    assert!(message.contains("wrong token"), "{message}");
+    assert_eq!(coordinator.request("POST", "/v1/lease", Some(TOKEN), lease).0, 200);
+    refused(400, coordinator.request("POST", "/v1/lease", Some(TOKEN), "{\"worker\":"));
+    refused(422, coordinator.request("POST", "/v1/lease", Some(TOKEN), "{\"max\":1}"));
+    refused(400, coordinator.request("POST", "/v1/lease", Some(TOKEN), r#"{"worker":"w","max":0}"#));
+    let huge = format!("{{\"worker\":\"{}\",\"max\":1}}", "x".repeat(2 << 20));
+    refused(413, coordinator.request("POST", "/v1/lease", Some(TOKEN), &huge));
+    let complete = r#"{"worker":"w1","attempt":1,"records":0,"bytesRead":0,"bytesWritten":0,"outputs":[]}"#;
+    refused(404, coordinator.request("POST", "/v1/tasks/9-9/complete", Some(TOKEN), complete));
+    refused(404, coordinator.request("POST", "/v1/tasks/garbage/complete", Some(TOKEN), complete));
+    refused(404, coordinator.request("GET", "/v1/tasks/9-9", None, ""));
+    refused(400, coordinator.request("GET", "/v1/tasks?state=sleeping", None, ""));
+    refused(400, coordinator.request("GET", "/v1/tasks?limit=0", None, ""));
+    refused(404, coordinator.request("GET", "/v2/anything", None, ""));
+
+    // A small fuzz: random methods, paths, tokens and bodies.
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let paths = ["/v1/lease", "/v1/heartbeat", "/v1/tasks", "/v1/tasks/1-1/fail", "/v1/summary", "/v1/tasks/%ff/complete", "/v1/tasks?limit=99999999999", "/"];
+    for _ in 0..300 {
+        let method = ["GET", "POST", "PUT", "DELETE"][rng.random_range(0..4)];
+        let path = paths[rng.random_range(0..paths.len())];
+        let body: String = match rng.random_range(0..3) {
+            0 => (0..rng.random_range(0..200)).map(|_| rng.random_range(32u8..127) as char).collect(),
+            1 => format!("{{\"worker\":\"{}\",\"max\":{},\"tasks\":[{{\"id\":\"{}\"}}]}}", rng.random_range(0..3), rng.random_range(-2i64..5000), rng.random_range(0..9)),
+            _ => String::new(),
+        };
+        let token = [None, Some(TOKEN), Some("nope")][rng.random_range(0..3)];
+        let (status, _) = coordinator.request(method, path, token, &body);
+        assert!(status < 500, "{method} {path} {body:?} -> {status}");
+    }
+    assert!(coordinator.running(), "{}", coordinator.log());
+    let _ = SHORT;
+}
+
+#[tokio::test]
+async fn a_corrupt_checkpoint_stops_the_coordinator_with_the_object_named() {
+    let ingest = Ingest::new("corrupt", 5, Duration::from_secs(30), 3).await;
+    ingest
+        .client
+        .put_object()
+        .bucket(&ingest.config.archive.bucket)
+        .key(ingest.manifest_key())
+        .body(b"definitely not a checkpoint".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let mut coordinator = ingest.coordinator_unchecked();
+    let status = coordinator
+        .wait_exit(Duration::from_secs(30))
+        .expect("the coordinator refuses to start");
+    assert!(!status.success());
+    let log = coordinator.log();
+    let object = format!("s3://{}/{}", ingest.config.archive.bucket, ingest.manifest_key());
+    assert!(log.contains(&object) && log.contains("Refusing to start from zero"), "{log}");
+}

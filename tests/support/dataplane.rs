@@ -1,0 +1,326 @@
+//! Coordinators and workers as local processes, started the way the
+//! operator's Deployments start them (config file, token file, credentials
+//! in the environment), against this binary's MinIO.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use sluice::api::Summary;
+use sluice::archive::TaskRecord;
+use sluice::config::{
+    CREDENTIAL_KEYS, RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env,
+};
+use sluice::crd::{Compression, Format};
+use sluice::testenv::{Daemon, free_port, http};
+
+use super::{eventually, minio};
+
+pub const TOKEN: &str = "test-token";
+
+/// One IngestSource's buckets and configuration, without Kubernetes.
+pub struct Ingest {
+    pub config: RuntimeConfig,
+    pub client: aws_sdk_s3::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Ingest {
+    /// Fresh source, sink and archive buckets; tasks of `max_objects`
+    /// objects with `lease` leases.
+    pub async fn new(name: &str, max_objects: u32, lease: Duration, max_attempts: u32) -> Self {
+        let minio = minio();
+        let (source, sink, archive) = (
+            minio.bucket("source").await.unwrap(),
+            minio.bucket("sink").await.unwrap(),
+            minio.bucket("archive").await.unwrap(),
+        );
+        let location = |bucket: &str, prefix: &str| {
+            let mut location = minio.location(bucket);
+            location.prefix = Some(prefix.into());
+            location
+        };
+        let config = RuntimeConfig {
+            namespace: "shop".into(),
+            name: name.into(),
+            account: "acme".into(),
+            collection: "orders".into(),
+            source: SourceConfig {
+                s3: location(&source, "in/"),
+                format: Format::Auto,
+                compression: Compression::Auto,
+                poll_interval: None,
+            },
+            sink: location(&sink, "collections"),
+            archive: location(&archive, "sluice/"),
+            tasks: TaskLimits {
+                max_objects,
+                max_bytes: 64 << 20,
+                lease_duration: sluice::duration::Duration(lease),
+                max_attempts,
+            },
+        };
+        let ingest = Ingest {
+            config,
+            client: minio.client().await,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        ingest.write_config();
+        std::fs::write(ingest.dir.path().join("token"), TOKEN).unwrap();
+        ingest
+    }
+
+    /// Writes the configuration file again (after a change to `config`).
+    pub fn write_config(&self) {
+        std::fs::write(
+            self.dir.path().join("config.json"),
+            serde_json::to_vec(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.path().join("config.json"))
+            .arg("--token-file")
+            .arg(self.dir.path().join("token"))
+            .env("RUST_LOG", "info,sluice=debug");
+        let credentials = minio().credentials();
+        for store in Store::ALL {
+            for (key, _) in CREDENTIAL_KEYS {
+                let value = match key {
+                    "AWS_ACCESS_KEY_ID" => &credentials.access_key_id,
+                    "AWS_SECRET_ACCESS_KEY" => &credentials.secret_access_key,
+                    _ => continue,
+                };
+                command.env(credential_env(store, key), value);
+            }
+        }
+        command
+    }
+
+    /// Starts a coordinator on `port` (a free one when None) and waits
+    /// until it serves.
+    pub fn coordinator(&self, port: Option<u16>, args: &[&str]) -> Part {
+        let port = port.unwrap_or_else(|| free_port().unwrap());
+        let mut command = self.command(&["coordinator"]);
+        command
+            .arg(format!("--address=127.0.0.1:{port}"))
+            .arg("--checkpoint-interval=300ms")
+            .args(args);
+        Part::start(&self.dir, "coordinator", port, command, true)
+    }
+
+    /// Starts a coordinator that may exit at once (for startup errors).
+    pub fn coordinator_unchecked(&self) -> Part {
+        let port = free_port().unwrap();
+        let mut command = self.command(&["coordinator"]);
+        command.arg(format!("--address=127.0.0.1:{port}"));
+        Part::start(&self.dir, "coordinator", port, command, false)
+    }
+
+    /// Starts a worker named `name` that works for the coordinator on
+    /// `coordinator_port`.
+    pub fn worker(&self, coordinator_port: u16, name: &str) -> Part {
+        let port = free_port().unwrap();
+        let mut command = self.command(&["worker"]);
+        command
+            .arg(format!("--coordinator=http://127.0.0.1:{coordinator_port}"))
+            .arg(format!("--address=127.0.0.1:{port}"))
+            .env("POD_NAME", name);
+        Part::start(&self.dir, name, port, command, true)
+    }
+
+    /// Puts `objects` into the source, 32 at a time.
+    pub async fn put(&self, objects: Vec<(String, Vec<u8>)>) {
+        let bucket = &self.config.source.s3.bucket;
+        futures::stream::iter(objects)
+            .map(|(key, body)| async move {
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(format!("in/{key}"))
+                    .body(body.into())
+                    .send()
+                    .await
+                    .map(|_| ())
+            })
+            .buffer_unordered(32)
+            .try_collect::<()>()
+            .await
+            .unwrap();
+    }
+
+    async fn objects(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
+        let pages: Vec<_> = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .unwrap();
+        let keys: Vec<String> = pages
+            .into_iter()
+            .flat_map(|page| page.contents.unwrap_or_default())
+            .filter_map(|object| object.key)
+            .collect();
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let body = self
+                    .client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .body
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_vec();
+                (key, body)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await
+    }
+
+    /// Every record in the sink, with the object it is in.
+    pub async fn sink_records(&self) -> Vec<(String, serde_json::Value)> {
+        let mut records = Vec::new();
+        for (key, body) in self.objects(&self.config.sink.bucket).await {
+            let text = zstd::decode_all(&body[..]).unwrap();
+            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                records.push((key.clone(), serde_json::from_slice(line).unwrap()));
+            }
+        }
+        records
+    }
+
+    /// How often each record `id` is in the sink.
+    pub async fn sink_ids(&self) -> BTreeMap<String, usize> {
+        let mut ids = BTreeMap::new();
+        for (_, record) in self.sink_records().await {
+            let id = record["id"].as_str().expect("every test record has an id");
+            *ids.entry(id.to_owned()).or_default() += 1;
+        }
+        ids
+    }
+
+    /// Every task record in the archive, with the archive object it is in.
+    pub async fn archive_records(&self) -> Vec<(String, TaskRecord)> {
+        let prefix = "sluice/tasks/";
+        let mut records = Vec::new();
+        for (key, body) in self.objects(&self.config.archive.bucket).await {
+            if key.starts_with(prefix) {
+                for record in sluice::archive::decode(&body).unwrap() {
+                    records.push((key.clone(), record));
+                }
+            }
+        }
+        records
+    }
+
+    /// The manifest object's key in the archive bucket.
+    pub fn manifest_key(&self) -> String {
+        format!(
+            "sluice/checkpoints/{}.{}/manifest.json.zst",
+            self.config.namespace, self.config.name
+        )
+    }
+}
+
+/// A coordinator or worker process.
+pub struct Part {
+    daemon: Daemon,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Part {
+    fn start(dir: &tempfile::TempDir, name: &str, port: u16, command: Command, wait: bool) -> Self {
+        let log = dir.path().join(format!("{name}-{port}.log"));
+        let mut daemon = Daemon::spawn(name, command, &log).unwrap();
+        if wait {
+            daemon
+                .wait_ready(Duration::from_secs(30), || {
+                    http(port, "GET", "/readyz", &[], b"").is_some_and(|(s, _)| s == 200)
+                })
+                .unwrap_or_else(|err| panic!("{err}"));
+        }
+        Part { daemon, port, log }
+    }
+
+    /// A request to the process's HTTP API.
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        let auth = token.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth));
+        }
+        http(self.port, method, path, &headers, body.as_bytes())
+            .unwrap_or_else(|| panic!("{method} {path}: no answer\n{}", self.log()))
+    }
+
+    /// GET `path` as JSON.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> T {
+        let (status, body) = self.request("GET", path, None, "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {path}: {err}: {body}"))
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.get("/v1/summary")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.daemon.kill();
+    }
+
+    /// SIGTERM, and wait up to `grace` for the exit.
+    pub fn terminate(&mut self, grace: Duration) {
+        self.daemon.terminate(grace);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.daemon.wait_exit(timeout)
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.daemon.check_running().is_ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Waits until the coordinator on `part` reports `objects` objects ingested
+/// or failed and every finished task archived.
+pub async fn wait_until_done(coordinator: &Part, objects: u64, timeout: Duration) -> Summary {
+    eventually(
+        &format!("{objects} objects to be finished"),
+        timeout,
+        || async {
+            let summary = coordinator.summary();
+            let finished = summary.objects.ingested + summary.objects.failed;
+            (finished >= objects && summary.tasks.pending == 0 && summary.tasks.running == 0)
+                .then_some(summary)
+        },
+    )
+    .await
+}
