@@ -360,3 +360,40 @@ async fn a_corrupt_checkpoint_stops_the_coordinator_with_the_object_named() {
     let object = format!("s3://{}/{}", ingest.config.archive.bucket, ingest.manifest_key());
     assert!(log.contains(&object) && log.contains("Refusing to start from zero"), "{log}");
 }
+
+#[tokio::test]
+async fn a_large_object_streams_through_a_multipart_output() {
+    let ingest = Ingest::new("large", 10, Duration::from_secs(30), 3).await;
+    // About 40 MB of hardly compressible records: the output takes several
+    // upload parts.
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let records = 400_000;
+    let mut text = String::with_capacity(records * 100);
+    for n in 0..records {
+        let noise: String = (0..64)
+            .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+            .collect();
+        text.push_str(&format!("{{\"id\":\"big-{n}\",\"noise\":\"{noise}\"}}\n"));
+    }
+    ingest
+        .put(vec![("big.ndjson".into(), text.into_bytes())])
+        .await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let _worker = ingest.worker(coordinator.port, "w1");
+    let summary = wait_until_done(&coordinator, 1, DONE).await;
+    assert_eq!(summary.records_ingested, records as u64);
+    let wanted: BTreeSet<String> = (0..records).map(|n| format!("big-{n}")).collect();
+    assert_exactly_once(&ingest, &wanted).await;
+    let outputs = ingest
+        .client
+        .list_objects_v2()
+        .bucket(&ingest.config.sink.bucket)
+        .send()
+        .await
+        .unwrap()
+        .contents
+        .unwrap_or_default();
+    assert_eq!(outputs.len(), 1);
+    let etag = outputs[0].e_tag().unwrap();
+    assert!(etag.contains('-'), "a multipart upload's ETag ends in -PARTS: {etag}");
+}
