@@ -157,11 +157,13 @@ impl Ingest {
             .unwrap();
     }
 
-    async fn objects(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
+    /// The objects under `prefix` in `bucket`, with their content.
+    async fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let pages: Vec<_> = self
             .client
             .list_objects_v2()
             .bucket(bucket)
+            .prefix(prefix)
             .into_paginator()
             .send()
             .try_collect()
@@ -197,7 +199,7 @@ impl Ingest {
     /// Every record in the sink, with the object it is in.
     pub async fn sink_records(&self) -> Vec<(String, serde_json::Value)> {
         let mut records = Vec::new();
-        for (key, body) in self.objects(&self.config.sink.bucket).await {
+        for (key, body) in self.objects(&self.config.sink.bucket, "").await {
             let text = zstd::decode_all(&body[..]).unwrap();
             for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 records.push((key.clone(), serde_json::from_slice(line).unwrap()));
@@ -218,13 +220,10 @@ impl Ingest {
 
     /// Every task record in the archive, with the archive object it is in.
     pub async fn archive_records(&self) -> Vec<(String, TaskRecord)> {
-        let prefix = "sluice/tasks/";
         let mut records = Vec::new();
-        for (key, body) in self.objects(&self.config.archive.bucket).await {
-            if key.starts_with(prefix) {
-                for record in sluice::archive::decode(&body).unwrap() {
-                    records.push((key.clone(), record));
-                }
+        for (key, body) in self.objects(&self.config.archive.bucket, "sluice/tasks/").await {
+            for record in sluice::archive::decode(&body).unwrap() {
+                records.push((key.clone(), record));
             }
         }
         records
