@@ -75,10 +75,7 @@ pub fn batches(
 ) -> Vec<Batch> {
     let mut by_hour: std::collections::BTreeMap<String, Vec<TaskRecord>> = Default::default();
     for record in records {
-        let hour = record
-            .finished
-            .strftime("dt=%Y-%m-%d/hour=%H")
-            .to_string();
+        let hour = record.finished.strftime("dt=%Y-%m-%d/hour=%H").to_string();
         by_hour.entry(hour).or_default().push(record);
     }
     let (namespace, name) = source;
@@ -103,7 +100,9 @@ pub fn encode(records: &[TaskRecord]) -> Vec<u8> {
     let mut encoder = zstd::Encoder::new(Vec::new(), 3).expect("zstd level 3 is valid");
     for record in records {
         serde_json::to_writer(&mut encoder, record).expect("a record always serializes");
-        encoder.write_all(b"\n").expect("writing to memory succeeds");
+        encoder
+            .write_all(b"\n")
+            .expect("writing to memory succeeds");
     }
     encoder.finish().expect("writing to memory succeeds")
 }

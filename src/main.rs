@@ -70,9 +70,7 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => print(&sluice::crd::crd_yaml()),
         Command::Operator(args) => exit("operator", sluice::operator::run(args).await),
-        Command::Coordinator(args) => {
-            exit("coordinator", sluice::coordinator::run(args).await)
-        }
+        Command::Coordinator(args) => exit("coordinator", sluice::coordinator::run(args).await),
         Command::Worker(args) => exit("worker", sluice::worker::run(args).await),
         Command::Dev(DevCommand::Env(args)) => {
             exit("dev env", sluice::testenv::serve(&args.apply).await)

@@ -106,5 +106,6 @@ where
 
 /// The HTTP status of an error response, if the request got that far.
 pub fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
-    err.raw_response().map(|response| response.status().as_u16())
+    err.raw_response()
+        .map(|response| response.status().as_u16())
 }

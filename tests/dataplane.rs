@@ -90,21 +90,31 @@ async fn assert_archived_once(ingest: &Ingest, objects: usize) {
     .await;
     let mut ids = BTreeSet::new();
     for (_, record) in &records {
-        assert!(ids.insert(record.id.clone()), "task {} archived twice", record.id);
+        assert!(
+            ids.insert(record.id.clone()),
+            "task {} archived twice",
+            record.id
+        );
     }
     let keys: BTreeSet<_> = records
         .iter()
         .filter(|(_, r)| r.state == TaskState::Succeeded)
         .flat_map(|(_, r)| r.objects.iter().map(|o| o.key.clone()))
         .collect();
-    assert_eq!(keys.len(), objects, "every object is in exactly one succeeded task");
+    assert_eq!(
+        keys.len(),
+        objects,
+        "every object is in exactly one succeeded task"
+    );
 }
 
 #[tokio::test]
 async fn three_workers_ingest_every_record_exactly_once_and_archive_every_task() {
     let ingest = Ingest::new("mixed", 25, Duration::from_secs(30), 3).await;
     let objects = 2000;
-    ingest.put((0..objects).map(|i| object(i, 3)).collect()).await;
+    ingest
+        .put((0..objects).map(|i| object(i, 3)).collect())
+        .await;
     let coordinator = ingest.coordinator(None, &[]);
     let _workers: Vec<_> = ["w1", "w2", "w3"]
         .iter()
@@ -133,8 +143,14 @@ async fn three_workers_ingest_every_record_exactly_once_and_archive_every_task()
     // The archive records say who did what.
     let (key, task) = ingest.archive_records().await.swap_remove(0);
     assert!(key.starts_with("sluice/tasks/dt="), "{key}");
-    assert!(key.contains("/hour=") && key.contains("/shop.mixed/"), "{key}");
-    assert_eq!((task.account.as_str(), task.source.as_str()), ("acme", "shop/mixed"));
+    assert!(
+        key.contains("/hour=") && key.contains("/shop.mixed/"),
+        "{key}"
+    );
+    assert_eq!(
+        (task.account.as_str(), task.source.as_str()),
+        ("acme", "shop/mixed")
+    );
     assert!(["w1", "w2", "w3"].contains(&task.worker.as_deref().unwrap()));
     assert_eq!(task.outputs.len(), 1);
 
@@ -148,10 +164,16 @@ async fn three_workers_ingest_every_record_exactly_once_and_archive_every_task()
     ));
     assert!(next.items[0].id > page.items[6].id || next.items[0].id.len() > page.items[6].id.len());
     let by_worker: TaskList = coordinator.get("/v1/tasks?worker=w2&limit=1000");
-    assert!(by_worker.items.iter().all(|t| t.worker.as_deref() == Some("w2")));
+    assert!(
+        by_worker
+            .items
+            .iter()
+            .all(|t| t.worker.as_deref() == Some("w2"))
+    );
     let none: TaskList = coordinator.get("/v1/tasks?account=someone-else");
     assert!(none.items.is_empty());
-    let mine: TaskList = coordinator.get("/v1/tasks?account=acme&collection=orders&source=shop/mixed");
+    let mine: TaskList =
+        coordinator.get("/v1/tasks?account=acme&collection=orders&source=shop/mixed");
     assert!(!mine.items.is_empty());
     let detail: TaskDetail = coordinator.get(&format!("/v1/tasks/{}", page.items[0].id));
     assert_eq!(detail.keys.len() as u32, detail.task.objects);
@@ -161,7 +183,9 @@ async fn three_workers_ingest_every_record_exactly_once_and_archive_every_task()
 async fn a_coordinator_killed_again_and_again_resumes_without_loss_or_duplicates() {
     let ingest = Ingest::new("crashy", 5, Duration::from_secs(3), 5).await;
     let objects = 600;
-    ingest.put((0..objects).map(|i| object(i, 2)).collect()).await;
+    ingest
+        .put((0..objects).map(|i| object(i, 2)).collect())
+        .await;
     let mut coordinator = ingest.coordinator(None, &[]);
     let port = coordinator.port;
     let _workers: Vec<_> = ["w1", "w2"]
@@ -193,7 +217,9 @@ async fn a_coordinator_killed_again_and_again_resumes_without_loss_or_duplicates
 async fn tasks_of_killed_workers_are_redone_elsewhere_exactly_once() {
     let ingest = Ingest::new("workers", 2, Duration::from_secs(2), 5).await;
     let objects = 300;
-    ingest.put((0..objects).map(|i| object(i, 200)).collect()).await;
+    ingest
+        .put((0..objects).map(|i| object(i, 200)).collect())
+        .await;
     let coordinator = ingest.coordinator(None, &[]);
     let mut doomed: Vec<_> = ["d1", "d2"]
         .iter()
@@ -255,11 +281,22 @@ async fn a_poison_object_fails_alone_after_its_attempts_and_the_rest_go_on() {
     let failed: TaskList = coordinator.get("/v1/tasks?state=failed");
     assert_eq!(failed.items.len(), 1);
     let task = &failed.items[0];
-    assert_eq!((task.first_key.as_str(), task.attempt), ("in/00001-bad.ndjson", 2));
+    assert_eq!(
+        (task.first_key.as_str(), task.attempt),
+        ("in/00001-bad.ndjson", 2)
+    );
     let error = task.error.as_deref().unwrap();
-    assert!(error.contains("in/00001-bad.ndjson") && error.contains("line 3"), "{error}");
-    assert_exactly_once(&ingest, &(0..10).flat_map(|i| expected(i * 4..i * 4 + 1, 2)).collect())
-        .await;
+    assert!(
+        error.contains("in/00001-bad.ndjson") && error.contains("line 3"),
+        "{error}"
+    );
+    assert_exactly_once(
+        &ingest,
+        &(0..10)
+            .flat_map(|i| expected(i * 4..i * 4 + 1, 2))
+            .collect(),
+    )
+    .await;
     let archived = eventually("the failure in the archive", DONE, || async {
         ingest
             .archive_records()
@@ -274,7 +311,8 @@ async fn a_poison_object_fails_alone_after_its_attempts_and_the_rest_go_on() {
 #[tokio::test]
 async fn polling_picks_up_new_and_changed_objects() {
     let mut ingest = Ingest::new("polling", 10, Duration::from_secs(30), 3).await;
-    ingest.config.source.poll_interval = Some(sluice::duration::Duration(Duration::from_millis(300)));
+    ingest.config.source.poll_interval =
+        Some(sluice::duration::Duration(Duration::from_millis(300)));
     ingest.write_config();
     ingest.put((0..5).map(|i| object(i, 2)).collect()).await;
     let coordinator = ingest.coordinator(None, &[]);
@@ -304,31 +342,85 @@ async fn the_task_api_refuses_bad_requests_with_json_errors() {
     };
     let message = refused(401, coordinator.request("POST", "/v1/lease", None, lease));
     assert!(message.contains("missing token"), "{message}");
-    let message = refused(401, coordinator.request("POST", "/v1/lease", Some("guess"), lease));
+    let message = refused(
+        401,
+        coordinator.request("POST", "/v1/lease", Some("guess"), lease),
+    );
     assert!(message.contains("wrong token"), "{message}");
-    assert_eq!(coordinator.request("POST", "/v1/lease", Some(TOKEN), lease).0, 200);
-    refused(400, coordinator.request("POST", "/v1/lease", Some(TOKEN), "{\"worker\":"));
-    refused(422, coordinator.request("POST", "/v1/lease", Some(TOKEN), "{\"max\":1}"));
-    refused(400, coordinator.request("POST", "/v1/lease", Some(TOKEN), r#"{"worker":"w","max":0}"#));
+    assert_eq!(
+        coordinator
+            .request("POST", "/v1/lease", Some(TOKEN), lease)
+            .0,
+        200
+    );
+    refused(
+        400,
+        coordinator.request("POST", "/v1/lease", Some(TOKEN), "{\"worker\":"),
+    );
+    refused(
+        422,
+        coordinator.request("POST", "/v1/lease", Some(TOKEN), "{\"max\":1}"),
+    );
+    refused(
+        400,
+        coordinator.request(
+            "POST",
+            "/v1/lease",
+            Some(TOKEN),
+            r#"{"worker":"w","max":0}"#,
+        ),
+    );
     let huge = format!("{{\"worker\":\"{}\",\"max\":1}}", "x".repeat(2 << 20));
-    refused(413, coordinator.request("POST", "/v1/lease", Some(TOKEN), &huge));
-    let complete = r#"{"worker":"w1","attempt":1,"records":0,"bytesRead":0,"bytesWritten":0,"outputs":[]}"#;
-    refused(404, coordinator.request("POST", "/v1/tasks/9-9/complete", Some(TOKEN), complete));
-    refused(404, coordinator.request("POST", "/v1/tasks/garbage/complete", Some(TOKEN), complete));
+    refused(
+        413,
+        coordinator.request("POST", "/v1/lease", Some(TOKEN), &huge),
+    );
+    let complete =
+        r#"{"worker":"w1","attempt":1,"records":0,"bytesRead":0,"bytesWritten":0,"outputs":[]}"#;
+    refused(
+        404,
+        coordinator.request("POST", "/v1/tasks/9-9/complete", Some(TOKEN), complete),
+    );
+    refused(
+        404,
+        coordinator.request("POST", "/v1/tasks/garbage/complete", Some(TOKEN), complete),
+    );
     refused(404, coordinator.request("GET", "/v1/tasks/9-9", None, ""));
-    refused(400, coordinator.request("GET", "/v1/tasks?state=sleeping", None, ""));
-    refused(400, coordinator.request("GET", "/v1/tasks?limit=0", None, ""));
+    refused(
+        400,
+        coordinator.request("GET", "/v1/tasks?state=sleeping", None, ""),
+    );
+    refused(
+        400,
+        coordinator.request("GET", "/v1/tasks?limit=0", None, ""),
+    );
     refused(404, coordinator.request("GET", "/v2/anything", None, ""));
 
     // A small fuzz: random methods, paths, tokens and bodies.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let paths = ["/v1/lease", "/v1/heartbeat", "/v1/tasks", "/v1/tasks/1-1/fail", "/v1/summary", "/v1/tasks/%ff/complete", "/v1/tasks?limit=99999999999", "/"];
+    let paths = [
+        "/v1/lease",
+        "/v1/heartbeat",
+        "/v1/tasks",
+        "/v1/tasks/1-1/fail",
+        "/v1/summary",
+        "/v1/tasks/%ff/complete",
+        "/v1/tasks?limit=99999999999",
+        "/",
+    ];
     for _ in 0..300 {
         let method = ["GET", "POST", "PUT", "DELETE"][rng.random_range(0..4)];
         let path = paths[rng.random_range(0..paths.len())];
         let body: String = match rng.random_range(0..3) {
-            0 => (0..rng.random_range(0..200)).map(|_| rng.random_range(32u8..127) as char).collect(),
-            1 => format!("{{\"worker\":\"{}\",\"max\":{},\"tasks\":[{{\"id\":\"{}\"}}]}}", rng.random_range(0..3), rng.random_range(-2i64..5000), rng.random_range(0..9)),
+            0 => (0..rng.random_range(0..200))
+                .map(|_| rng.random_range(32u8..127) as char)
+                .collect(),
+            1 => format!(
+                "{{\"worker\":\"{}\",\"max\":{},\"tasks\":[{{\"id\":\"{}\"}}]}}",
+                rng.random_range(0..3),
+                rng.random_range(-2i64..5000),
+                rng.random_range(0..9)
+            ),
             _ => String::new(),
         };
         let token = [None, Some(TOKEN), Some("nope")][rng.random_range(0..3)];
@@ -357,8 +449,15 @@ async fn a_corrupt_checkpoint_stops_the_coordinator_with_the_object_named() {
         .expect("the coordinator refuses to start");
     assert!(!status.success());
     let log = coordinator.log();
-    let object = format!("s3://{}/{}", ingest.config.archive.bucket, ingest.manifest_key());
-    assert!(log.contains(&object) && log.contains("Refusing to start from zero"), "{log}");
+    let object = format!(
+        "s3://{}/{}",
+        ingest.config.archive.bucket,
+        ingest.manifest_key()
+    );
+    assert!(
+        log.contains(&object) && log.contains("Refusing to start from zero"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -395,5 +494,8 @@ async fn a_large_object_streams_through_a_multipart_output() {
         .unwrap_or_default();
     assert_eq!(outputs.len(), 1);
     let etag = outputs[0].e_tag().unwrap();
-    assert!(etag.contains('-'), "a multipart upload's ETag ends in -PARTS: {etag}");
+    assert!(
+        etag.contains('-'),
+        "a multipart upload's ETag ends in -PARTS: {etag}"
+    );
 }

@@ -349,7 +349,10 @@ mod tests {
             }],
             ..Manifest::default()
         };
-        assert_eq!(decode_manifest(&encode_manifest(&manifest)).unwrap(), manifest);
+        assert_eq!(
+            decode_manifest(&encode_manifest(&manifest)).unwrap(),
+            manifest
+        );
     }
 
     #[test]

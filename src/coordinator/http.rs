@@ -77,9 +77,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/summary", get(summary))
         .merge(workers)
-        .fallback(|| async {
-            ApiError(StatusCode::NOT_FOUND, "no such route".into())
-        })
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -96,7 +94,9 @@ async fn authorize(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     match presented {
-        Some(token) if same(token.as_bytes(), shared.token.as_bytes()) => Ok(next.run(request).await),
+        Some(token) if same(token.as_bytes(), shared.token.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
         Some(_) => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "wrong token: workers authenticate with the token of their IngestSource".into(),
@@ -115,7 +115,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 fn worker_name(worker: &str) -> Result<(), ApiError> {
     if worker.is_empty() || worker.len() > 253 {
-        return Err(bad_request("worker: must be the worker's name, 1 to 253 characters"));
+        return Err(bad_request(
+            "worker: must be the worker's name, 1 to 253 characters",
+        ));
     }
     Ok(())
 }
@@ -127,7 +129,9 @@ async fn lease(
     let Json(request) = body?;
     worker_name(&request.worker)?;
     if !(1..=MAX_BATCH).contains(&request.max) {
-        return Err(bad_request(format!("max: must be between 1 and {MAX_BATCH}")));
+        return Err(bad_request(format!(
+            "max: must be between 1 and {MAX_BATCH}"
+        )));
     }
     let tasks = shared
         .tasks()
@@ -187,10 +191,14 @@ async fn list(
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_BATCH).contains(&limit) {
-        return Err(bad_request(format!("limit: must be between 1 and {MAX_BATCH}")));
+        return Err(bad_request(format!(
+            "limit: must be between 1 and {MAX_BATCH}"
+        )));
     }
     let (items, more) = shared.tasks().list(&query, limit as usize);
-    let next = more.then(|| items.last().map(|item| item.id.clone())).flatten();
+    let next = more
+        .then(|| items.last().map(|item| item.id.clone()))
+        .flatten();
     Ok(Json(TaskList { items, next }))
 }
 

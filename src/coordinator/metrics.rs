@@ -51,11 +51,31 @@ impl Metrics {
         let registry = registry.sub_registry_with_prefix("sluice_coordinator");
         let counters = [
             ("task_leases", "Tasks leased to workers", &metrics.leases),
-            ("failed_attempts", "Task attempts that workers reported failed", &metrics.failed_attempts),
-            ("expired_leases", "Leases that expired without a heartbeat", &metrics.expired_leases),
-            ("listed_objects", "Objects seen while listing the source", &metrics.listed_objects),
-            ("list_errors", "Failed listing requests (retried)", &metrics.list_errors),
-            ("archived_records", "Task records written to the archive", &metrics.archived_records),
+            (
+                "failed_attempts",
+                "Task attempts that workers reported failed",
+                &metrics.failed_attempts,
+            ),
+            (
+                "expired_leases",
+                "Leases that expired without a heartbeat",
+                &metrics.expired_leases,
+            ),
+            (
+                "listed_objects",
+                "Objects seen while listing the source",
+                &metrics.listed_objects,
+            ),
+            (
+                "list_errors",
+                "Failed listing requests (retried)",
+                &metrics.list_errors,
+            ),
+            (
+                "archived_records",
+                "Task records written to the archive",
+                &metrics.archived_records,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -93,6 +113,8 @@ impl Metrics {
     }
 
     pub fn checkpoint(&self, result: &'static str) {
-        self.checkpoints.get_or_create(&ResultLabels { result }).inc();
+        self.checkpoints
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 }

@@ -92,7 +92,9 @@ pub struct Shared {
 
 impl Shared {
     fn tasks(&self) -> MutexGuard<'_, Tasks> {
-        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn summary(&self) -> Summary {
@@ -190,7 +192,8 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
 
 /// Returns expired leases' tasks to the queue, several times per lease.
 async fn expire_leases(shared: Arc<Shared>) {
-    let period = (shared.lease_duration / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let period =
+        (shared.lease_duration / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticks = tokio::time::interval(period);
     loop {
         ticks.tick().await;

@@ -356,7 +356,11 @@ impl Tasks {
     /// Every live task, for the checkpoint.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            tasks: self.live.values().map(|task| task.planned.clone()).collect(),
+            tasks: self
+                .live
+                .values()
+                .map(|task| task.planned.clone())
+                .collect(),
             revisions: self
                 .live
                 .values()
@@ -416,7 +420,12 @@ impl Tasks {
     /// no longer holds. A pending task reported with the attempt it was last
     /// leased for (a worker that outlived a coordinator restart) is leased
     /// to it again rather than redone.
-    pub fn heartbeat(&mut self, worker: &str, progress: &[Progress], now: Timestamp) -> Vec<String> {
+    pub fn heartbeat(
+        &mut self,
+        worker: &str,
+        progress: &[Progress],
+        now: Timestamp,
+    ) -> Vec<String> {
         let deadline = now + self.limits.lease;
         let mut lost = Vec::new();
         for report in progress {
@@ -589,7 +598,12 @@ impl Tasks {
             return;
         }
         let (records, bytes, worker, started) = match lease {
-            Some(lease) => (lease.records, lease.bytes, Some(lease.worker), Some(lease.started)),
+            Some(lease) => (
+                lease.records,
+                lease.bytes,
+                Some(lease.worker),
+                Some(lease.started),
+            ),
             None => (0, 0, None, None),
         };
         task.outcome = Some(Outcome {
@@ -747,12 +761,18 @@ impl Tasks {
     /// Returns the page and whether more follow.
     pub fn list(&self, query: &TaskQuery, limit: usize) -> (Vec<TaskView>, bool) {
         let identity = &self.identity;
-        let mine = query.account.as_ref().is_none_or(|a| *a == identity.account)
+        let mine = query
+            .account
+            .as_ref()
+            .is_none_or(|a| *a == identity.account)
             && query
                 .collection
                 .as_ref()
                 .is_none_or(|c| *c == identity.collection)
-            && query.source.as_ref().is_none_or(|s| *s == identity.source());
+            && query
+                .source
+                .as_ref()
+                .is_none_or(|s| *s == identity.source());
         if !mine {
             return (Vec::new(), false);
         }
@@ -774,7 +794,9 @@ impl Tasks {
             .filter(|(id, view)| after.is_none_or(|after| *id > after) && matches(view))
             .collect();
         let live = match after {
-            Some(after) => self.live.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            Some(after) => self
+                .live
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.live.range(..),
         };
         views.extend(
@@ -982,7 +1004,9 @@ mod tests {
     fn a_task_changed_after_a_snapshot_waits_for_the_next_commit() {
         let mut tasks = committed(&["a", "b"]);
         tasks.lease("w1", 1, at(1));
-        tasks.fail("7-1", failure("w1", 1, Some("b")), at(2)).unwrap();
+        tasks
+            .fail("7-1", failure("w1", 1, Some("b")), at(2))
+            .unwrap();
         let stale = tasks.snapshot();
         // The split task 7-2 and the shrunk 7-1 are uncommitted now.
         assert!(tasks.lease("w2", 10, at(3)).is_empty());
@@ -1033,10 +1057,17 @@ mod tests {
             bytes: 30,
         };
         // Renewed at 8 s: still held at 15 s (deadline 18 s).
-        assert!(tasks.heartbeat("w1", &[progress(&leased[0].id, 1)], at(8)).is_empty());
+        assert!(
+            tasks
+                .heartbeat("w1", &[progress(&leased[0].id, 1)], at(8))
+                .is_empty()
+        );
         assert_eq!(tasks.expire(at(15)), 0);
         let view = tasks.get(&leased[0].id).unwrap().task;
-        assert_eq!((view.state, view.records, view.bytes), (TaskState::Running, 3, 30));
+        assert_eq!(
+            (view.state, view.records, view.bytes),
+            (TaskState::Running, 3, 30)
+        );
         // Another worker, a wrong attempt, an unknown or garbage id: lost.
         let lost = tasks.heartbeat(
             "w2",
@@ -1096,7 +1127,10 @@ mod tests {
         let record = &records[0];
         assert_eq!(record.source, "shop/orders");
         assert_eq!(record.worker.as_deref(), Some("w1"));
-        assert_eq!((record.records, record.bytes_read, record.duration_ms), (5, 20, 4000));
+        assert_eq!(
+            (record.records, record.bytes_read, record.duration_ms),
+            (5, 20, 4000)
+        );
         assert_eq!(record.objects, leased[0].objects);
         assert!(tasks.drain_finished().is_empty());
         assert_eq!(tasks.live_objects(), 0);
@@ -1107,7 +1141,11 @@ mod tests {
         );
         let summary = tasks.summary(at(6));
         assert_eq!(
-            (summary.tasks.succeeded, summary.objects.ingested, summary.records_ingested),
+            (
+                summary.tasks.succeeded,
+                summary.objects.ingested,
+                summary.records_ingested
+            ),
             (1, 2, 5)
         );
     }
@@ -1119,17 +1157,20 @@ mod tests {
         tasks.expire(at(10));
         tasks.lease("w2", 1, at(11));
         tasks.complete("7-1", done("w1", 1), at(12)).unwrap();
-        assert!(!tasks.heartbeat(
-            "w2",
-            &[Progress {
-                id: "7-1".into(),
-                attempt: 2,
-                records: 0,
-                bytes: 0
-            }],
-            at(13)
-        )
-        .is_empty());
+        assert!(
+            !tasks
+                .heartbeat(
+                    "w2",
+                    &[Progress {
+                        id: "7-1".into(),
+                        attempt: 2,
+                        records: 0,
+                        bytes: 0
+                    }],
+                    at(13)
+                )
+                .is_empty()
+        );
         assert_eq!(tasks.expire(at(100)), 0);
     }
 
@@ -1137,7 +1178,9 @@ mod tests {
     fn a_poison_object_is_split_off_and_fails_alone() {
         let mut tasks = committed(&["a", "b"]);
         tasks.lease("w1", 1, at(0));
-        tasks.fail("7-1", failure("w1", 1, Some("b")), at(1)).unwrap();
+        tasks
+            .fail("7-1", failure("w1", 1, Some("b")), at(1))
+            .unwrap();
         let commit = |tasks: &mut Tasks| {
             let snapshot = tasks.snapshot();
             tasks.committed(&snapshot);
@@ -1149,10 +1192,14 @@ mod tests {
         assert_eq!((keys(good), good.attempt), (vec!["a"], 1));
         assert_eq!((keys(poison), poison.attempt), (vec!["b"], 2));
         tasks.complete(&good.id, done("w1", 1), at(3)).unwrap();
-        tasks.fail(&poison.id, failure("w1", 2, Some("b")), at(3)).unwrap();
+        tasks
+            .fail(&poison.id, failure("w1", 2, Some("b")), at(3))
+            .unwrap();
         let again = tasks.lease("w1", 10, at(4));
         assert_eq!(again[0].attempt, 3);
-        tasks.fail(&poison.id, failure("w1", 3, Some("b")), at(5)).unwrap();
+        tasks
+            .fail(&poison.id, failure("w1", 3, Some("b")), at(5))
+            .unwrap();
         assert!(tasks.lease("w1", 10, at(6)).is_empty());
         let view = tasks.get(&poison.id).unwrap().task;
         assert_eq!(view.state, TaskState::Failed);
@@ -1229,7 +1276,13 @@ mod tests {
         assert_eq!(again[0].attempt, 2);
         // New tasks get ids of the new epoch.
         after.plan(vec![listed("z", 1)], at(3));
-        assert!(after.snapshot().tasks.iter().any(|t| t.id.to_string() == "8-1"));
+        assert!(
+            after
+                .snapshot()
+                .tasks
+                .iter()
+                .any(|t| t.id.to_string() == "8-1")
+        );
     }
 
     #[test]
@@ -1243,9 +1296,15 @@ mod tests {
             ..TaskQuery::default()
         };
         let ids = |views: Vec<TaskView>| views.into_iter().map(|v| v.id).collect::<Vec<_>>();
-        assert_eq!(ids(tasks.list(&query(Some(TaskState::Running), None), 10).0), ["7-1", "7-2"]);
+        assert_eq!(
+            ids(tasks.list(&query(Some(TaskState::Running), None), 10).0),
+            ["7-1", "7-2"]
+        );
         assert_eq!(ids(tasks.list(&query(None, Some("w2")), 10).0), ["7-2"]);
-        assert_eq!(ids(tasks.list(&query(Some(TaskState::Pending), None), 10).0), ["7-3"]);
+        assert_eq!(
+            ids(tasks.list(&query(Some(TaskState::Pending), None), 10).0),
+            ["7-3"]
+        );
         let (page, more) = tasks.list(&query(None, None), 2);
         assert!(more);
         let mut next = query(None, None);
@@ -1272,7 +1331,11 @@ mod tests {
         tasks.lease("w1", 1, at(0));
         let summary = tasks.summary(at(40));
         assert_eq!(
-            (summary.tasks.pending, summary.tasks.running, summary.lag_seconds),
+            (
+                summary.tasks.pending,
+                summary.tasks.running,
+                summary.lag_seconds
+            ),
             (1, 1, 100)
         );
         assert_eq!(summary.objects.discovered, 3);
@@ -1282,10 +1345,19 @@ mod tests {
     #[test]
     fn task_ids_parse_and_print() {
         let id: TaskId = "12-345".parse().unwrap();
-        assert_eq!(id, TaskId { epoch: 12, seq: 345 });
+        assert_eq!(
+            id,
+            TaskId {
+                epoch: 12,
+                seq: 345
+            }
+        );
         assert_eq!(id.to_string(), "12-345");
         for bad in ["", "12", "a-1", "1-", "-1", "1-2-3"] {
-            assert!(bad.parse::<TaskId>().unwrap_err().contains("not a task id"), "{bad}");
+            assert!(
+                bad.parse::<TaskId>().unwrap_err().contains("not a task id"),
+                "{bad}"
+            );
         }
     }
 }

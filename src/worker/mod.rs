@@ -127,9 +127,21 @@ impl Metrics {
         };
         let registry = registry.sub_registry_with_prefix("sluice_worker");
         registry.register("tasks_succeeded", "Tasks done", metrics.succeeded.clone());
-        registry.register("tasks_failed", "Task attempts that failed", metrics.failed.clone());
-        registry.register("records", "Records written to the sink", metrics.records.clone());
-        registry.register("bytes_read", "Source bytes read", metrics.bytes_read.clone());
+        registry.register(
+            "tasks_failed",
+            "Task attempts that failed",
+            metrics.failed.clone(),
+        );
+        registry.register(
+            "records",
+            "Records written to the sink",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "bytes_read",
+            "Source bytes read",
+            metrics.bytes_read.clone(),
+        );
         metrics
     }
 }
@@ -174,7 +186,9 @@ fn default_name() -> String {
 
 impl Worker {
     fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
-        self.active.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.active
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Leases and executes tasks until SIGTERM, then drains.
@@ -203,7 +217,11 @@ impl Worker {
                 () = &mut stop => break,
             }
         }
-        info!(tasks = running.len(), ?grace, "stopping: finishing running tasks");
+        info!(
+            tasks = running.len(),
+            ?grace,
+            "stopping: finishing running tasks"
+        );
         let drained = tokio::time::timeout(grace, async {
             while running.join_next().await.is_some() {}
         })
@@ -361,7 +379,11 @@ impl Worker {
                                 object.key
                             )
                         } else {
-                            format!("cannot read s3 object {:?}: {}", object.key, s3::describe(&err))
+                            format!(
+                                "cannot read s3 object {:?}: {}",
+                                object.key,
+                                s3::describe(&err)
+                            )
                         },
                         key: gone.then(|| object.key.clone()),
                     }
@@ -458,7 +480,9 @@ impl Worker {
                     warn!(%path, status = %text, "the coordinator refused the report");
                     return;
                 }
-                Ok(response) => warn!(%path, status = %response.status(), "cannot report; retrying"),
+                Ok(response) => {
+                    warn!(%path, status = %response.status(), "cannot report; retrying")
+                }
                 Err(err) => warn!(%path, error = %err, "cannot report; retrying"),
             }
             tokio::time::sleep(backoff).await;
@@ -479,7 +503,11 @@ impl Worker {
             .await
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, String> {
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, String> {
         let response = self
             .post_raw(path, body)
             .await

@@ -221,7 +221,10 @@ impl Ingest {
     /// Every task record in the archive, with the archive object it is in.
     pub async fn archive_records(&self) -> Vec<(String, TaskRecord)> {
         let mut records = Vec::new();
-        for (key, body) in self.objects(&self.config.archive.bucket, "sluice/tasks/").await {
+        for (key, body) in self
+            .objects(&self.config.archive.bucket, "sluice/tasks/")
+            .await
+        {
             for record in sluice::archive::decode(&body).unwrap() {
                 records.push((key.clone(), record));
             }
@@ -260,7 +263,13 @@ impl Part {
     }
 
     /// A request to the process's HTTP API.
-    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
         let auth = token.map(|token| format!("Bearer {token}"));
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(auth) = &auth {
