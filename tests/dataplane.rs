@@ -460,13 +460,10 @@ async fn a_corrupt_checkpoint_stops_the_coordinator_with_the_object_named() {
     );
 }
 
-#[tokio::test]
-async fn a_large_object_streams_through_a_multipart_output() {
-    let ingest = Ingest::new("large", 10, Duration::from_secs(30), 3).await;
-    // About 40 MB of hardly compressible records: the output takes several
-    // upload parts.
+/// `records` NDJSON records with ids `big-N` and 64 hardly compressible
+/// characters each: about 100 bytes per record.
+fn noisy(records: usize) -> Vec<u8> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
-    let records = 400_000;
     let mut text = String::with_capacity(records * 100);
     for n in 0..records {
         let noise: String = (0..64)
@@ -474,9 +471,41 @@ async fn a_large_object_streams_through_a_multipart_output() {
             .collect();
         text.push_str(&format!("{{\"id\":\"big-{n}\",\"noise\":\"{noise}\"}}\n"));
     }
-    ingest
-        .put(vec![("big.ndjson".into(), text.into_bytes())])
-        .await;
+    text.into_bytes()
+}
+
+#[tokio::test]
+async fn a_worker_stopped_mid_task_gives_it_back_without_using_an_attempt() {
+    let ingest = Ingest::new("stopping", 10, Duration::from_secs(30), 1).await;
+    let records = 300_000;
+    ingest.put(vec![("big.ndjson".into(), noisy(records))]).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let mut stopping = ingest.worker_with(coordinator.port, "w1", &["--grace=0s"]);
+    eventually("the worker to run the task", DONE, || async {
+        let running: TaskList = coordinator.get("/v1/tasks?state=running&worker=w1");
+        (!running.items.is_empty()).then_some(())
+    })
+    .await;
+    stopping.terminate(Duration::from_secs(10));
+    let status = stopping.wait_exit(Duration::ZERO).expect("the worker exits");
+    assert!(status.success(), "{}", stopping.log());
+    let tasks: TaskList = coordinator.get("/v1/tasks");
+    assert_eq!(tasks.items.len(), 1);
+    // With maxAttempts 1, a counted attempt would have failed it for good.
+    assert_eq!((tasks.items[0].state, tasks.items[0].attempt), (TaskState::Pending, 0));
+    let _next = ingest.worker(coordinator.port, "w2");
+    wait_until_done(&coordinator, 1, DONE).await;
+    let wanted: BTreeSet<String> = (0..records).map(|n| format!("big-{n}")).collect();
+    assert_exactly_once(&ingest, &wanted).await;
+}
+
+#[tokio::test]
+async fn a_large_object_streams_through_a_multipart_output() {
+    let ingest = Ingest::new("large", 10, Duration::from_secs(30), 3).await;
+    // About 40 MB of hardly compressible records: the output takes several
+    // upload parts.
+    let records = 400_000;
+    ingest.put(vec![("big.ndjson".into(), noisy(records))]).await;
     let coordinator = ingest.coordinator(None, &[]);
     let _worker = ingest.worker(coordinator.port, "w1");
     let summary = wait_until_done(&coordinator, 1, DONE).await;

@@ -128,11 +128,17 @@ impl Ingest {
     /// Starts a worker named `name` that works for the coordinator on
     /// `coordinator_port`.
     pub fn worker(&self, coordinator_port: u16, name: &str) -> Part {
+        self.worker_with(coordinator_port, name, &[])
+    }
+
+    /// A worker with extra `args`.
+    pub fn worker_with(&self, coordinator_port: u16, name: &str, args: &[&str]) -> Part {
         let port = free_port().unwrap();
         let mut command = self.command(&["worker"]);
         command
             .arg(format!("--coordinator=http://127.0.0.1:{coordinator_port}"))
             .arg(format!("--address=127.0.0.1:{port}"))
+            .args(args)
             .env("POD_NAME", name);
         Part::start(&self.dir, name, port, command, true)
     }
