@@ -478,7 +478,9 @@ fn noisy(records: usize) -> Vec<u8> {
 async fn a_worker_stopped_mid_task_gives_it_back_without_using_an_attempt() {
     let ingest = Ingest::new("stopping", 10, Duration::from_secs(30), 1).await;
     let records = 300_000;
-    ingest.put(vec![("big.ndjson".into(), noisy(records))]).await;
+    ingest
+        .put(vec![("big.ndjson".into(), noisy(records))])
+        .await;
     let coordinator = ingest.coordinator(None, &[]);
     let mut stopping = ingest.worker_with(coordinator.port, "w1", &["--grace=0s"]);
     eventually("the worker to run the task", DONE, || async {
@@ -487,12 +489,17 @@ async fn a_worker_stopped_mid_task_gives_it_back_without_using_an_attempt() {
     })
     .await;
     stopping.terminate(Duration::from_secs(10));
-    let status = stopping.wait_exit(Duration::ZERO).expect("the worker exits");
+    let status = stopping
+        .wait_exit(Duration::ZERO)
+        .expect("the worker exits");
     assert!(status.success(), "{}", stopping.log());
     let tasks: TaskList = coordinator.get("/v1/tasks");
     assert_eq!(tasks.items.len(), 1);
     // With maxAttempts 1, a counted attempt would have failed it for good.
-    assert_eq!((tasks.items[0].state, tasks.items[0].attempt), (TaskState::Pending, 0));
+    assert_eq!(
+        (tasks.items[0].state, tasks.items[0].attempt),
+        (TaskState::Pending, 0)
+    );
     let _next = ingest.worker(coordinator.port, "w2");
     wait_until_done(&coordinator, 1, DONE).await;
     let wanted: BTreeSet<String> = (0..records).map(|n| format!("big-{n}")).collect();
@@ -505,7 +512,9 @@ async fn a_large_object_streams_through_a_multipart_output() {
     // About 40 MB of hardly compressible records: the output takes several
     // upload parts.
     let records = 400_000;
-    ingest.put(vec![("big.ndjson".into(), noisy(records))]).await;
+    ingest
+        .put(vec![("big.ndjson".into(), noisy(records))])
+        .await;
     let coordinator = ingest.coordinator(None, &[]);
     let _worker = ingest.worker(coordinator.port, "w1");
     let summary = wait_until_done(&coordinator, 1, DONE).await;

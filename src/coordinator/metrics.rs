@@ -25,6 +25,7 @@ pub struct Metrics {
     pub listed_objects: Counter,
     pub list_errors: Counter,
     pub archived_records: Counter,
+    pub status_writes: Counter,
     pub checkpoint_duration: Histogram,
     pub finished_keys: Gauge,
     pub finished_keys_bytes: Gauge,
@@ -42,6 +43,7 @@ impl Metrics {
             listed_objects: Counter::default(),
             list_errors: Counter::default(),
             archived_records: Counter::default(),
+            status_writes: Counter::default(),
             checkpoint_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             finished_keys: Gauge::default(),
             finished_keys_bytes: Gauge::default(),
@@ -75,6 +77,11 @@ impl Metrics {
                 "archived_records",
                 "Task records written to the archive",
                 &metrics.archived_records,
+            ),
+            (
+                "status_writes",
+                "Status writes to the IngestSource",
+                &metrics.status_writes,
             ),
         ];
         for (name, help, counter) in counters {

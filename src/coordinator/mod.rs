@@ -11,6 +11,7 @@ pub mod http;
 pub mod keys;
 pub mod listing;
 pub mod metrics;
+pub mod publish;
 pub mod tasks;
 
 use std::net::SocketAddr;
@@ -53,6 +54,12 @@ pub struct CoordinatorArgs {
     /// How often the checkpoint is written and finished tasks archived.
     #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_std)]
     pub checkpoint_interval: Duration,
+
+    /// How often, at most, the task counts are written into the
+    /// IngestSource's status (only when they changed). The status is
+    /// published when a Kubernetes configuration is found (in a pod: always).
+    #[arg(long, env = "SLUICE_STATUS_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_std)]
+    pub status_interval: Duration,
 
     /// At most this many objects are in tasks not yet archived; the
     /// listing waits for room. Bounds memory however large the source.
@@ -177,6 +184,18 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         args.max_live_objects,
     ));
     tokio::spawn(expire_leases(shared.clone()));
+    match kube::Client::try_default().await {
+        Ok(client) => {
+            tokio::spawn(publish::run(
+                shared.clone(),
+                client,
+                config.namespace.clone(),
+                config.name.clone(),
+                args.status_interval,
+            ));
+        }
+        Err(err) => info!(reason = %err, "no Kubernetes configuration: not publishing status"),
+    }
     let mut committer = Committer {
         shared,
         checkpoint,
@@ -186,6 +205,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         next_batch: 1,
         obsolete: Vec::new(),
         compaction: None,
+        last: None,
     };
     committer.run(args.checkpoint_interval).await
 }
@@ -215,6 +235,9 @@ struct Committer {
     /// written.
     obsolete: Vec<String>,
     compaction: Option<tokio::task::JoinHandle<Merged>>,
+    /// The last manifest written (without its time), to skip writing an
+    /// unchanged one.
+    last: Option<Manifest>,
 }
 
 impl Committer {
@@ -295,6 +318,14 @@ impl Committer {
             };
             (manifest, snapshot, segments)
         };
+        let unchanged = Manifest {
+            written: None,
+            ..manifest.clone()
+        };
+        if self.last.as_ref() == Some(&unchanged) && self.obsolete.is_empty() {
+            self.write_outbox().await;
+            return Ok(());
+        }
         let written = self
             .checkpoint
             .write(&manifest, &segments.iter().collect::<Vec<_>>())
@@ -308,6 +339,7 @@ impl Committer {
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());
         self.shared.tasks().committed(&snapshot);
+        self.last = Some(unchanged);
         *self
             .shared
             .last_checkpoint

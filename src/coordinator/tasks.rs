@@ -744,6 +744,38 @@ impl Tasks {
         }
     }
 
+    /// The `limit` running tasks that started first.
+    pub fn running(&self, limit: usize) -> Vec<TaskView> {
+        let mut running: Vec<TaskView> = self
+            .live
+            .values()
+            .filter(|task| task.lease.is_some() && task.outcome.is_none())
+            .map(|task| self.view(task))
+            .collect();
+        running.sort_by_key(|view| view.started);
+        running.truncate(limit);
+        running
+    }
+
+    /// The `limit` tasks that failed for good most recently, newest first.
+    pub fn recent_failures(&self, limit: usize) -> Vec<TaskView> {
+        let mut failed: Vec<TaskView> = self
+            .live
+            .values()
+            .filter(|task| task.state() == TaskState::Failed)
+            .map(|task| self.view(task))
+            .chain(
+                self.recent
+                    .iter()
+                    .filter(|detail| detail.task.state == TaskState::Failed)
+                    .map(|detail| detail.task.clone()),
+            )
+            .collect();
+        failed.sort_by_key(|view| std::cmp::Reverse(view.finished));
+        failed.truncate(limit);
+        failed
+    }
+
     /// One task, live or recently finished.
     pub fn get(&self, id: &str) -> Option<TaskDetail> {
         let parsed: TaskId = id.parse().ok()?;

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 
 pub use status::{
-    ActiveTask, IngestSourceStatus, ObjectCounts, Phase, TaskCounts, TaskFailure, WorkersStatus,
+    ActiveTask, IngestSourceStatus, MAX_ACTIVE_TASKS, MAX_RECENT_FAILURES, ObjectCounts, Phase,
+    TaskCounts, TaskFailure, WorkersStatus,
 };
 
 /// An S3 prefix to ingest into a collection, with the pool of workers that

@@ -26,6 +26,7 @@ pub struct Ingest {
     pub config: RuntimeConfig,
     pub client: aws_sdk_s3::Client,
     dir: tempfile::TempDir,
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Ingest {
@@ -67,6 +68,7 @@ impl Ingest {
             config,
             client: minio.client().await,
             dir: tempfile::tempdir().unwrap(),
+            kubeconfig: None,
         };
         ingest.write_config();
         std::fs::write(ingest.dir.path().join("token"), TOKEN).unwrap();
@@ -82,6 +84,12 @@ impl Ingest {
         .unwrap();
     }
 
+    /// Processes started from now on find the API server through
+    /// `kubeconfig` (the coordinator then publishes its status).
+    pub fn use_kubeconfig(&mut self, kubeconfig: &std::path::Path) {
+        self.kubeconfig = Some(kubeconfig.to_owned());
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
@@ -90,7 +98,11 @@ impl Ingest {
             .arg(self.dir.path().join("config.json"))
             .arg("--token-file")
             .arg(self.dir.path().join("token"))
-            .env("RUST_LOG", "info,sluice=debug");
+            .env("RUST_LOG", "info,sluice=debug")
+            .env_remove("KUBECONFIG");
+        if let Some(kubeconfig) = &self.kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
         let credentials = minio().credentials();
         for store in Store::ALL {
             for (key, _) in CREDENTIAL_KEYS {
@@ -290,6 +302,12 @@ impl Part {
         let (status, body) = self.request("GET", path, None, "");
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {path}: {err}: {body}"))
+    }
+
+    /// The sum of every series of the Prometheus metric `name`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.request("GET", "/metrics", None, "");
+        super::metric(&body, name)
     }
 
     pub fn summary(&self) -> Summary {

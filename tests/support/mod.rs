@@ -161,10 +161,7 @@ impl Operator {
     pub fn metric(&self, name: &str) -> f64 {
         let (_, body) =
             http_get(self.admin_port, "/metrics").expect("the operator serves /metrics");
-        body.lines()
-            .filter(|line| line.split(['{', ' ']).next() == Some(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric(&body, name)
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -187,6 +184,15 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.daemon.terminate(Duration::from_secs(10));
     }
+}
+
+/// The sum of every series of the Prometheus metric `name` in the text
+/// exposition `body`.
+pub fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// This binary's operator: all namespaces, leader-elected, against

@@ -1,0 +1,117 @@
+//! The coordinator publishes live task status into its IngestSource, on a
+//! real API server, while a coordinator and workers run as processes
+//! against a real MinIO.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice::crd::IngestSource;
+use support::dataplane::{Ingest, wait_until_done};
+use support::{eventually, kube_with_crd, sources};
+
+const DONE: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn the_status_follows_the_coordinator_within_its_write_budget() {
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let namespace = kube.namespace("status").unwrap();
+    let mut ingest = Ingest::new("orders", 5, Duration::from_secs(30), 3).await;
+    ingest.config.namespace = namespace.clone();
+    ingest.write_config();
+    ingest.use_kubeconfig(kube.kubeconfig());
+    let mut source = sources::orders("orders");
+    source["spec"]["source"]["s3"]["bucket"] = json!(ingest.config.source.s3.bucket);
+    sources::apply(&client, &namespace, &source).await;
+
+    // Small objects, and one big enough to be seen running.
+    let mut objects: Vec<_> = (0..200)
+        .map(|i| {
+            (
+                format!("{i:04}.ndjson"),
+                format!("{{\"id\":\"o{i}\"}}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let big: String = (0..300_000)
+        .map(|n| format!("{{\"id\":\"big-{n}\",\"pad\":\"{n:0>60}\"}}\n"))
+        .collect();
+    objects.push(("9999-big.ndjson".into(), big.into_bytes()));
+    ingest.put(objects).await;
+
+    let started = Instant::now();
+    let coordinator = ingest.coordinator(None, &["--status-interval=500ms"]);
+    let _workers: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|name| ingest.worker(coordinator.port, name))
+        .collect();
+
+    let active = eventually("a running task in the status", DONE, || async {
+        let status = sources::source(&client, &namespace, "orders")
+            .await
+            .status?;
+        status.active_tasks.filter(|tasks| {
+            tasks
+                .iter()
+                .any(|task| task.objects == 1 && task.worker.starts_with('w'))
+        })
+    })
+    .await;
+    assert!(active.len() <= 20);
+
+    let summary = wait_until_done(&coordinator, 201, DONE).await;
+    let status = eventually("the final counts in the status", DONE, || async {
+        let status = sources::source(&client, &namespace, "orders")
+            .await
+            .status?;
+        let tasks = status.tasks.as_ref()?;
+        (tasks.succeeded == summary.tasks.succeeded && tasks.running == 0).then_some(status)
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let objects = status.objects.unwrap();
+    assert_eq!(
+        (objects.discovered, objects.ingested, objects.failed),
+        (201, 201, 0)
+    );
+    assert_eq!(status.records_ingested, Some(300_200));
+    assert_eq!(status.bytes_ingested, Some(summary.bytes_ingested));
+    assert!(status.last_checkpoint_time.is_some());
+    assert_eq!(status.active_tasks.map(|t| t.len()), Some(0));
+
+    // At most one write per interval, and none once nothing changes.
+    let writes = coordinator.metric("sluice_coordinator_status_writes_total");
+    let budget = elapsed.as_secs_f64() / 0.5 + 1.0;
+    assert!(
+        writes >= 2.0 && writes <= budget,
+        "{writes} writes in {elapsed:?}"
+    );
+    // (After the last checkpoint's time has been published.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = coordinator.metric("sluice_coordinator_status_writes_total");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        coordinator.metric("sluice_coordinator_status_writes_total"),
+        settled,
+        "an idle coordinator keeps writing its status"
+    );
+
+    // The coordinator's fields are its own: the operator's apply of its
+    // fields leaves them alone.
+    let api = kube::Api::<IngestSource>::namespaced(client.clone(), &namespace);
+    let operator_status = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "IngestSource",
+        "status": {"phase": "Idle", "observedGeneration": 1}
+    });
+    api.patch_status(
+        "orders",
+        &kube::api::PatchParams::apply("sluice-operator").force(),
+        &kube::api::Patch::Apply(&operator_status),
+    )
+    .await
+    .unwrap();
+    let status = api.get_status("orders").await.unwrap().status.unwrap();
+    assert_eq!(status.tasks.unwrap().succeeded, summary.tasks.succeeded);
+}
