@@ -263,7 +263,9 @@ pub fn notices(source: &IngestSource, new: &IngestSourceStatus) -> Vec<Notice> {
         _ => {}
     }
     match (old_phase, new.phase) {
-        (Some(old), Some(Phase::Suspended)) if old != Phase::Suspended => notices.push(Notice {
+        // Also from no phase: the first status may already be Suspended when
+        // the operator sees the edit before its own first status write.
+        (old, Some(Phase::Suspended)) if old != Some(Phase::Suspended) => notices.push(Notice {
             warning: false,
             reason: "Suspended".into(),
             note: format!(
@@ -413,6 +415,8 @@ mod tests {
         assert_eq!(status.phase, Some(Phase::Suspended));
         assert_eq!(find(&status, READY).reason, "Suspended");
         assert_eq!(status.workers.unwrap().summary, "0/0");
+        // Suspended before the operator wrote any status: still told.
+        assert_eq!(notices(&source, &status)[0].reason, "Suspended");
     }
 
     #[test]

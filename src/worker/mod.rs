@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ struct Active {
     cancel: CancellationToken,
     /// Why it was cancelled: given back (SIGTERM) or lost (the
     /// coordinator leased it elsewhere).
-    release: Arc<std::sync::atomic::AtomicBool>,
+    release: Arc<AtomicBool>,
 }
 
 struct Worker {
@@ -308,7 +308,8 @@ impl Worker {
         self.active().insert(task.id.clone(), active);
         let outcome = self.ingest(&task, &records, &bytes, &cancel).await;
         self.active().remove(&task.id);
-        let path = match outcome {
+        let given_back = release.load(Ordering::Relaxed);
+        let failure = match outcome {
             Ok(completion) => {
                 self.metrics.succeeded.inc();
                 self.metrics.records.inc_by(completion.records);
@@ -317,26 +318,25 @@ impl Worker {
                     .await;
                 return;
             }
-            Err(_) if cancel.is_cancelled() && !release.load(Ordering::Relaxed) => return,
-            Err(failure) => failure,
-        };
-        self.metrics.failed.inc();
-        let failure = if release.load(Ordering::Relaxed) {
-            Failure {
+            // Lost: the coordinator has given the task to another worker.
+            Err(_) if cancel.is_cancelled() && !given_back => return,
+            Err(_) if given_back => Failure {
                 worker: self.name.clone(),
                 attempt: task.attempt,
                 error: "the worker stopped before finishing; given back".into(),
                 key: None,
                 released: true,
-            }
-        } else {
-            warn!(task = %task.id, error = %path.error, "task failed");
-            Failure {
-                worker: self.name.clone(),
-                attempt: task.attempt,
-                error: path.error,
-                key: path.key,
-                released: false,
+            },
+            Err(failed) => {
+                self.metrics.failed.inc();
+                warn!(task = %task.id, error = %failed.error, "task failed");
+                Failure {
+                    worker: self.name.clone(),
+                    attempt: task.attempt,
+                    error: failed.error,
+                    key: failed.key,
+                    released: false,
+                }
             }
         };
         self.report(&format!("/v1/tasks/{}/fail", task.id), &failure)
