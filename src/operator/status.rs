@@ -414,7 +414,7 @@ mod tests {
         let status = compute(&source, &observed, &at(100));
         assert_eq!(status.phase, Some(Phase::Suspended));
         assert_eq!(find(&status, READY).reason, "Suspended");
-        assert_eq!(status.workers.unwrap().summary, "0/0");
+        assert_eq!(status.workers.as_ref().unwrap().summary, "0/0");
         // Suspended before the operator wrote any status: still told.
         assert_eq!(notices(&source, &status)[0].reason, "Suspended");
     }
