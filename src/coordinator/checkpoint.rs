@@ -227,13 +227,13 @@ impl Checkpoint {
         }
     }
 
-    async fn read_manifest(&self) -> Result<Option<(Manifest, String)>, CheckpointError> {
-        let key = self.manifest_key();
+    /// The bytes and ETag of `key`, or None when there is no such object.
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, String)>, CheckpointError> {
         let response = match self
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(&key)
+            .key(key)
             .send()
             .await
         {
@@ -241,15 +241,23 @@ impl Checkpoint {
             Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
                 return Ok(None);
             }
-            Err(err) => return Err(self.s3_error(&key, s3::describe(&err))),
+            Err(err) => return Err(self.s3_error(key, s3::describe(&err))),
         };
         let etag = response.e_tag().unwrap_or_default().to_owned();
         let bytes = response
             .body
             .collect()
             .await
-            .map_err(|err| self.s3_error(&key, err.to_string()))?
-            .into_bytes();
+            .map_err(|err| self.s3_error(key, err.to_string()))?
+            .to_vec();
+        Ok(Some((bytes, etag)))
+    }
+
+    async fn read_manifest(&self) -> Result<Option<(Manifest, String)>, CheckpointError> {
+        let key = self.manifest_key();
+        let Some((bytes, etag)) = self.get(&key).await? else {
+            return Ok(None);
+        };
         let manifest = decode_manifest(&bytes).map_err(|reason| self.corrupt(&key, reason))?;
         Ok(Some((manifest, etag)))
     }
@@ -296,20 +304,9 @@ impl Checkpoint {
         futures::stream::iter(refs)
             .map(|segment| async move {
                 let key = self.segment_key(&segment.name);
-                let response = self
-                    .client
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                    .map_err(|err| self.corrupt(&key, s3::describe(&err)))?;
-                let bytes = response
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|err| self.s3_error(&key, err.to_string()))?
-                    .to_vec();
+                let (bytes, _) = self.get(&key).await?.ok_or_else(|| {
+                    self.corrupt(&key, "the manifest names it but it does not exist".into())
+                })?;
                 Segment::from_bytes(&segment.name, bytes)
                     .map_err(|err| self.corrupt(&key, err.to_string()))
             })
