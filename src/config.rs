@@ -6,12 +6,14 @@
 //! credentials are not in it: they reach the pods as environment variables
 //! from the Secrets the IngestSource names (see [`credential_env`]).
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::crd::{Compression, Format, IngestSource, S3Location};
 use crate::duration::Duration;
+use crate::telemetry::LogFormat;
 
 /// The file name of the configuration inside the ConfigMap and the pods.
 pub const FILE_NAME: &str = "config.json";
@@ -150,8 +152,41 @@ impl RuntimeConfig {
     }
 }
 
+/// What the coordinator and the workers of a source both start from: the
+/// flags the operator's Deployments pass, and where they serve.
+#[derive(clap::Args, Debug)]
+pub struct PodArgs {
+    /// The runtime configuration the operator renders (config.json).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: PathBuf,
+
+    /// A file holding the token workers present to the coordinator.
+    #[arg(long, env = "SLUICE_TOKEN_FILE")]
+    pub token_file: PathBuf,
+
+    /// Where the HTTP endpoints (the coordinator's task API; /healthz,
+    /// /readyz and /metrics) are served.
+    #[arg(long, env = "SLUICE_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub address: SocketAddr,
+
+    /// How logs are written.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+impl PodArgs {
+    /// Sets up logging, then reads the configuration and the token.
+    pub fn start(&self) -> Result<(RuntimeConfig, String), String> {
+        crate::telemetry::init_logging(self.log_format);
+        Ok((
+            RuntimeConfig::load(&self.config)?,
+            read_token(&self.token_file)?,
+        ))
+    }
+}
+
 /// Reads the token that workers present to the coordinator.
-pub fn read_token(path: &Path) -> Result<String, String> {
+fn read_token(path: &Path) -> Result<String, String> {
     let token = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read the token file {}: {err}", path.display()))?;
     let token = token.trim();

@@ -14,8 +14,6 @@ pub mod metrics;
 pub mod publish;
 pub mod tasks;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,9 +27,9 @@ use tracing::{info, warn};
 
 use crate::api::Summary;
 use crate::archive::{self, Batch};
-use crate::config::{self, RuntimeConfig, Store};
+use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
-use crate::telemetry::{self, LogFormat, Readiness};
+use crate::telemetry::{self, Readiness};
 use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
 use keys::{FinishedKeys, Merged};
 use tasks::{Identity, Limits, Tasks};
@@ -39,17 +37,8 @@ use tasks::{Identity, Limits, Tasks};
 /// `sluice coordinator`: track one source's keys and lease its tasks.
 #[derive(clap::Args, Debug)]
 pub struct CoordinatorArgs {
-    /// The runtime configuration the operator renders (config.json).
-    #[arg(long, env = "SLUICE_CONFIG")]
-    pub config: PathBuf,
-
-    /// A file holding the token workers must present.
-    #[arg(long, env = "SLUICE_TOKEN_FILE")]
-    pub token_file: PathBuf,
-
-    /// Where the task API, /healthz, /readyz and /metrics are served.
-    #[arg(long, env = "SLUICE_ADDRESS", default_value = "0.0.0.0:8080")]
-    pub address: SocketAddr,
+    #[command(flatten)]
+    pub pod: PodArgs,
 
     /// How often the checkpoint is written and finished tasks archived.
     #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_std)]
@@ -65,10 +54,6 @@ pub struct CoordinatorArgs {
     /// listing waits for room. Bounds memory however large the source.
     #[arg(long, env = "SLUICE_MAX_LIVE_OBJECTS", default_value_t = 100_000)]
     pub max_live_objects: usize,
-
-    /// How logs are written.
-    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
-    pub log_format: LogFormat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,9 +102,7 @@ impl Shared {
 
 /// Runs the coordinator until SIGTERM, then writes a last checkpoint.
 pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
-    telemetry::init_logging(args.log_format);
-    let config = RuntimeConfig::load(&args.config).map_err(Error::Config)?;
-    let token = config::read_token(&args.token_file).map_err(Error::Config)?;
+    let (config, token) = args.pod.start().map_err(Error::Config)?;
     let source_client = s3::client_for(Store::Source, &config.source.s3).await;
     let archive_client = s3::client_for(Store::Archive, &config.archive).await;
 
@@ -169,7 +152,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
     let readiness = Readiness::default();
     readiness.set(true);
     let address = telemetry::serve_admin(
-        args.address,
+        args.pod.address,
         readiness,
         registry,
         http::router(shared.clone()),
@@ -277,7 +260,7 @@ impl Committer {
         let started = Instant::now();
         self.apply_compaction().await;
         let now = Timestamp::now();
-        let (manifest, snapshot, segments) = {
+        let (mut manifest, snapshot, segments) = {
             let mut tasks = self.shared.tasks();
             if flush {
                 let records = tasks.drain_finished();
@@ -302,9 +285,10 @@ impl Committer {
                 .finished_keys_bytes
                 .set(keys.memory_bytes() as i64);
             let segments: Vec<_> = keys.segments().cloned().collect();
+            // Without its time first, to compare with the last one written.
             let manifest = Manifest {
                 epoch: tasks.epoch(),
-                written: Some(now),
+                written: None,
                 segments: segments
                     .iter()
                     .map(|segment| SegmentRef {
@@ -318,14 +302,11 @@ impl Committer {
             };
             (manifest, snapshot, segments)
         };
-        let unchanged = Manifest {
-            written: None,
-            ..manifest.clone()
-        };
-        if self.last.as_ref() == Some(&unchanged) && self.obsolete.is_empty() {
+        if self.last.as_ref() == Some(&manifest) && self.obsolete.is_empty() {
             self.write_outbox().await;
             return Ok(());
         }
+        manifest.written = Some(now);
         let written = self
             .checkpoint
             .write(&manifest, &segments.iter().collect::<Vec<_>>())
@@ -339,7 +320,8 @@ impl Committer {
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());
         self.shared.tasks().committed(&snapshot);
-        self.last = Some(unchanged);
+        manifest.written = None;
+        self.last = Some(manifest);
         *self
             .shared
             .last_checkpoint

@@ -11,8 +11,6 @@ pub mod output;
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,25 +28,20 @@ use crate::api::{
     Completion, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     LeasedTask, Progress,
 };
-use crate::config::{self, RuntimeConfig, Store};
+use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
-use crate::telemetry::{self, LogFormat, Readiness};
+use crate::telemetry::{self, Readiness};
 use decode::{DecodeError, Limits, Origin};
 
 /// `sluice worker`: execute one source's tasks.
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
-    /// The runtime configuration the operator renders (config.json).
-    #[arg(long, env = "SLUICE_CONFIG")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub pod: PodArgs,
 
     /// The coordinator's URL.
     #[arg(long, env = "SLUICE_COORDINATOR")]
     pub coordinator: String,
-
-    /// A file holding the token to present to the coordinator.
-    #[arg(long, env = "SLUICE_TOKEN_FILE")]
-    pub token_file: PathBuf,
 
     /// This worker's name in leases and records (in a pod: its name).
     #[arg(long, env = "POD_NAME")]
@@ -62,14 +55,6 @@ pub struct WorkerArgs {
     /// are given back.
     #[arg(long, env = "SLUICE_GRACE", default_value = "20s", value_parser = crate::duration::parse_std)]
     pub grace: Duration,
-
-    /// Where /healthz, /readyz and /metrics are served.
-    #[arg(long, env = "SLUICE_ADDRESS", default_value = "0.0.0.0:8080")]
-    pub address: SocketAddr,
-
-    /// How logs are written.
-    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
-    pub log_format: LogFormat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,9 +133,7 @@ impl Metrics {
 
 /// Runs the worker until SIGTERM.
 pub async fn run(args: WorkerArgs) -> Result<(), Error> {
-    telemetry::init_logging(args.log_format);
-    let config = RuntimeConfig::load(&args.config).map_err(Error::Config)?;
-    let token = config::read_token(&args.token_file).map_err(Error::Config)?;
+    let (config, token) = args.pod.start().map_err(Error::Config)?;
     if args.concurrency == 0 {
         return Err(Error::Config("--concurrency must be at least 1".into()));
     }
@@ -173,7 +156,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), Error> {
     let readiness = Readiness::default();
     readiness.set(true);
     let address =
-        telemetry::serve_admin(args.address, readiness, registry, axum::Router::new()).await?;
+        telemetry::serve_admin(args.pod.address, readiness, registry, axum::Router::new()).await?;
     info!(%address, worker = %worker.name, coordinator = %worker.coordinator, "working");
     tokio::spawn(worker.clone().heartbeats());
     worker.work(args.concurrency, args.grace).await;
