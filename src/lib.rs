@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod crd;
