@@ -7,6 +7,7 @@
 //! free loopback ports, so several test binaries can run at once.
 
 mod kube;
+mod kubelet;
 mod minio;
 mod process;
 mod tools;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::kube::KubeEnv;
+pub use self::kubelet::{ApiServer, Kubelet, service_account_kubeconfig};
 pub use self::minio::MinioEnv;
 pub use self::process::{Daemon, free_port, http, http_get};
 
