@@ -148,18 +148,16 @@ impl Node {
         // Every Service name resolves before any pod starts, so a worker
         // started before its coordinator finds it once it is up.
         for deployment in &deployments {
-            if !self.workloads.contains_key(&deployment.name_any()) {
-                let service_port = free_port().map_err(|err| err.to_string())?;
-                self.workloads.insert(
-                    deployment.name_any(),
-                    Workload {
-                        service_port,
-                        pods: Vec::new(),
-                        crashes: 0,
-                        not_before: std::time::Instant::now(),
-                        reported: None,
-                    },
-                );
+            if let std::collections::hash_map::Entry::Vacant(entry) =
+                self.workloads.entry(deployment.name_any())
+            {
+                entry.insert(Workload {
+                    service_port: free_port().map_err(|err| err.to_string())?,
+                    pods: Vec::new(),
+                    crashes: 0,
+                    not_before: std::time::Instant::now(),
+                    reported: None,
+                });
             }
         }
         let names: Vec<String> = deployments.iter().map(|d| d.name_any()).collect();
