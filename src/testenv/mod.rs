@@ -9,7 +9,7 @@
 mod kube;
 mod minio;
 mod process;
-mod tools;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::time::Duration;

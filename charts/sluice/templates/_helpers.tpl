@@ -54,16 +54,17 @@ hold these rules. tests/chart.rs drops each verb in turn and shows what breaks.
   resources: ["ingestsources/status"]
   verbs: ["get", "patch"]
 # The children it keeps in shape: cached by watches (list, watch) and
-# server-side applied (patch, which creates them too).
+# server-side applied (patch; an apply that creates the object also needs
+# create).
 - apiGroups: [""]
   resources: ["serviceaccounts", "configmaps", "services"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 # Secrets: watched (the token Secrets, and whether the credentials Secrets
 # an IngestSource names exist); a token Secret is created once; get and
 # patch only when a token Secret already exists (made by hand) without a
