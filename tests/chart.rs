@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -770,6 +771,45 @@ async fn token(client: &Client, namespace: &str, name: &str) -> String {
         .expect("the TokenRequest API answers with a token")
 }
 
+/// Waits until the API server lets ServiceAccount `sluice` of
+/// `account_namespace` do each `(namespace, group, resource, name, verb)`
+/// (an empty name: any). Its
+/// RBAC authorizer learns of new Roles and RoleBindings a moment after they
+/// are written; an operator started before that would be refused through no
+/// fault of the chart.
+async fn wait_authorized(
+    client: &Client,
+    account_namespace: &str,
+    checks: &[(&str, &str, &str, &str, &str)],
+) {
+    let user = format!("system:serviceaccount:{account_namespace}:sluice");
+    for &(namespace, group, resource, name, verb) in checks {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        let review: SubjectAccessReview = serde_json::from_value(json!({
+            "spec": {
+                "user": user,
+                "resourceAttributes": {
+                    "namespace": namespace, "group": group, "resource": resource,
+                    "subresource": subresource, "name": name, "verb": verb,
+                },
+            },
+        }))
+        .unwrap();
+        eventually(
+            &format!("{user} may {verb} {resource} in {namespace}"),
+            SETTLE,
+            || async {
+                let answer = Api::<SubjectAccessReview>::all(client.clone())
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .ok()?;
+                answer.status?.allowed.then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 /// `sluice operator` run the way the chart's Deployment runs it (its
 /// arguments and environment), as a local process whose only credential is
 /// `token`. Only the admin address moves, to a free loopback port.
@@ -1010,6 +1050,16 @@ async fn watch_namespaces_mode_serves_only_the_listed_namespaces() {
             .unwrap(),
     )
     .unwrap();
+    wait_authorized(
+        &client,
+        &own,
+        &[
+            (&team_a, "sluice.dev", "ingestsources", "", "list"),
+            (&team_b, "sluice.dev", "ingestsources", "", "list"),
+            (&own, "coordination.k8s.io", "leases", "", "create"),
+        ],
+    )
+    .await;
     let token = token(&client, &own, "sluice").await;
     let operator = ChartOperator::start(&deployment, &token);
     for namespace in [&team_a, &team_b] {
@@ -1138,32 +1188,51 @@ const RIG_VALUES: &str =
 impl Rig {
     async fn start(prefix: &'static str, missing: Option<Grant>, restricted: bool) -> Self {
         // kubectl and helm block; other rigs start meanwhile.
-        let (namespace, objects) = tokio::task::spawn_blocking(move || {
+        let (namespace, objects, kept) = tokio::task::spawn_blocking(move || {
             let namespace = kube().namespace(prefix).unwrap();
             if restricted {
                 enforce_restricted(&namespace);
             }
             let values = format!("{RIG_VALUES}watchNamespaces: [{namespace}]\n");
             let objects = render(&namespace, &values).unwrap();
-            let rbac = match &missing {
+            let kept: Vec<Grant> = grants(&objects)
+                .into_iter()
+                .filter(|grant| Some(grant) != missing.as_ref())
+                .collect();
+            let rbac = match missing {
                 None => rbac_with(&objects, None),
-                Some(missing) => {
-                    let kept: Vec<Grant> = grants(&objects)
-                        .into_iter()
-                        .filter(|grant| grant != missing)
-                        .collect();
-                    rbac_with(&objects, Some(&kept))
-                }
+                Some(_) => rbac_with(&objects, Some(&kept)),
             };
             succeed(kubectl(
                 &["apply", "--server-side", "-f", "-"],
                 Some(&yaml_stream(&rbac)),
             ));
-            (namespace, objects)
+            (namespace, objects, kept)
         })
         .await
         .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
         let client = kube().client().await;
+        // One verb of each Role that is there.
+        let mut roles = BTreeSet::new();
+        let checks: Vec<(&str, &str, &str, &str, &str)> = kept
+            .iter()
+            .filter(|grant| roles.insert(grant.role.clone()))
+            .map(|grant| {
+                let name = grant
+                    .resource_names
+                    .as_ref()
+                    .and_then(|names| names.first())
+                    .map_or("", String::as_str);
+                (
+                    namespace.as_str(),
+                    grant.group.as_str(),
+                    grant.resource.as_str(),
+                    name,
+                    grant.verb.as_str(),
+                )
+            })
+            .collect();
+        wait_authorized(&client, &namespace, &checks).await;
         apply_sources(&client, &namespace).await;
         let token = token(&client, &namespace, "sluice").await;
         let deployment = find(&objects, "Deployment", &namespace, "sluice");
