@@ -8,6 +8,8 @@ export SLUICE_CACHE
 export CARGO_TARGET_DIR ?= $(SLUICE_CACHE)/target
 CARGO ?= cargo
 CRD := crds/ingestsources.sluice.dev.yaml
+# The Helm chart ships the same file (a copy: helm warns about symlinks).
+CHART_CRD := charts/sluice/$(CRD)
 
 .PHONY: all test tools crds lint demo test-env
 
@@ -21,9 +23,10 @@ test: tools
 tools:
 	tools/build.sh
 
-## crds: regenerate crds/ from the Rust types
+## crds: regenerate crds/ (and the chart's copy) from the Rust types
 crds:
 	$(CARGO) run --locked --quiet -- crd > $(CRD)
+	cp $(CRD) $(CHART_CRD)
 
 ## lint: formatting and clippy, warnings are errors
 lint:

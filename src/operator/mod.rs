@@ -35,9 +35,11 @@ pub struct OperatorArgs {
     #[arg(long, env = "SLUICE_IMAGE_PULL_POLICY")]
     pub image_pull_policy: Option<String>,
 
-    /// Serve only IngestSources in this namespace; unset: all namespaces.
-    #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Serve only IngestSources in these namespaces (repeat the flag or
+    /// separate them with commas), so that Roles in those namespaces suffice;
+    /// unset: all namespaces, which needs a ClusterRole.
+    #[arg(long, env = "SLUICE_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub watch_namespace: Vec<String>,
 
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, env = "SLUICE_ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
@@ -146,22 +148,33 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
             instance: Some(identity),
         },
     );
-    let scope = args
-        .watch_namespace
-        .map_or(Scope::AllNamespaces, Scope::Namespace);
+    let scopes = scopes(args.watch_namespace);
     let defaults = PodDefaults {
         image: args.image,
         image_pull_policy: args.image_pull_policy,
     };
-    let reconciling = controller::run(
-        client,
-        scope,
-        defaults,
-        recorder,
-        metrics,
-        shutdown(),
-        move || readiness.set(true),
-    );
+    // One controller per namespace (each with its own namespaced watches,
+    // which is all a Role allows); ready once every one has synced.
+    let unsynced = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+    let reconciling = futures::future::join_all(scopes.into_iter().map(|scope| {
+        let (unsynced, readiness) = (unsynced.clone(), readiness.clone());
+        controller::run(
+            client.clone(),
+            scope,
+            defaults.clone(),
+            recorder.clone(),
+            metrics.clone(),
+            shutdown(),
+            move || {
+                if unsynced.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                    readiness.set(true);
+                }
+            },
+        )
+    }));
+    let reconciling = async move {
+        reconciling.await;
+    };
     match elector {
         None => {
             reconciling.await;
@@ -180,8 +193,64 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     }
 }
 
+/// The namespaces to serve, each once; none named: all of them.
+fn scopes(namespaces: Vec<String>) -> Vec<Scope> {
+    let mut namespaces: Vec<String> = namespaces
+        .into_iter()
+        .map(|namespace| namespace.trim().to_owned())
+        .filter(|namespace| !namespace.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    if namespaces.is_empty() {
+        vec![Scope::AllNamespaces]
+    } else {
+        namespaces.into_iter().map(Scope::Namespace).collect()
+    }
+}
+
 /// Outside a pod: the host name and the process id, unique per process.
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(scopes: &[Scope]) -> Vec<Option<&str>> {
+        scopes
+            .iter()
+            .map(|scope| match scope {
+                Scope::AllNamespaces => None,
+                Scope::Namespace(namespace) => Some(namespace.as_str()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_namespace_means_all_of_them() {
+        assert_eq!(names(&scopes(vec![])), [None]);
+        assert_eq!(names(&scopes(vec![" ".into()])), [None]);
+    }
+
+    #[test]
+    fn each_watched_namespace_is_served_once() {
+        let args = <OperatorArgs as clap::FromArgMatches>::from_arg_matches(
+            &<OperatorArgs as clap::Args>::augment_args(clap::Command::new("operator"))
+                .try_get_matches_from([
+                    "operator",
+                    "--watch-namespace=team-b,team-a",
+                    "--watch-namespace",
+                    "team-a",
+                ])
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&scopes(args.watch_namespace)),
+            [Some("team-a"), Some("team-b")]
+        );
+    }
 }

@@ -10,7 +10,7 @@ mod kube;
 mod kubelet;
 mod minio;
 mod process;
-mod tools;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,100 @@
+{{/* The release's name, cut to the 63 characters a label value allows. */}}
+{{- define "sluice.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What selects the operator's pods (immutable in a Deployment). */}}
+{{- define "sluice.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The labels of every object the chart creates. */}}
+{{- define "sluice.labels" -}}
+{{ include "sluice.selectorLabels" . }}
+app.kubernetes.io/part-of: sluice
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "sluice.serviceAccountName" -}}
+{{- default (include "sluice.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The operator's image, which it also gives the coordinator and worker pods. */}}
+{{- define "sluice.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "sluice.leaseName" -}}
+{{- printf "%s-operator" (include "sluice.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+What the operator does with the API, and nothing more: the ClusterRole
+(rbac.scope=cluster) and each watched namespace's Role (rbac.scope=namespaces)
+hold these rules. tests/chart.rs drops each verb in turn and shows what breaks.
+*/}}
+{{- define "sluice.operatorRules" -}}
+# The controller lists and watches IngestSources. `get` is not called, but
+# the coordinator Role the operator writes grants it, and RBAC lets the
+# operator grant only what it holds itself.
+- apiGroups: ["sluice.dev"]
+  resources: ["ingestsources"]
+  verbs: ["get", "list", "watch"]
+# The operator server-side applies the status (patch); the coordinator Role
+# grants get and patch on it (as above).
+- apiGroups: ["sluice.dev"]
+  resources: ["ingestsources/status"]
+  verbs: ["get", "patch"]
+# The children it keeps in shape: cached by watches (list, watch) and
+# server-side applied (patch; an apply that creates the object also needs
+# create).
+- apiGroups: [""]
+  resources: ["serviceaccounts", "configmaps", "services"]
+  verbs: ["list", "watch", "create", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "watch", "create", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch", "create", "patch"]
+# Secrets: watched (the token Secrets, and whether the credentials Secrets
+# an IngestSource names exist); a token Secret is created once; get and
+# patch only when a token Secret already exists (made by hand) without a
+# token.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch", "create", "get", "patch"]
+# Events on IngestSources; a repeated one is patched (its series count).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* The namespaces the NetworkPolicy goes into. */}}
+{{- define "sluice.networkPolicyNamespaces" -}}
+{{- if .Values.networkPolicy.namespaces -}}
+{{- toJson .Values.networkPolicy.namespaces -}}
+{{- else if eq .Values.rbac.scope "namespaces" -}}
+{{- toJson .Values.watchNamespaces -}}
+{{- else -}}
+{{- fail "networkPolicy.namespaces must name the namespaces of your IngestSources when rbac.scope is cluster" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Values that are each valid but do not go together. */}}
+{{- define "sluice.checkValues" -}}
+{{- if and (eq .Values.rbac.scope "namespaces") (not .Values.watchNamespaces) -}}
+{{- fail "watchNamespaces must name at least one namespace when rbac.scope is namespaces" -}}
+{{- end -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
+{{- fail "replicaCount above 1 needs leaderElection.enabled: true, or the replicas would all reconcile" -}}
+{{- end -}}
+{{- end -}}
