@@ -70,15 +70,19 @@ async fn coordinator(
 async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
     let (_orders, orders) = coordinator("orders", "acme", "orders", 3).await;
     let (_clicks, mut clicks) = coordinator("clicks", "globex", "clicks", 2).await;
-    let (status, body) = orders.request(
-        "POST",
-        "/v1/lease",
-        Some(TOKEN),
-        r#"{"worker":"w-1","max":1}"#,
-    );
-    assert_eq!(status, 200, "{body}");
-    let leased: Value = serde_json::from_str(&body).unwrap();
-    let leased_id = leased["tasks"][0]["id"].as_str().unwrap().to_owned();
+    // A task is leased only once the checkpoint naming it is written.
+    let leased_id = eventually("a task to lease", SETTLE, || async {
+        let (status, body) = orders.request(
+            "POST",
+            "/v1/lease",
+            Some(TOKEN),
+            r#"{"worker":"w-1","max":1}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        let leased: Value = serde_json::from_str(&body).unwrap();
+        leased["tasks"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
 
     let orders_url = format!("http://127.0.0.1:{}", orders.port);
     let clicks_url = format!("http://127.0.0.1:{}", clicks.port);
