@@ -33,9 +33,10 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## demo: start a local API server and MinIO, install the CRD, apply the example
+## demo: all of sluice on this machine: helm install, the operator and its pods as
+## processes, three IngestSources ingesting sample data, then tasks and history
 demo: tools
-	$(CARGO) run --locked --quiet -- dev env --apply $(CRD) --apply examples/orders.yaml
+	$(CARGO) run --locked --quiet -- dev demo
 
 ## test-env: start a local API server and MinIO and print how to reach them
 test-env: tools

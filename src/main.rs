@@ -57,6 +57,11 @@ enum DevCommand {
     /// Start etcd, kube-apiserver and MinIO on loopback, print how to reach
     /// them, and run until interrupted (Ctrl-C), then remove everything.
     Env(EnvArgs),
+
+    /// Run all of sluice on this machine: the chart, the operator, three
+    /// IngestSources ingesting sample data, then `sluice tasks` and
+    /// `sluice history` answers (`make demo`).
+    Demo(sluice::testenv::demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +80,9 @@ async fn main() -> ExitCode {
         Command::Coordinator(args) => exit("coordinator", sluice::coordinator::run(args).await),
         Command::Worker(args) => exit("worker", sluice::worker::run(args).await),
         Command::Tasks(args) => exit("tasks", sluice::cli::tasks::run(args).await),
+        Command::Dev(DevCommand::Demo(args)) => {
+            exit("dev demo", sluice::testenv::demo::run(&args).await)
+        }
         Command::Dev(DevCommand::Env(args)) => {
             exit("dev env", sluice::testenv::serve(&args.apply).await)
         }

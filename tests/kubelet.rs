@@ -68,6 +68,7 @@ async fn an_ingest_source_runs_end_to_end_under_its_own_rbac() {
             ca_cert: kube.ca_cert().to_owned(),
         },
         &namespace,
+        "app.kubernetes.io/managed-by=sluice-operator",
         env!("CARGO_BIN_EXE_sluice").into(),
         logs.path().to_owned(),
     );

@@ -7,7 +7,9 @@
 //! gets a kubeconfig with a fresh token of its ServiceAccount, so it runs
 //! with exactly the rights RBAC gives it.
 //!
-//! Simplifications, none of which the operator relies on: a Service
+//! Simplifications, none of which the operator relies on: a pod listens on
+//! `SLUICE_ADDRESS` or on its arguments' `0.0.0.0:<containerPort>`, both
+//! turned into one loopback port; a Service
 //! resolves to the pods of the Deployment of the same name (on a port fixed
 //! per Deployment); a changed template replaces all pods at once
 //! (Recreate); a pod is ready when `/readyz` answers 200.
@@ -27,7 +29,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::process::{Daemon, free_port, http_ok};
-use crate::operator::children::{HTTP_PORT, MANAGED_BY};
+use crate::operator::children::HTTP_PORT;
 
 /// How often the Deployments are looked at.
 const TICK: Duration = Duration::from_millis(300);
@@ -46,27 +48,34 @@ pub struct ApiServer {
 /// Runs until dropped; dropping stops every pod.
 pub struct Kubelet {
     stop: Arc<AtomicBool>,
+    /// Service name → local port.
+    services: Arc<std::sync::Mutex<BTreeMap<String, u16>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Kubelet {
-    /// Runs the pods of the operator's Deployments in `namespace` with
-    /// `binary` (this crate's `sluice`), logging to `logs/<pod>.log`.
+    /// Runs the pods of the Deployments in `namespace` that carry the
+    /// labels of `selector` (such as `app.kubernetes.io/part-of=sluice`)
+    /// with `binary` (this crate's `sluice`), logging to `logs/<pod>.log`.
     pub fn start(
         client: kube::Client,
         api_server: ApiServer,
         namespace: &str,
+        selector: &str,
         binary: PathBuf,
         logs: PathBuf,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let services = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let node = Node {
             client,
             api_server,
             namespace: namespace.to_owned(),
+            selector: selector.to_owned(),
             binary,
             logs,
             workloads: HashMap::new(),
+            services: services.clone(),
         };
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -78,8 +87,16 @@ impl Kubelet {
         });
         Self {
             stop,
+            services,
             thread: Some(thread),
         }
+    }
+
+    /// The local URL of the Service `name`, once its Deployment was seen.
+    pub fn service_url(&self, name: &str) -> Option<String> {
+        super::process::lock(&self.services)
+            .get(name)
+            .map(|port| format!("http://127.0.0.1:{port}"))
     }
 }
 
@@ -96,10 +113,13 @@ struct Node {
     client: kube::Client,
     api_server: ApiServer,
     namespace: String,
+    selector: String,
     binary: PathBuf,
     logs: PathBuf,
     /// By Deployment name.
     workloads: HashMap<String, Workload>,
+    /// Shared with [`Kubelet::service_url`].
+    services: Arc<std::sync::Mutex<BTreeMap<String, u16>>>,
 }
 
 /// The pods of one Deployment.
@@ -139,9 +159,8 @@ impl Node {
 
     async fn tick(&mut self) -> Result<(), String> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
-        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
         let deployments = api
-            .list(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(&self.selector))
             .await
             .map_err(|err| format!("listing Deployments: {err}"))?
             .items;
@@ -169,6 +188,11 @@ impl Node {
             }
         }
         self.workloads.retain(|name, _| names.contains(name));
+        *super::process::lock(&self.services) = self
+            .workloads
+            .iter()
+            .map(|(name, w)| (name.clone(), w.service_port))
+            .collect();
         for deployment in &deployments {
             if let Err(err) = self.reconcile(deployment).await {
                 tracing::warn!("kubelet: Deployment {}: {err}", deployment.name_any());
@@ -351,6 +375,14 @@ async fn start_pod(
                 value = format!("{}{rest}", dir.display());
                 break;
             }
+        }
+        // What the pod listens on (all addresses of its own IP) becomes
+        // its loopback port.
+        for container_port in container.ports.iter().flatten() {
+            value = value.replace(
+                &format!("0.0.0.0:{}", container_port.container_port),
+                &format!("127.0.0.1:{}", plan.port),
+            );
         }
         for (service, port) in plan.services {
             value = value.replace(

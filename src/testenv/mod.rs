@@ -6,6 +6,7 @@
 //! binaries `tools/build.sh` builds at pinned versions. Each server takes
 //! free loopback ports, so several test binaries can run at once.
 
+pub mod demo;
 mod kube;
 mod kubelet;
 mod minio;

@@ -1,0 +1,470 @@
+//! `make demo` (`sluice dev demo`): all of sluice on one machine. It starts
+//! the local environment, installs the chart with `helm install`, runs the
+//! operator and every coordinator and worker pod as processes through the
+//! [`Kubelet`] stand-in (each with its own ServiceAccount's token, so under
+//! the chart's RBAC), generates sample data in MinIO (two accounts, three
+//! collections, some objects malformed), applies three IngestSources, shows
+//! `kubectl get isrc` while they ingest, and then answers with `sluice
+//! tasks` and `sluice history`. It checks what it shows: the sink must hold
+//! exactly the valid records and the archive a record per task.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::kubelet::{ApiServer, Kubelet};
+use super::{Error, KubeEnv, MinioEnv, tools};
+use crate::crd::IngestSource;
+
+const NAMESPACE: &str = "demo";
+const OPERATOR_NAMESPACE: &str = "sluice-system";
+/// Every object holds this many records, unless it is malformed.
+const RECORDS_PER_OBJECT: u64 = 20;
+/// One object in this many is malformed.
+const MALFORMED_EVERY: usize = 50;
+const DONE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `sluice dev demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Source objects to generate, spread over three IngestSources.
+    #[arg(long, default_value_t = 3000)]
+    pub objects: usize,
+
+    /// Stop once everything is ingested and the answers are printed,
+    /// instead of running until Ctrl-C.
+    #[arg(long)]
+    pub exit_when_done: bool,
+}
+
+/// One IngestSource of the demo and the data it ingests.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed {
+    pub name: &'static str,
+    pub account: &'static str,
+    pub collection: &'static str,
+    /// The file extension, which tells the workers the format.
+    pub extension: &'static str,
+}
+
+pub const FEEDS: [Feed; 3] = [
+    Feed {
+        name: "orders",
+        account: "acme",
+        collection: "orders",
+        extension: "ndjson",
+    },
+    Feed {
+        name: "clicks",
+        account: "acme",
+        collection: "clicks",
+        extension: "ndjson.gz",
+    },
+    Feed {
+        name: "payments",
+        account: "globex",
+        collection: "payments",
+        extension: "csv",
+    },
+];
+
+/// The `index`th object of `feed`: its key under the feed's prefix, its
+/// body, and the records it holds (None when it is malformed).
+pub fn sample(feed: &Feed, index: usize) -> (String, Vec<u8>, Option<u64>) {
+    let key = format!(
+        "{}/2026/11/24/part-{index:05}.{}",
+        feed.name, feed.extension
+    );
+    let malformed = index % MALFORMED_EVERY == MALFORMED_EVERY / 2;
+    let rows = 0..RECORDS_PER_OBJECT;
+    let body = match feed.extension {
+        "csv" => {
+            let mut text = String::from("id,amount,currency\n");
+            for n in rows {
+                text.push_str(&format!("{index}-{n},{}.{:02},EUR\n", n * 7, n));
+            }
+            if malformed {
+                text.push_str("broken-row,1.00\n");
+            }
+            text.into_bytes()
+        }
+        _ => {
+            let mut text = String::new();
+            for n in rows {
+                text.push_str(&format!(
+                    "{{\"id\":\"{index}-{n}\",\"{}\":{n},\"ts\":\"2026-11-24T12:00:00Z\"}}\n",
+                    feed.collection
+                ));
+            }
+            if malformed {
+                text.push_str("{\"id\": \"cut short\n");
+            }
+            if feed.extension.ends_with(".gz") {
+                let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
+                gzip.write_all(text.as_bytes()).expect("gzip into memory");
+                gzip.finish().expect("gzip into memory")
+            } else {
+                text.into_bytes()
+            }
+        }
+    };
+    (key, body, (!malformed).then_some(RECORDS_PER_OBJECT))
+}
+
+/// Runs the demo; returns once done with `--exit-when-done`, else at
+/// Ctrl-C. Fails when what it shows is not what it should be.
+pub async fn run(args: &DemoArgs) -> Result<(), Error> {
+    let start = Instant::now();
+    let fail = |what: &str, why: String| Error::Command {
+        what: what.to_owned(),
+        stderr: why,
+    };
+    say("Starting etcd, kube-apiserver and MinIO on loopback");
+    let (kube, minio) =
+        tokio::task::spawn_blocking(|| Ok::<_, Error>((KubeEnv::start()?, MinioEnv::start()?)))
+            .await
+            .expect("starting the environment does not panic")?;
+    let client = kube.client().await;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = std::env::current_exe().map_err(|source| Error::Io {
+        what: "finding this binary".into(),
+        source,
+    })?;
+    let logs = kube.dir().join("pods");
+    std::fs::create_dir_all(&logs).map_err(|source| Error::Io {
+        what: format!("creating {}", logs.display()),
+        source,
+    })?;
+    let api_server = ApiServer {
+        server: kube.server().to_owned(),
+        ca_cert: kube.ca_cert().to_owned(),
+    };
+
+    say("helm install sluice charts/sluice --namespace sluice-system --create-namespace");
+    let helm = Command::new(tools::binary("helm")?)
+        .args(["install", "sluice"])
+        .arg(repo.join("charts/sluice"))
+        .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
+        .arg("--kubeconfig")
+        .arg(kube.kubeconfig())
+        .output()
+        .map_err(|source| Error::Spawn {
+            name: "helm".into(),
+            source,
+        })?;
+    if !helm.status.success() {
+        return Err(fail(
+            "helm install",
+            String::from_utf8_lossy(&helm.stderr).into(),
+        ));
+    }
+    let _operator = Kubelet::start(
+        client.clone(),
+        api_server.clone(),
+        OPERATOR_NAMESPACE,
+        "app.kubernetes.io/part-of=sluice",
+        binary.clone(),
+        logs.clone(),
+    );
+
+    say("Generating sample data in MinIO");
+    let [source, sink, archive] = ["raw", "collections", "archive"];
+    let buckets = futures::future::try_join_all([source, sink, archive].map(|b| minio.bucket(b)))
+        .await
+        .map_err(|err| fail("creating buckets", err.to_string()))?;
+    let s3 = minio.client().await;
+    let mut expected_records = 0;
+    let mut malformed = 0;
+    for i in 0..args.objects {
+        let feed = &FEEDS[i % FEEDS.len()];
+        let (key, body, records) = sample(feed, i / FEEDS.len());
+        expected_records += records.unwrap_or(0);
+        malformed += usize::from(records.is_none());
+        s3.put_object()
+            .bucket(&buckets[0])
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|err| fail("writing sample data", crate::s3::describe(&err)))?;
+    }
+
+    say("Applying three IngestSources in namespace demo");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).expect("a Namespace"),
+        )
+        .await
+        .map_err(|err| fail("creating namespace demo", err.to_string()))?;
+    let credentials = minio.credentials();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "demo-s3"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+        }
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .map_err(|err| fail("creating the credentials Secret", err.to_string()))?;
+    let sources: Api<IngestSource> = Api::namespaced(client.clone(), NAMESPACE);
+    for feed in &FEEDS {
+        let location = |bucket: &str, prefix: &str| {
+            json!({"s3": {
+                "bucket": bucket, "prefix": prefix, "endpoint": minio.endpoint(),
+                "forcePathStyle": true, "credentialsSecretRef": {"name": "demo-s3"},
+            }})
+        };
+        let source = json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "IngestSource",
+            "metadata": {"name": feed.name},
+            "spec": {
+                "account": feed.account,
+                "collection": feed.collection,
+                "source": location(&buckets[0], &format!("{}/", feed.name)),
+                "sink": location(&buckets[1], feed.account),
+                "archive": location(&buckets[2], "sluice"),
+                "workers": {"replicas": 2},
+                "tasks": {"maxObjects": 10, "maxAttempts": 2},
+            }
+        });
+        sources
+            .patch(
+                feed.name,
+                &PatchParams::apply("sluice-demo"),
+                &Patch::Apply(&source),
+            )
+            .await
+            .map_err(|err| fail("applying an IngestSource", err.to_string()))?;
+    }
+    let pods = Kubelet::start(
+        client.clone(),
+        api_server,
+        NAMESPACE,
+        "app.kubernetes.io/part-of=sluice",
+        binary.clone(),
+        logs.clone(),
+    );
+
+    let get = |args: &[&str]| {
+        kube.kubectl_output(args)
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let deadline = Instant::now() + DONE_TIMEOUT;
+    loop {
+        let table = get(&["get", "isrc", "-n", NAMESPACE]);
+        if terminal {
+            print!("\x1b[H\x1b[2J");
+        }
+        println!(
+            "$ kubectl get isrc -n demo      ({:.0}s)\n{table}",
+            start.elapsed().as_secs_f64()
+        );
+        let list = sources
+            .list(&Default::default())
+            .await
+            .map_err(|err| fail("listing IngestSources", err.to_string()))?;
+        let finished: u64 = list
+            .items
+            .iter()
+            .filter_map(|s| s.status.as_ref()?.objects.as_ref())
+            .map(|o| o.ingested + o.failed)
+            .sum();
+        let busy = list.items.iter().any(|s| {
+            s.status
+                .as_ref()
+                .and_then(|s| s.tasks.as_ref())
+                .is_none_or(|t| t.pending + t.running > 0)
+        });
+        if finished == args.objects as u64 && !busy {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                "the demo ingest",
+                format!(
+                    "not done after {DONE_TIMEOUT:?}; pod logs are in {}",
+                    logs.display()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // The answers, as a person would ask for them.
+    let sluice = |args: &[String]| {
+        let out = Command::new(&binary)
+            .args(args)
+            .env("KUBECONFIG", kube.kubeconfig())
+            .env(
+                "SLUICE_ARCHIVE_AWS_ACCESS_KEY_ID",
+                &credentials.access_key_id,
+            )
+            .env(
+                "SLUICE_ARCHIVE_AWS_SECRET_ACCESS_KEY",
+                &credentials.secret_access_key,
+            )
+            .output();
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .unwrap_or_else(|err| err.to_string())
+    };
+    let mut tasks = vec!["tasks".to_owned(), "--state".into(), "failed".into()];
+    for feed in &FEEDS {
+        let url = pods
+            .service_url(&format!("{}-coordinator", feed.name))
+            .unwrap_or_default();
+        tasks.extend(["--coordinator".to_owned(), url]);
+    }
+    let archive_url = format!("s3://{}/sluice", buckets[2]);
+    let history = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "history",
+            "--archive",
+            &archive_url,
+            "--endpoint",
+            minio.endpoint(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    println!(
+        "$ sluice tasks --state failed --coordinator …   (the coordinators' live view)\n{}",
+        sluice(&tasks)
+    );
+    println!(
+        "$ kubectl sluice history --state failed   (from the archive in S3)\n{}",
+        sluice(&history(&["--state", "failed"]))
+    );
+    println!(
+        "$ kubectl sluice history --stats\n{}",
+        sluice(&history(&["--stats"]))
+    );
+
+    // Check what was shown.
+    let records = sink_records(&s3, &buckets[1]).await?;
+    let archived = sluice(&history(&["-o", "ndjson"]))
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .count();
+    let list = sources
+        .list(&Default::default())
+        .await
+        .map_err(|err| fail("listing IngestSources", err.to_string()))?;
+    let tasks_done: u64 = list
+        .items
+        .iter()
+        .filter_map(|s| s.status.as_ref()?.tasks.as_ref())
+        .map(|t| t.succeeded + t.failed)
+        .sum();
+    let failed_objects: u64 = list
+        .items
+        .iter()
+        .filter_map(|s| s.status.as_ref()?.objects.as_ref())
+        .map(|o| o.failed)
+        .sum();
+    println!(
+        "Sink s3://{}/: {records} records (expected {expected_records}); archive: {archived} task records \
+         for {tasks_done} finished tasks; {failed_objects} objects failed (generated {malformed} malformed).",
+        buckets[1]
+    );
+    if records != expected_records
+        || archived as u64 != tasks_done
+        || failed_objects != malformed as u64
+    {
+        return Err(fail(
+            "the demo's checks",
+            "the numbers above do not match".into(),
+        ));
+    }
+    println!(
+        "\nEverything ran under the chart's RBAC. Pod logs: {}\nS3: {} (access key {}, secret key {})",
+        logs.display(),
+        minio.endpoint(),
+        credentials.access_key_id,
+        credentials.secret_access_key
+    );
+    if args.exit_when_done {
+        return Ok(());
+    }
+    println!(
+        "\nIn another shell:\n  export KUBECONFIG={}\n  kubectl get isrc -n demo -o wide\n  kubectl describe isrc -n demo orders\n\n\
+         Press Ctrl-C to stop and remove everything.",
+        kube.kubeconfig().display()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("Stopping.");
+    Ok(())
+}
+
+fn say(what: &str) {
+    println!("==> {what}");
+}
+
+/// The records in every object of the sink bucket.
+async fn sink_records(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<u64, Error> {
+    let fail = |why: String| Error::Command {
+        what: format!("reading the sink bucket {bucket}"),
+        stderr: why,
+    };
+    let mut records = 0;
+    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|err| fail(crate::s3::describe(&err)))?;
+        for object in page.contents() {
+            let body = s3
+                .get_object()
+                .bucket(bucket)
+                .key(object.key().unwrap_or_default())
+                .send()
+                .await
+                .map_err(|err| fail(crate::s3::describe(&err)))?
+                .body
+                .collect()
+                .await
+                .map_err(|err| fail(err.to_string()))?
+                .into_bytes();
+            let text = zstd::decode_all(&body[..]).map_err(|err| fail(err.to_string()))?;
+            records += memchr::memchr_iter(b'\n', &text).count() as u64;
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_hold_their_records_and_some_are_malformed() {
+        for feed in &FEEDS {
+            let (key, body, records) = sample(feed, 0);
+            assert!(key.starts_with(&format!("{}/", feed.name)) && key.ends_with(feed.extension));
+            assert_eq!(records, Some(RECORDS_PER_OBJECT));
+            assert!(!body.is_empty());
+            let (_, _, broken) = sample(feed, MALFORMED_EVERY / 2);
+            assert_eq!(broken, None, "{}", feed.name);
+        }
+        let malformed = (0..1000)
+            .filter(|i| sample(&FEEDS[0], *i).2.is_none())
+            .count();
+        assert_eq!(malformed, 1000 / MALFORMED_EVERY);
+    }
+}
