@@ -414,6 +414,18 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The first pod log in `logs` in which the API server refused a request.
+fn refused(logs: &Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(logs)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            std::fs::read_to_string(path)
+                .is_ok_and(|text| text.to_lowercase().contains("forbidden"))
+        })
+}
+
 fn say(what: &str) {
     println!("==> {what}");
 }
