@@ -394,6 +394,12 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
             "the numbers above do not match".into(),
         ));
     }
+    if let Some(log) = refused(&logs) {
+        return Err(fail(
+            "the demo's checks",
+            format!("RBAC refused a request: see {}", log.display()),
+        ));
+    }
     println!(
         "\nEverything ran under the chart's RBAC. Pod logs: {}\nS3: {} (access key {}, secret key {})",
         logs.display(),
