@@ -3,6 +3,7 @@
 //! reports what it sees in the status (see [`status`]), and only reconciles
 //! while it holds the leader Lease (see [`leader`]).
 
+pub mod autoscale;
 pub mod children;
 pub mod controller;
 pub mod leader;
@@ -68,6 +69,24 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease (in a pod: its name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    /// Report an IngestSource Degraded (CoordinatorUnavailable) when its
+    /// coordinator has not written its status for this long. Coordinators
+    /// write it at least every --heartbeat-interval (1m by default), so
+    /// keep this a few times longer.
+    #[arg(long, env = "SLUICE_COORDINATOR_TIMEOUT", default_value = "3m", value_parser = crate::duration::parse_std)]
+    pub coordinator_timeout: Duration,
+
+    /// Report an IngestSource Degraded (TasksFailed) while its latest task
+    /// that failed for good (status.recentFailures) is younger than this.
+    #[arg(long, env = "SLUICE_FAILURE_WINDOW", default_value = "1h", value_parser = crate::duration::parse_std)]
+    pub failure_window: Duration,
+
+    /// Shrink an autoscaled worker pool (spec.workers.autoscale) only to the
+    /// largest size its backlog asked for within this long, so a brief dip
+    /// does not stop workers; growing is immediate.
+    #[arg(long, env = "SLUICE_SCALE_DOWN_STABILIZATION", default_value = "5m", value_parser = crate::duration::parse_std)]
+    pub scale_down_stabilization: Duration,
 
     /// How logs are written.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
@@ -149,14 +168,21 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     let scope = args
         .watch_namespace
         .map_or(Scope::AllNamespaces, Scope::Namespace);
-    let defaults = PodDefaults {
-        image: args.image,
-        image_pull_policy: args.image_pull_policy,
+    let options = controller::Options {
+        defaults: PodDefaults {
+            image: args.image,
+            image_pull_policy: args.image_pull_policy,
+        },
+        limits: status::Limits {
+            coordinator_timeout: args.coordinator_timeout,
+            failure_window: args.failure_window,
+        },
+        scale_down_stabilization: args.scale_down_stabilization,
     };
     let reconciling = controller::run(
         client,
         scope,
-        defaults,
+        options,
         recorder,
         metrics,
         shutdown(),
