@@ -56,10 +56,10 @@ pub fn status(summary: &Summary, running: &[TaskView], failed: &[TaskView]) -> I
                     id: task.id.clone(),
                     worker: task.worker.clone().unwrap_or_default(),
                     objects: task.objects,
-                    attempt: task.attempt,
+                    tries: task.attempt,
                     started: Time(task.started.unwrap_or(task.created)),
                     records: task.records,
-                    bytes: task.bytes,
+                    read_bytes: task.bytes,
                 })
                 .collect(),
         ),
@@ -69,9 +69,9 @@ pub fn status(summary: &Summary, running: &[TaskView], failed: &[TaskView]) -> I
                 .take(MAX_RECENT_FAILURES)
                 .map(|task| TaskFailure {
                     id: task.id.clone(),
-                    first_key: task.first_key.clone(),
-                    error: cut(task.error.as_deref().unwrap_or_default(), MAX_ERROR),
-                    attempts: task.attempt,
+                    key: task.first_key.clone(),
+                    last_error: cut(task.error.as_deref().unwrap_or_default(), MAX_ERROR),
+                    tries: task.attempt,
                     time: Time(task.finished.unwrap_or(task.created)),
                 })
                 .collect(),

@@ -84,10 +84,12 @@ pub fn positive_quantity(field: &str) -> Rule {
     )
 }
 
-/// For a struct with `minReplicas` and `maxReplicas`.
+/// For a struct with `minReplicas` and `maxReplicas`; reported on
+/// `minReplicas`.
 pub fn min_at_most_max(field: &str) -> Rule {
     rule(
         "self.minReplicas <= self.maxReplicas",
         format!("{field}.minReplicas must not be greater than {field}.maxReplicas"),
     )
+    .field_path(".minReplicas")
 }

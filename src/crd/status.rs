@@ -145,39 +145,42 @@ pub struct ObjectCounts {
     pub failed: u64,
 }
 
-/// A task leased to a worker.
+/// A task leased to a worker. (Field names sort with `id` first, the order
+/// `kubectl describe` prints them in.)
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveTask {
-    /// The task's id.
+    /// The task's id (`kubectl sluice tasks` shows it in full).
     pub id: String,
     /// The worker (pod name) holding the lease.
     pub worker: String,
     /// How many objects the task covers.
     pub objects: u32,
-    /// Which attempt this is, from 1.
-    pub attempt: u32,
-    /// When this attempt was leased.
+    /// Which try this is: 1 for the first lease, more after retries.
+    pub tries: u32,
+    /// When this try began (the task was leased).
     pub started: Time,
-    /// Records written so far in this attempt.
+    /// Records written so far in this try.
     pub records: u64,
-    /// Source bytes read so far in this attempt.
-    pub bytes: u64,
+    /// Source bytes read so far in this try.
+    pub read_bytes: u64,
 }
 
-/// A task that failed for good.
+/// A task that failed for good. (Field names sort with `id` first, the
+/// order `kubectl describe` prints them in.)
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskFailure {
     /// The task's id.
     pub id: String,
-    /// The first object key of the task.
-    pub first_key: String,
-    /// The last attempt's error, cut to 512 characters.
+    /// The task's first object key; often its only one, since an object a
+    /// worker names as the fault is retried in a task of its own.
+    pub key: String,
+    /// The last try's error, cut to 512 characters.
     #[schemars(length(max = 512))]
-    pub error: String,
-    /// How many attempts were made.
-    pub attempts: u32,
-    /// When the last attempt failed.
+    pub last_error: String,
+    /// How many times the task was tried.
+    pub tries: u32,
+    /// When the last try failed.
     pub time: Time,
 }

@@ -16,7 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -27,6 +26,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::autoscale::{self, History};
 use super::children::{self, Children, MANAGED_BY, Names, PodDefaults, TOKEN_KEY};
+use super::events::{EventType, Recorder};
 use super::metrics::Metrics;
 use super::status::{self, Limits, Observed, Problem, Rollout};
 use crate::config::RuntimeConfig;
@@ -841,14 +841,11 @@ impl Context {
     }
 
     async fn notify(&self, source: &IngestSource, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &source.object_ref(&())).await {
+        let published = self
+            .recorder
+            .publish(&source.object_ref(&()), type_, reason, "Reconcile", &note)
+            .await;
+        if let Err(err) = published {
             warn!(error = %err, reason, "cannot record event");
         }
     }

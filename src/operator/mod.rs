@@ -6,6 +6,7 @@
 pub mod autoscale;
 pub mod children;
 pub mod controller;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod status;
@@ -14,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tracing::{error, info};
 
@@ -158,13 +158,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     }
 
     readiness.set(false);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: controller::MANAGER.into(),
-            instance: Some(identity),
-        },
-    );
+    let recorder = events::Recorder::new(client.clone(), controller::MANAGER, &identity);
     let scope = args
         .watch_namespace
         .map_or(Scope::AllNamespaces, Scope::Namespace);

@@ -392,15 +392,15 @@ fn tasks_failed_message(
     let failed = failed.max(1);
     let tasks = if failed == 1 { "task" } else { "tasks" };
     format!(
-        "{failed} {tasks} failed for good; the latest, {id}, at {time} after {attempts} attempts \
-         (first key {key:?}): {error}. status.recentFailures lists the latest; \
+        "{failed} {tasks} failed for good; the latest, {id}, at {time} after {tries} tries \
+         (key {key:?}): {error}. status.recentFailures lists the latest; \
          `kubectl sluice history --account {account} --collection {collection} --state failed --since {window}` \
          lists every one",
         id = failure.id,
         time = failure.time.0,
-        attempts = failure.attempts,
-        key = failure.first_key,
-        error = failure.error,
+        tries = failure.tries,
+        key = failure.key,
+        error = failure.last_error,
         account = source.spec.account,
         collection = source.spec.collection,
         window = crate::duration::Duration(limits.failure_window),
@@ -588,9 +588,10 @@ mod tests {
     fn failure(id: &str, time: i64) -> TaskFailure {
         TaskFailure {
             id: id.into(),
-            first_key: format!("orders/{id}.ndjson"),
-            error: "s3 object \"orders/bad.ndjson\": line 3: expected value at column 8".into(),
-            attempts: 3,
+            key: format!("orders/{id}.ndjson"),
+            last_error: "s3 object \"orders/bad.ndjson\": line 3: expected value at column 8"
+                .into(),
+            tries: 3,
             time: at(time),
         }
     }
@@ -869,7 +870,7 @@ mod tests {
         for expected in [
             "1 task failed for good",
             "1-42",
-            "after 3 attempts",
+            "after 3 tries",
             "\"orders/1-42.ndjson\"",
             "line 3: expected value at column 8",
             "1970-01-01T00:01:40Z",
