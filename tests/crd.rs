@@ -241,7 +241,16 @@ async fn get_shows_the_columns_and_the_status_fills_them() {
 #[test]
 fn explain_teaches_the_fields() {
     kube_with_crd();
-    let tasks = succeed(kubectl(&["explain", "ingestsource.spec.tasks"], None));
+    // The API server publishes a new CRD's OpenAPI a moment after it is
+    // Established; until then kubectl cannot find the resource.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let tasks = loop {
+        let output = kubectl(&["explain", "ingestsource.spec.tasks"], None);
+        if output.status.success() || std::time::Instant::now() > deadline {
+            break succeed(output);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     for expected in [
         "How objects are packed into tasks",
         "leaseDuration",
