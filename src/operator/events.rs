@@ -79,59 +79,86 @@ impl Recorder {
         };
         let namespace = regarding.namespace.clone().unwrap_or("default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        // Held across the write, so two repeats never both create.
-        let mut recent = self.recent.lock().await;
-        recent.retain(|_, event| last_seen(event).is_some_and(|last| recent_enough(last, now)));
-        let event = match recent.get(&key) {
-            Some(first) => {
+        // Decided under the lock, written without it, so that concurrent
+        // reconciles do not queue behind each other's event writes.
+        let repeat = {
+            let mut recent = self.recent.lock().await;
+            recent.retain(|_, event| last_seen(event).is_some_and(|last| recent_enough(last, now)));
+            let repeat = recent.get_mut(&key).map(|first| {
                 let series = EventSeries {
                     count: first.series.as_ref().map_or(2, |s| s.count + 1),
                     last_observed_time: MicroTime(now),
                 };
-                api.patch(
-                    first.metadata.name.as_deref().unwrap_or_default(),
+                first.series = Some(series.clone());
+                (first.metadata.name.clone().unwrap_or_default(), series)
+            });
+            if repeat.is_none() {
+                recent.insert(
+                    key.clone(),
+                    self.event(regarding, &namespace, type_, reason, action, note, now),
+                );
+            }
+            repeat
+        };
+        let written = match repeat {
+            Some((name, series)) => api
+                .patch(
+                    &name,
                     &PatchParams::default(),
                     &Patch::Merge(serde_json::json!({ "series": series })),
                 )
-                .await?;
-                Event {
-                    series: Some(series),
-                    ..first.clone()
-                }
-            }
+                .await
+                .map(drop),
             None => {
-                let event = Event {
-                    metadata: ObjectMeta {
-                        name: Some(format!(
-                            "{}.{:x}",
-                            regarding.name.as_deref().unwrap_or(&self.controller),
-                            now.as_nanosecond()
-                        )),
-                        namespace: Some(namespace),
-                        ..ObjectMeta::default()
-                    },
-                    event_time: Some(MicroTime(now)),
-                    type_: Some(
-                        match type_ {
-                            EventType::Normal => "Normal",
-                            EventType::Warning => "Warning",
-                        }
-                        .into(),
-                    ),
-                    reason: Some(reason.into()),
-                    action: Some(action.into()),
-                    note: Some(note.into()),
-                    regarding: Some(regarding.clone()),
-                    reporting_controller: Some(self.controller.clone()),
-                    reporting_instance: Some(self.instance.clone()),
-                    ..Event::default()
-                };
-                api.create(&PostParams::default(), &event).await?;
-                event
+                let event = self.event(regarding, &namespace, type_, reason, action, note, now);
+                api.create(&PostParams::default(), &event).await.map(drop)
             }
         };
-        recent.insert(key, event);
-        Ok(())
+        if written.is_err() {
+            // Start afresh next time rather than count on an event that may
+            // not exist.
+            self.recent.lock().await.remove(&key);
+        }
+        written
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        regarding: &ObjectReference,
+        namespace: &str,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Event {
+        Event {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(&self.controller),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.into()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(
+                match type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            reason: Some(reason.into()),
+            action: Some(action.into()),
+            note: Some(note.into()),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        }
     }
 }
 
