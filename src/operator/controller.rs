@@ -160,10 +160,19 @@ pub async fn run(
     // `trigger_key`).
     let sources: Api<DeserializeGuard<IngestSource>> = scope.api(&client);
     let (source_store, source_writer) = reflector::store();
+    // Told here, not by waiting on the store: a store's readiness wakes
+    // only its latest waiter, and the controller waits on it to start
+    // reconciling (or, when stopped before the first list, to stop).
+    let (sources_listed, mut sources_listed_rx) = tokio::sync::watch::channel(false);
     let source_events = reflector::reflector(
         source_writer,
         watcher(sources, watcher::Config::default().any_semantic()),
     )
+    .inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            let _ = sources_listed.send(true);
+        }
+    })
     .applied_objects()
     .predicate_filter(trigger_key, PredicateConfig::default());
     let controller = Controller::for_stream(source_events, source_store.clone())
@@ -220,7 +229,7 @@ pub async fn run(
         scaling: Mutex::default(),
     });
     tokio::spawn(async move {
-        synced(&source_store).await;
+        let _ = sources_listed_rx.wait_for(|listed| *listed).await;
         stores.synced().await;
         info!("IngestSources and their children listed; ready");
         let _ = synced_sender.send(true);
@@ -261,8 +270,8 @@ where
     K: kube::runtime::reflector::Lookup + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    // A store's readiness wakes only its latest waiter, and the controller
-    // waits on the IngestSource store too, so look again now and then.
+    // A store's readiness wakes only its latest waiter; look again now and
+    // then in case another waits too.
     while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
         .await
         .is_err()
