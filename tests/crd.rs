@@ -132,7 +132,19 @@ async fn get_shows_the_columns_and_the_status_fills_them() {
             "workers": {"desired": 3, "ready": 2, "summary": "2/3"},
             "tasks": {"pending": 41, "running": 5, "succeeded": 1200, "failed": 2},
             "lagSeconds": 17,
-            "bytesIngested": 123456789
+            "bytesIngested": 123456789,
+            "coordinatorHeartbeatTime": "2026-11-24T13:00:05Z",
+            "activeTasks": [
+                {"id": "3-1041", "worker": "orders-worker-7d9f-abcde", "objects": 100, "tries": 1,
+                 "started": "2026-11-24T12:59:50Z", "records": 5000, "readBytes": 1048576},
+                {"id": "3-1042", "worker": "orders-worker-7d9f-fghij", "objects": 12, "tries": 2,
+                 "started": "2026-11-24T12:59:58Z", "records": 10, "readBytes": 2048}
+            ],
+            "recentFailures": [
+                {"id": "3-977", "key": "orders/part-0977.ndjson", "tries": 3,
+                 "lastError": "s3 object \"orders/part-0977.ndjson\": line 3: expected value at column 8",
+                 "time": "2026-11-24T12:58:00Z"}
+            ]
         }
     });
     api.patch_status(
@@ -160,12 +172,85 @@ async fn get_shows_the_columns_and_the_status_fills_them() {
     assert_eq!(&header[9..], ["LAG", "BYTES", "AGE"]);
     let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[9..11], ["17", "123456789"]);
+
+    // `kubectl describe` prints each entry's fields in alphabetical order,
+    // without a marker between entries: the field names make the id come
+    // first, so each entry starts with it.
+    let described = succeed(kubectl(
+        &["describe", "isrc", "orders", "-n", &namespace],
+        None,
+    ));
+    let fields = |section: &str| -> Vec<(String, String)> {
+        described
+            .lines()
+            .skip_while(|line| line.trim() != section)
+            .skip(1)
+            .take_while(|line| line.starts_with("    "))
+            .map(|line| {
+                let (name, value) = line.trim().split_once(':').unwrap();
+                (name.to_owned(), value.trim().to_owned())
+            })
+            .collect()
+    };
+    let active = fields("Active Tasks:");
+    let names: Vec<&str> = active.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Id",
+            "Objects",
+            "Read Bytes",
+            "Records",
+            "Started",
+            "Tries",
+            "Worker",
+            "Id",
+            "Objects",
+            "Read Bytes",
+            "Records",
+            "Started",
+            "Tries",
+            "Worker"
+        ],
+        "{described}"
+    );
+    assert_eq!(active[0].1, "3-1041");
+    assert_eq!(active[4].1, "2026-11-24T12:59:50Z");
+    let failures = fields("Recent Failures:");
+    assert_eq!(
+        failures,
+        [
+            ("Id".to_owned(), "3-977".to_owned()),
+            ("Key".to_owned(), "orders/part-0977.ndjson".to_owned()),
+            (
+                "Last Error".to_owned(),
+                "s3 object \"orders/part-0977.ndjson\": line 3: expected value at column 8"
+                    .to_owned()
+            ),
+            ("Time".to_owned(), "2026-11-24T12:58:00Z".to_owned()),
+            ("Tries".to_owned(), "3".to_owned()),
+        ],
+        "{described}"
+    );
+    assert!(
+        described.contains("Coordinator Heartbeat Time:  2026-11-24T13:00:05Z"),
+        "{described}"
+    );
 }
 
 #[test]
 fn explain_teaches_the_fields() {
     kube_with_crd();
-    let tasks = succeed(kubectl(&["explain", "ingestsource.spec.tasks"], None));
+    // The API server publishes a new CRD's OpenAPI a moment after it is
+    // Established; until then kubectl cannot find the resource.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let tasks = loop {
+        let output = kubectl(&["explain", "ingestsource.spec.tasks"], None);
+        if output.status.success() || std::time::Instant::now() > deadline {
+            break succeed(output);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     for expected in [
         "How objects are packed into tasks",
         "leaseDuration",
@@ -184,6 +269,13 @@ fn explain_teaches_the_fields() {
     assert!(account.contains("Immutable"), "{account}");
     let bucket = succeed(kubectl(&["explain", "isrc.spec.source.s3.bucket"], None));
     assert!(bucket.contains("3 to 63 characters"), "{bucket}");
+    let autoscale = succeed(kubectl(&["explain", "isrc.spec.workers.autoscale"], None));
+    for expected in ["tasksPerWorker", "minReplicas", "maxReplicas", "ignored"] {
+        assert!(
+            autoscale.contains(expected),
+            "{expected:?} not in:\n{autoscale}"
+        );
+    }
 }
 
 /// Each case: what is wrong, how to make a valid manifest wrong that way,

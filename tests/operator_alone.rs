@@ -132,7 +132,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     let second = Operator::start(kube, "second", &LEASE);
     apply(&client, &ns, &orders("before")).await;
     deployment_where(&client, &ns, "before-worker", "the leader's work", |_| true).await;
-    assert!(first.metric("sluice_operator_reconciles_total") > 0.0);
+    // Counted when the reconcile ends, a moment after its Deployment exists.
+    eventually("the leader's reconcile counted", SETTLE, || async {
+        (first.metric("sluice_operator_reconciles_total") > 0.0).then_some(())
+    })
+    .await;
     assert_eq!(
         second.metric("sluice_operator_reconciles_total"),
         0.0,
@@ -174,6 +178,8 @@ async fn a_graceful_stop_hands_over_at_once() {
         "graceful-second",
         &["--lease-duration", "30s", "--lease-renew-interval", "5s"],
     );
+    let _log1 = LogOnPanic(&first);
+    let _log2 = LogOnPanic(&second);
     // SAFETY: signalling a child process the test started.
     unsafe { libc::kill(first.pid() as i32, libc::SIGTERM) };
     // Well within the 30 s lease: the leader released it on SIGTERM.
@@ -185,6 +191,7 @@ async fn a_graceful_stop_hands_over_at_once() {
         },
     )
     .await;
+    drop(_log2);
     drop(second);
 }
 

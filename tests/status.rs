@@ -1,15 +1,15 @@
-//! The coordinator publishes live task status into its IngestSource, on a
-//! real API server, while a coordinator and workers run as processes
-//! against a real MinIO.
+//! The coordinator publishes live task status into its IngestSource, and
+//! the operator turns it into the phase, on a real API server, while a
+//! coordinator and workers run as processes against a real MinIO.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::crd::IngestSource;
+use sluice::crd::{IngestSource, Phase};
 use support::dataplane::{Ingest, wait_until_done};
-use support::{eventually, kube_with_crd, sources};
+use support::{Operator, eventually, kube_with_crd, kubectl, sources, succeed};
 
 const DONE: Duration = Duration::from_secs(120);
 
@@ -114,4 +114,125 @@ async fn the_status_follows_the_coordinator_within_its_write_budget() {
     .unwrap();
     let status = api.get_status("orders").await.unwrap().status.unwrap();
     assert_eq!(status.tasks.unwrap().succeeded, summary.tasks.succeeded);
+}
+
+/// The operator follows a real coordinator's reports: Running during the
+/// ingest, Idle after it, and the coordinator's frequent count updates do
+/// not each cost a reconcile.
+#[tokio::test]
+async fn the_phase_follows_a_real_ingest() {
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let namespace = kube.namespace("phase").unwrap();
+    // Its own operator, for this namespace only, so its reconciles are this
+    // source's.
+    let operator = Operator::start(
+        kube,
+        "status-phase",
+        &["--watch-namespace", &namespace, "--leader-election=false"],
+    );
+    let mut ingest = Ingest::new("orders", 5, Duration::from_secs(30), 3).await;
+    ingest.config.namespace = namespace.clone();
+    ingest.write_config();
+    ingest.use_kubeconfig(kube.kubeconfig());
+    sources::create_credentials(&client, &namespace).await;
+    let mut source = sources::orders("orders");
+    source["spec"]["source"]["s3"]["bucket"] = json!(ingest.config.source.s3.bucket);
+    sources::apply(&client, &namespace, &source).await;
+    sources::wait_for_phase(&client, &namespace, "orders", Phase::Pending).await;
+
+    let mut objects: Vec<_> = (0..100)
+        .map(|i| {
+            (
+                format!("{i:04}.ndjson"),
+                format!("{{\"id\":\"o{i}\"}}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let big: String = (0..600_000)
+        .map(|n| format!("{{\"id\":\"big-{n}\",\"pad\":\"{n:0>60}\"}}\n"))
+        .collect();
+    objects.push(("9999-big.ndjson".into(), big.into_bytes()));
+    ingest.put(objects).await;
+
+    // No kubelet runs the Deployment: the coordinator runs as a process
+    // with the same configuration.
+    let coordinator = ingest.coordinator(None, &["--status-interval=100ms"]);
+    let _workers: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|name| ingest.worker(coordinator.port, name))
+        .collect();
+
+    let running = eventually("Running while tasks run", DONE, || async {
+        let status = sources::source(&client, &namespace, "orders")
+            .await
+            .status?;
+        let tasks = status.tasks.as_ref()?;
+        (status.phase == Some(Phase::Running) && tasks.pending + tasks.running > 0)
+            .then_some(status)
+    })
+    .await;
+    assert!(running.coordinator_heartbeat_time.is_some());
+    let count = || {
+        (
+            coordinator.metric("sluice_coordinator_status_writes_total"),
+            operator.metric("sluice_operator_reconciles_total"),
+        )
+    };
+    let (writes_before, reconciles_before) = count();
+
+    let summary = wait_until_done(&coordinator, 101, DONE).await;
+    // While the ingest moves along, the coordinator's writes change its
+    // counts but nothing the operator acts on.
+    let (writes_after, reconciles_after) = count();
+    let (writes, reconciles) = (
+        writes_after - writes_before,
+        reconciles_after - reconciles_before,
+    );
+    eprintln!(
+        "while running: {writes} coordinator status writes, {reconciles} operator reconciles"
+    );
+    assert!(
+        writes >= 5.0,
+        "too short an ingest to tell: {writes} writes"
+    );
+    assert!(
+        reconciles <= 3.0,
+        "{reconciles} reconciles for {writes} coordinator status writes:\n{}",
+        operator.log()
+    );
+    let status = eventually("Idle once done", DONE, || async {
+        let status = sources::source(&client, &namespace, "orders")
+            .await
+            .status?;
+        (status.phase == Some(Phase::Idle)
+            && status.tasks.as_ref()?.succeeded == summary.tasks.succeeded)
+            .then_some(status)
+    })
+    .await;
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.status, "False", "{degraded:?}");
+
+    let wide = succeed(kubectl(
+        &[
+            "get",
+            "isrc",
+            "orders",
+            "-n",
+            &namespace,
+            "-o",
+            "wide",
+            "--no-headers",
+        ],
+        None,
+    ));
+    let row: Vec<&str> = wide.split_whitespace().collect();
+    assert_eq!(&row[3..5], ["Idle", "0/2"], "{wide}");
+    assert_eq!(row[7], summary.tasks.succeeded.to_string(), "{wide}");
+    assert_eq!(row[9], "0", "no lag once caught up: {wide}");
+    assert_eq!(row[10], summary.bytes_ingested.to_string(), "{wide}");
 }

@@ -184,6 +184,39 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Checks, without writing, that no other coordinator has claimed the
+    /// checkpoint since this one's last write (a conditional HEAD). Fails
+    /// with [`CheckpointError::Fenced`] once one has.
+    pub async fn verify(&self) -> Result<(), CheckpointError> {
+        let key = self.manifest_key();
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .if_match(&self.etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if s3::status(&err) == Some(412) => Err(self.fenced(key).await),
+            Err(err) => Err(self.s3_error(&key, s3::describe(&err))),
+        }
+    }
+
+    async fn fenced(&self, key: String) -> CheckpointError {
+        let theirs = match self.read_manifest().await {
+            Ok(Some((theirs, _))) => theirs.epoch.to_string(),
+            _ => "unknown".to_owned(),
+        };
+        CheckpointError::Fenced {
+            bucket: self.bucket.clone(),
+            key,
+            ours: self.epoch,
+            theirs,
+        }
+    }
+
     /// Deletes segments no manifest refers to any more. Only called after a
     /// manifest without them was written, so no coordinator can need them.
     pub async fn delete_segments(&mut self, names: &[String]) {
@@ -284,18 +317,7 @@ impl Checkpoint {
             Ok(response) => Ok(response.e_tag().unwrap_or_default().to_owned()),
             // 412: the condition failed; 409: a concurrent conditional
             // write won (AWS).
-            Err(err) if matches!(s3::status(&err), Some(412 | 409)) => {
-                let theirs = match self.read_manifest().await {
-                    Ok(Some((theirs, _))) => theirs.epoch.to_string(),
-                    _ => "unknown".to_owned(),
-                };
-                Err(CheckpointError::Fenced {
-                    bucket: self.bucket.clone(),
-                    key,
-                    ours: self.epoch,
-                    theirs,
-                })
-            }
+            Err(err) if matches!(s3::status(&err), Some(412 | 409)) => Err(self.fenced(key).await),
             Err(err) => Err(self.s3_error(&key, s3::describe(&err))),
         }
     }

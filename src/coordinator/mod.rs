@@ -50,6 +50,13 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_STATUS_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_std)]
     pub status_interval: Duration,
 
+    /// Write the status at least this often even when nothing changed, so
+    /// the operator knows the coordinator is alive (it reports
+    /// CoordinatorUnavailable after its --coordinator-timeout, 3m by
+    /// default). Checked every --status-interval.
+    #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", default_value = "1m", value_parser = crate::duration::parse_std)]
+    pub heartbeat_interval: Duration,
+
     /// At most this many objects are in tasks not yet archived; the
     /// listing waits for room. Bounds memory however large the source.
     #[arg(long, env = "SLUICE_MAX_LIVE_OBJECTS", default_value_t = 100_000)]
@@ -175,6 +182,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
                 config.namespace.clone(),
                 config.name.clone(),
                 args.status_interval,
+                args.heartbeat_interval,
             ));
         }
         Err(err) => info!(reason = %err, "no Kubernetes configuration: not publishing status"),
@@ -303,6 +311,10 @@ impl Committer {
             (manifest, snapshot, segments)
         };
         if self.last.as_ref() == Some(&manifest) && self.obsolete.is_empty() {
+            // Nothing new to write, so no write would fail on the fence: a
+            // coordinator taken over while idle would never learn it and go
+            // on leasing tasks. Check it instead.
+            self.checkpoint.verify().await?;
             self.write_outbox().await;
             return Ok(());
         }

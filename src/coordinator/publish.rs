@@ -2,13 +2,16 @@
 //! IngestSource's status, so `kubectl get` and `kubectl describe` show them.
 //!
 //! Server-side apply on the status subresource with the coordinator's own
-//! field manager: it owns the counts, `activeTasks` and `recentFailures`
-//! and never touches the operator's fields. At most once per interval, and
-//! only when something changed; the lists are bounded, so the status stays
-//! small however many tasks there are.
+//! field manager: it owns the counts, `activeTasks`, `recentFailures` and
+//! `coordinatorHeartbeatTime`, and never touches the operator's fields. At
+//! most once per interval, and only when something changed or the last
+//! write is a heartbeat interval old: the heartbeat tells the operator the
+//! coordinator is alive even when an idle source has nothing new to say.
+//! The lists are bounded, so the status stays small however many tasks
+//! there are.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -53,10 +56,10 @@ pub fn status(summary: &Summary, running: &[TaskView], failed: &[TaskView]) -> I
                     id: task.id.clone(),
                     worker: task.worker.clone().unwrap_or_default(),
                     objects: task.objects,
-                    attempt: task.attempt,
+                    tries: task.attempt,
                     started: Time(task.started.unwrap_or(task.created)),
                     records: task.records,
-                    bytes: task.bytes,
+                    read_bytes: task.bytes,
                 })
                 .collect(),
         ),
@@ -66,9 +69,9 @@ pub fn status(summary: &Summary, running: &[TaskView], failed: &[TaskView]) -> I
                 .take(MAX_RECENT_FAILURES)
                 .map(|task| TaskFailure {
                     id: task.id.clone(),
-                    first_key: task.first_key.clone(),
-                    error: cut(task.error.as_deref().unwrap_or_default(), MAX_ERROR),
-                    attempts: task.attempt,
+                    key: task.first_key.clone(),
+                    last_error: cut(task.error.as_deref().unwrap_or_default(), MAX_ERROR),
+                    tries: task.attempt,
                     time: Time(task.finished.unwrap_or(task.created)),
                 })
                 .collect(),
@@ -90,16 +93,29 @@ fn cut(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Applies the status every `interval` while it changes, forever.
+/// Whether to write now: something changed, or the last write is
+/// `heartbeat` old.
+fn due(
+    last: Option<&(IngestSourceStatus, Instant)>,
+    current: &IngestSourceStatus,
+    now: Instant,
+    heartbeat: Duration,
+) -> bool {
+    last.is_none_or(|(written, at)| written != current || now.duration_since(*at) >= heartbeat)
+}
+
+/// Applies the status every `interval` while it changes, and at least every
+/// `heartbeat`, forever.
 pub async fn run(
     shared: Arc<Shared>,
     client: kube::Client,
     namespace: String,
     name: String,
     interval: Duration,
+    heartbeat: Duration,
 ) {
     let api: Api<IngestSource> = Api::namespaced(client, &namespace);
-    let mut last: Option<IngestSourceStatus> = None;
+    let mut last: Option<(IngestSourceStatus, Instant)> = None;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -113,13 +129,18 @@ pub async fn run(
                 &tasks.recent_failures(MAX_RECENT_FAILURES),
             )
         };
-        if last.as_ref() == Some(&current) {
+        let now = Instant::now();
+        if !due(last.as_ref(), &current, now, heartbeat) {
             continue;
         }
+        let stamped = IngestSourceStatus {
+            coordinator_heartbeat_time: Some(Time(jiff::Timestamp::now())),
+            ..current.clone()
+        };
         let patch = json!({
             "apiVersion": "sluice.dev/v1alpha1",
             "kind": "IngestSource",
-            "status": current,
+            "status": stamped,
         });
         match api
             .patch_status(
@@ -134,7 +155,7 @@ pub async fn run(
                 if last.is_none() {
                     info!(source = %format!("{namespace}/{name}"), "publishing task status");
                 }
-                last = Some(current);
+                last = Some((current, now));
             }
             Err(err) => warn!(error = %err, "cannot publish the status; retrying"),
         }
@@ -202,6 +223,23 @@ mod tests {
         assert_eq!(status.tasks.unwrap().pending, 100_000);
         // The operator's fields are left to the operator.
         assert!(status.phase.is_none() && status.conditions.is_empty() && status.workers.is_none());
+    }
+
+    #[test]
+    fn writes_on_change_and_on_the_heartbeat_only() {
+        let start = Instant::now();
+        let heartbeat = Duration::from_secs(60);
+        let idle = status(&Summary::default(), &[], &[]);
+        assert!(due(None, &idle, start, heartbeat), "the first write");
+        let last = (idle.clone(), start);
+        let later = |secs| start + Duration::from_secs(secs);
+        assert!(!due(Some(&last), &idle, later(59), heartbeat));
+        assert!(due(Some(&last), &idle, later(60), heartbeat), "heartbeat");
+        let mut busy = idle.clone();
+        busy.tasks.as_mut().unwrap().pending = 1;
+        assert!(due(Some(&last), &busy, later(1), heartbeat), "a change");
+        // The heartbeat's time is stamped on the write, not compared.
+        assert!(idle.coordinator_heartbeat_time.is_none());
     }
 
     #[test]

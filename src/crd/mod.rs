@@ -36,6 +36,11 @@ pub use status::{
     status = "IngestSourceStatus",
     shortname = "isrc",
     category = "sluice",
+    scale(
+        spec_replicas_path = ".spec.workers.replicas",
+        status_replicas_path = ".status.workers.replicas",
+        label_selector_path = ".status.workers.selector"
+    ),
     doc = "An IngestSource ingests the objects under an S3 prefix into a collection. \
            sluice runs a coordinator that splits the objects into small tasks and a pool \
            of workers that executes them, and archives every finished task to S3.",
@@ -233,10 +238,25 @@ pub enum Compression {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkersSpec {
-    /// How many worker pods run, from 0 to 1000.
+    /// How many worker pods run, from 0 to 1000. The scale subresource
+    /// sets it too (`kubectl scale isrc NAME --replicas=N`, a
+    /// HorizontalPodAutoscaler, KEDA). Ignored while autoscale is set.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
+
+    /// Let the operator size the pool from the coordinator's backlog: it
+    /// runs ceil((pending + running tasks) / tasksPerWorker) workers, at
+    /// least minReplicas and at most maxReplicas, and minReplicas when there
+    /// is no work (and until the coordinator first counts its tasks). It
+    /// grows at once and shrinks only after the backlog has stayed lower for
+    /// the operator's --scale-down-stabilization (5m by default), with a
+    /// Scaled event that names the backlog. While this is set, replicas (and
+    /// so `kubectl scale` and the scale subresource) is ignored;
+    /// status.workers.desired shows the chosen number. Unset: replicas
+    /// workers run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
 
     /// CPU and memory requests and limits of each worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,6 +267,7 @@ impl Default for WorkersSpec {
     fn default() -> Self {
         Self {
             replicas: default_replicas(),
+            autoscale: None,
             resources: None,
         }
     }
@@ -254,6 +275,33 @@ impl Default for WorkersSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+/// Bounds and target of an autoscaled worker pool (see
+/// spec.workers.autoscale).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::min_at_most_max("spec.workers.autoscale"))]
+pub struct AutoscaleSpec {
+    /// The fewest workers, from 0 to 1000: how many run when there is no
+    /// work (0 stops them all until tasks are pending again).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+
+    /// The most workers, from 1 to 1000.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// Tasks (pending or running) one worker is sized for, from 1 to 10000;
+    /// a worker runs 4 tasks at once.
+    #[serde(default = "default_tasks_per_worker")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub tasks_per_worker: u32,
+}
+
+fn default_tasks_per_worker() -> u32 {
+    4
 }
 
 /// How objects are packed into tasks and how tasks are leased to workers.

@@ -83,3 +83,13 @@ pub fn positive_quantity(field: &str) -> Rule {
         format!("{field} must be a positive quantity of bytes such as 64Mi, 512Ki or 1Gi"),
     )
 }
+
+/// For a struct with `minReplicas` and `maxReplicas`; reported on
+/// `minReplicas`.
+pub fn min_at_most_max(field: &str) -> Rule {
+    rule(
+        "self.minReplicas <= self.maxReplicas",
+        format!("{field}.minReplicas must not be greater than {field}.maxReplicas"),
+    )
+    .field_path(".minReplicas")
+}

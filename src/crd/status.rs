@@ -2,9 +2,9 @@
 //!
 //! Two writers share it through server-side apply, each with its own field
 //! manager: the operator owns `observedGeneration`, `phase`, `conditions` and
-//! `workers`; the coordinator owns the task, object and byte counts and the
-//! bounded task lists. Every field is optional so that each writer applies
-//! only its own.
+//! `workers`; the coordinator owns the task, object and byte counts, the
+//! bounded task lists and its heartbeat. Every field is optional so that each
+//! writer applies only its own.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
@@ -27,7 +27,7 @@ pub struct IngestSourceStatus {
     pub observed_generation: Option<i64>,
 
     /// A one-word summary: Pending, Running, Idle, Degraded, Suspended or
-    /// Failed.
+    /// Failed (see the conditions for why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
@@ -39,6 +39,13 @@ pub struct IngestSourceStatus {
     /// The worker pool's desired and ready pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<WorkersStatus>,
+
+    /// When the coordinator last wrote its part of this status. It writes
+    /// whenever its counts change and at least once a minute (its
+    /// `--heartbeat-interval`) when nothing changes; the operator reports
+    /// CoordinatorUnavailable when this is too old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_heartbeat_time: Option<Time>,
 
     /// Tasks by state, as the coordinator counts them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,12 +102,21 @@ pub enum Phase {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkersStatus {
-    /// Worker pods wanted (spec.workers.replicas, or 0 when suspended).
+    /// Worker pods wanted: spec.workers.replicas, or the number
+    /// spec.workers.autoscale chose, or 0 when suspended.
     pub desired: i32,
+    /// Worker pods that exist (the worker Deployment's status.replicas); the
+    /// scale subresource reports it as its status.replicas.
+    #[serde(default)]
+    pub replicas: i32,
     /// Worker pods ready.
     pub ready: i32,
     /// `ready/desired`, for `kubectl get`.
     pub summary: String,
+    /// The label selector of the worker pods, for the scale subresource (a
+    /// HorizontalPodAutoscaler or KEDA reads it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
 }
 
 /// Tasks by state.
@@ -129,39 +145,42 @@ pub struct ObjectCounts {
     pub failed: u64,
 }
 
-/// A task leased to a worker.
+/// A task leased to a worker. (Field names sort with `id` first, the order
+/// `kubectl describe` prints them in.)
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveTask {
-    /// The task's id.
+    /// The task's id (`kubectl sluice tasks` shows it in full).
     pub id: String,
     /// The worker (pod name) holding the lease.
     pub worker: String,
     /// How many objects the task covers.
     pub objects: u32,
-    /// Which attempt this is, from 1.
-    pub attempt: u32,
-    /// When this attempt was leased.
+    /// Which try this is: 1 for the first lease, more after retries.
+    pub tries: u32,
+    /// When this try began (the task was leased).
     pub started: Time,
-    /// Records written so far in this attempt.
+    /// Records written so far in this try.
     pub records: u64,
-    /// Source bytes read so far in this attempt.
-    pub bytes: u64,
+    /// Source bytes read so far in this try.
+    pub read_bytes: u64,
 }
 
-/// A task that failed for good.
+/// A task that failed for good. (Field names sort with `id` first, the
+/// order `kubectl describe` prints them in.)
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskFailure {
     /// The task's id.
     pub id: String,
-    /// The first object key of the task.
-    pub first_key: String,
-    /// The last attempt's error, cut to 512 characters.
+    /// The task's first object key; often its only one, since an object a
+    /// worker names as the fault is retried in a task of its own.
+    pub key: String,
+    /// The last try's error, cut to 512 characters.
     #[schemars(length(max = 512))]
-    pub error: String,
-    /// How many attempts were made.
-    pub attempts: u32,
-    /// When the last attempt failed.
+    pub last_error: String,
+    /// How many times the task was tried.
+    pub tries: u32,
+    /// When the last try failed.
     pub time: Time,
 }

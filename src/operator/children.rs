@@ -89,11 +89,14 @@ pub struct Children {
 
 /// The desired children of `source`. `token` is the value in the token
 /// Secret; a change of it, as of the configuration, restarts the pods.
+/// `workers` is the size of the pool: spec.workers.replicas, or what
+/// autoscale chose (suspension still scales it to zero).
 pub fn build(
     source: &IngestSource,
     config: &RuntimeConfig,
     token: &str,
     defaults: &PodDefaults,
+    workers: i32,
 ) -> Children {
     let names = Names::of(source);
     let config_json = serde_json::to_string_pretty(config).expect("a RuntimeConfig serializes");
@@ -209,7 +212,7 @@ pub fn build(
         workers: deployment(
             source,
             &names.worker,
-            replicas(source.spec.workers.replicas),
+            replicas(workers),
             None,
             pod(source, &names, &worker_pod, &checksum, defaults),
             Component::Worker,
@@ -282,6 +285,16 @@ fn selector_labels(source: &IngestSource, component: Component) -> BTreeMap<Stri
             component.as_str().into(),
         ),
     ])
+}
+
+/// The label selector of the worker pods as a string, as the scale
+/// subresource reports it (`key=value,...`).
+pub fn worker_selector(source: &IngestSource) -> String {
+    selector_labels(source, Component::Worker)
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The labels of every child and pod.
@@ -543,7 +556,13 @@ mod tests {
 
     fn build_for(source: &IngestSource) -> Children {
         let config = RuntimeConfig::from_source(source).unwrap();
-        build(source, &config, "secret-token", &defaults())
+        build(
+            source,
+            &config,
+            "secret-token",
+            &defaults(),
+            source.spec.workers.replicas,
+        )
     }
 
     fn pod_spec(deployment: &Deployment) -> &PodSpec {
@@ -770,12 +789,21 @@ mod tests {
                 .unwrap()[CHECKSUM_ANNOTATION]
                 .clone()
         };
-        let base = checksum(&build(&source, &config, "a", &defaults()));
-        assert_eq!(base, checksum(&build(&source, &config, "a", &defaults())));
-        assert_ne!(base, checksum(&build(&source, &config, "b", &defaults())));
+        let base = checksum(&build(&source, &config, "a", &defaults(), 2));
+        assert_eq!(
+            base,
+            checksum(&build(&source, &config, "a", &defaults(), 2))
+        );
+        assert_ne!(
+            base,
+            checksum(&build(&source, &config, "b", &defaults(), 2))
+        );
         let mut bigger = config.clone();
         bigger.tasks.max_objects += 1;
-        assert_ne!(base, checksum(&build(&source, &bigger, "a", &defaults())));
+        assert_ne!(
+            base,
+            checksum(&build(&source, &bigger, "a", &defaults(), 2))
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,18 +16,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::autoscale::{self, History};
 use super::children::{self, Children, MANAGED_BY, Names, PodDefaults, TOKEN_KEY};
+use super::events::{EventType, Recorder};
 use super::metrics::Metrics;
-use super::status::{self, Observed, Problem, Rollout};
+use super::status::{self, Limits, Observed, Problem, Rollout};
 use crate::config::RuntimeConfig;
 use crate::crd::{IngestSource, IngestSourceStatus, Phase};
 
@@ -40,10 +42,21 @@ const APPLIED_ANNOTATION: &str = "sluice.dev/applied-digest";
 /// drift the watches could not see.
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// What the reconcile loop takes from the operator's flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub defaults: PodDefaults,
+    /// How the coordinator's reports are judged.
+    pub limits: Limits,
+    /// An autoscaled pool shrinks only to the highest size the backlog
+    /// asked for within this long.
+    pub scale_down_stabilization: Duration,
+}
+
 /// What the operator needs while it runs.
 pub struct Context {
     client: Client,
-    defaults: PodDefaults,
+    options: Options,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     stores: Stores,
@@ -55,6 +68,9 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<IngestSource>>, u32>>,
     /// Generations of undeserializable IngestSources already reported.
     reported_invalid: Mutex<HashMap<String, i64>>,
+    /// Recent autoscale recommendations per autoscaled IngestSource (by
+    /// namespace, name and uid).
+    scaling: Mutex<HashMap<String, History>>,
 }
 
 /// The operator's caches of its children, kept by the controller's watches.
@@ -113,7 +129,7 @@ impl Scope {
 pub async fn run(
     client: Client,
     scope: Scope,
-    defaults: PodDefaults,
+    options: Options,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -139,10 +155,28 @@ pub async fn run(
     .backoff(WatchBackoff::default())
     .filter_map(report_watch_error);
 
+    // The coordinator writes the status every few seconds while it works;
+    // only changes that can change what the operator does wake it (see
+    // `trigger_key`).
     let sources: Api<DeserializeGuard<IngestSource>> = scope.api(&client);
-    let controller = Controller::new(sources, watcher::Config::default().any_semantic())
+    let (source_store, source_writer) = reflector::store();
+    // Told here, not by waiting on the store: a store's readiness wakes
+    // only its latest waiter, and the controller waits on it to start
+    // reconciling (or, when stopped before the first list, to stop).
+    let (sources_listed, mut sources_listed_rx) = tokio::sync::watch::channel(false);
+    let source_events = reflector::reflector(
+        source_writer,
+        watcher(sources, watcher::Config::default().any_semantic()),
+    )
+    .inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            let _ = sources_listed.send(true);
+        }
+    })
+    .applied_objects()
+    .predicate_filter(trigger_key, PredicateConfig::default());
+    let controller = Controller::for_stream(source_events, source_store.clone())
         .trigger_backoff(WatchBackoff::default());
-    let source_store = controller.store();
     let credentials_users = source_store.clone();
     let controller = controller
         .owns_stream(service_account_events)
@@ -185,16 +219,17 @@ pub async fn run(
     let (synced_sender, synced_receiver) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context {
         client,
-        defaults,
+        options,
         recorder,
         metrics,
         stores: stores.clone(),
         synced: synced_receiver,
         failures: Mutex::default(),
         reported_invalid: Mutex::default(),
+        scaling: Mutex::default(),
     });
     tokio::spawn(async move {
-        synced(&source_store).await;
+        let _ = sources_listed_rx.wait_for(|listed| *listed).await;
         stores.synced().await;
         info!("IngestSources and their children listed; ready");
         let _ = synced_sender.send(true);
@@ -235,8 +270,8 @@ where
     K: kube::runtime::reflector::Lookup + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    // A store's readiness wakes only its latest waiter, and the controller
-    // waits on the IngestSource store too, so look again now and then.
+    // A store's readiness wakes only its latest waiter; look again now and
+    // then in case another waits too.
     while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
         .await
         .is_err()
@@ -366,18 +401,30 @@ async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Ac
     let _ = context.synced.clone().wait_for(|synced| *synced).await;
     let names = Names::of(source);
     let namespace = source.namespace().unwrap_or_default();
+    let now = jiff::Timestamp::now();
     let mut observed = Observed::default();
+    let mut next_drop = None;
 
     match RuntimeConfig::from_source(source) {
         Err(invalid) => observed.problem = Some(Problem::InvalidSpec(invalid.to_string())),
         Ok(config) => {
             let token = context.token(source, &names, &namespace).await?;
-            let desired = children::build(source, &config, &token, &context.defaults);
             let workers_before = context
                 .stores
                 .deployments
                 .get(&ObjectRef::new(&names.worker).within(&namespace))
                 .and_then(|live| live.spec.as_ref()?.replicas);
+            let scaling = context.autoscale(source, workers_before, now);
+            observed.autoscaled = scaling.as_ref().map(|s| s.replicas);
+            next_drop = scaling.as_ref().and_then(|s| s.next_drop);
+            let worker_replicas = observed.autoscaled.unwrap_or(source.spec.workers.replicas);
+            let desired = children::build(
+                source,
+                &config,
+                &token,
+                &context.options.defaults,
+                worker_replicas,
+            );
             let created = context
                 .apply_children(&namespace, &desired, &mut observed)
                 .await?;
@@ -392,17 +439,28 @@ async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Ac
                     .await;
             }
             let workers_now = desired.workers.spec.as_ref().and_then(|spec| spec.replicas);
+            // Not when suspending or resuming (Suspended and Resumed say so);
+            // an autoscaled pool may grow from zero on its own.
+            let resuming = source.status.as_ref().and_then(|s| s.phase) == Some(Phase::Suspended)
+                || (workers_before == Some(0) && scaling.is_none());
             if let (Some(before), Some(now)) = (workers_before, workers_now)
                 && before != now
                 && !source.spec.suspend
-                && before != 0
+                && !resuming
             {
+                let why = scaling
+                    .as_ref()
+                    .map(|s| format!(": {}", s.reason))
+                    .unwrap_or_default();
                 context
                     .notify(
                         source,
                         EventType::Normal,
                         "Scaled",
-                        format!("scaled {} from {before} to {now} workers", names.worker),
+                        format!(
+                            "scaled {} from {before} to {now} workers{why}",
+                            names.worker
+                        ),
                     )
                     .await;
             }
@@ -410,11 +468,8 @@ async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Ac
         }
     }
 
-    let new = status::compute(
-        source,
-        &observed,
-        &Time(k8s_openapi::jiff::Timestamp::now()),
-    );
+    let computed = status::compute(source, &observed, &Time(now), &context.options.limits);
+    let new = computed.status;
     if !status::unchanged(source.status.as_ref(), &new) {
         context.write_status(source, &new).await?;
         for notice in status::notices(source, &new) {
@@ -430,8 +485,65 @@ async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Ac
     }
     Ok(match new.phase {
         Some(Phase::Failed) => Action::await_change(),
-        _ => Action::requeue(RESYNC),
+        _ => Action::requeue(requeue_after(
+            [computed.recheck_at, next_drop].into_iter().flatten().min(),
+            now,
+        )),
     })
+}
+
+/// When to reconcile again without a change: at `recheck_at` (a little
+/// after, so the clock has surely passed it), and at least every
+/// [`RESYNC`].
+fn requeue_after(recheck_at: Option<jiff::Timestamp>, now: jiff::Timestamp) -> Duration {
+    const MARGIN: Duration = Duration::from_millis(100);
+    recheck_at
+        .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or_default())
+        .map_or(RESYNC, |until| (until + MARGIN).min(RESYNC))
+        .max(MARGIN)
+}
+
+/// What autoscale chose for one reconcile.
+struct Scaling {
+    replicas: i32,
+    reason: String,
+    /// When the pool shrinks next unless the backlog grows.
+    next_drop: Option<jiff::Timestamp>,
+}
+
+/// The hash of what, in an IngestSource, can change what the operator does
+/// with it: its metadata and spec (by generation), the operator's own status
+/// fields (so a hand edit is repaired), and what the coordinator publishes
+/// as far as the phase and autoscale depend on it. The coordinator's count
+/// updates during an ingest change none of that, so they do not wake the
+/// operator.
+fn trigger_key(guarded: &DeserializeGuard<IngestSource>) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    match &guarded.0 {
+        Ok(source) => {
+            let meta = &source.metadata;
+            meta.generation.hash(&mut hasher);
+            meta.labels.hash(&mut hasher);
+            meta.annotations.hash(&mut hasher);
+            meta.deletion_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .hash(&mut hasher);
+            if let Some(status) = &source.status {
+                json!([
+                    status.observed_generation,
+                    status.phase,
+                    status.conditions,
+                    status.workers
+                ])
+                .to_string()
+                .hash(&mut hasher);
+            }
+            status::coordinator_inputs(source).hash(&mut hasher);
+        }
+        Err(_) => guarded.meta().resource_version.hash(&mut hasher),
+    }
+    Some(hasher.finish())
 }
 
 impl Context {
@@ -594,6 +706,59 @@ impl Context {
         Ok(applied)
     }
 
+    /// The worker count for an autoscaled `source` (None when it is not
+    /// autoscaled or is suspended), recording the recommendation in its
+    /// history. `live` is the worker Deployment's replicas.
+    fn autoscale(
+        &self,
+        source: &IngestSource,
+        live: Option<i32>,
+        now: jiff::Timestamp,
+    ) -> Option<Scaling> {
+        let window = self.options.scale_down_stabilization;
+        let key = format!(
+            "{}/{}/{}",
+            source.namespace().unwrap_or_default(),
+            source.name_any(),
+            source.uid().unwrap_or_default()
+        );
+        let mut histories = lock(&self.scaling);
+        // Forget sources no longer autoscaled, suspended or deleted: every
+        // autoscaled source is recorded at least every RESYNC.
+        let forget_before = now
+            .checked_sub(window + 2 * RESYNC)
+            .unwrap_or(jiff::Timestamp::MIN);
+        histories.retain(|_, history| {
+            history
+                .last_recorded()
+                .is_some_and(|last| last > forget_before)
+        });
+        let Some(spec) = source
+            .spec
+            .workers
+            .autoscale
+            .as_ref()
+            .filter(|_| !source.spec.suspend)
+        else {
+            histories.remove(&key);
+            return None;
+        };
+        let recommendation =
+            autoscale::recommend(spec, source.status.as_ref().and_then(|s| s.tasks.as_ref()));
+        let history = histories.entry(key).or_insert_with(|| {
+            live.map_or_else(History::default, |live| History::starting_at(now, live))
+        });
+        let stabilized = history.record(now, recommendation.replicas, window);
+        // min and max may have changed since the history began.
+        let max = spec.max_replicas.max(0);
+        let replicas = stabilized.clamp(spec.min_replicas.clamp(0, max), max);
+        Some(Scaling {
+            replicas,
+            reason: autoscale::reason(spec, recommendation, replicas),
+            next_drop: history.next_drop(window),
+        })
+    }
+
     /// The first credentials Secret `source` names that does not exist.
     fn missing_credentials(&self, source: &IngestSource, namespace: &str) -> Option<Problem> {
         children::credential_secrets(source)
@@ -685,14 +850,11 @@ impl Context {
     }
 
     async fn notify(&self, source: &IngestSource, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &source.object_ref(&())).await {
+        let published = self
+            .recorder
+            .publish(&source.object_ref(&()), type_, reason, "Reconcile", &note)
+            .await;
+        if let Err(err) = published {
             warn!(error = %err, reason, "cannot record event");
         }
     }
@@ -780,6 +942,51 @@ mod tests {
         assert_eq!(delays[6], Duration::from_secs(4));
         watch.reset();
         assert_eq!(watch.next(), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn requeues_just_after_the_recheck_and_at_least_every_resync() {
+        let now = jiff::Timestamp::from_second(1000).unwrap();
+        let in_secs = |secs: i64| Some(jiff::Timestamp::from_second(1000 + secs).unwrap());
+        assert_eq!(requeue_after(None, now), RESYNC);
+        assert_eq!(
+            requeue_after(in_secs(30), now),
+            Duration::from_millis(30_100)
+        );
+        assert_eq!(requeue_after(in_secs(3600), now), RESYNC);
+        // Already due: soon, but not in a busy loop.
+        assert_eq!(requeue_after(in_secs(-5), now), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn coordinator_count_updates_do_not_trigger_reconciles() {
+        let mut source: IngestSource =
+            serde_yaml::from_str(include_str!("../../examples/orders.yaml")).unwrap();
+        source.metadata.generation = Some(1);
+        let key = |source: &IngestSource| trigger_key(&DeserializeGuard(Ok(source.clone())));
+        let mut status: IngestSourceStatus = serde_json::from_value(json!({
+            "coordinatorHeartbeatTime": "2026-11-24T13:00:00Z",
+            "tasks": {"pending": 40, "running": 4, "succeeded": 10, "failed": 0},
+            "bytesIngested": 100,
+        }))
+        .unwrap();
+        source.status = Some(status.clone());
+        let busy = key(&source);
+        status.coordinator_heartbeat_time = Some(Time("2026-11-24T13:00:05Z".parse().unwrap()));
+        status.tasks.as_mut().unwrap().pending = 30;
+        status.tasks.as_mut().unwrap().succeeded = 20;
+        status.bytes_ingested = Some(200);
+        source.status = Some(status.clone());
+        assert_eq!(key(&source), busy);
+        // What the operator writes, a spec change and metadata do.
+        status.phase = Some(Phase::Running);
+        source.status = Some(status);
+        let running = key(&source);
+        assert_ne!(running, busy);
+        source.metadata.generation = Some(2);
+        assert_ne!(key(&source), running);
+        source.annotations_mut().insert("touch".into(), "1".into());
+        assert_ne!(key(&source), running);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! reports what it sees in the status (see [`status`]), and only reconciles
 //! while it holds the leader Lease (see [`leader`]).
 
+pub mod autoscale;
 pub mod children;
 pub mod controller;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod status;
@@ -13,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tracing::{error, info};
 
@@ -70,6 +71,24 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease (in a pod: its name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    /// Report an IngestSource Degraded (CoordinatorUnavailable) when its
+    /// coordinator has not written its status for this long. Coordinators
+    /// write it at least every --heartbeat-interval (1m by default), so
+    /// keep this a few times longer.
+    #[arg(long, env = "SLUICE_COORDINATOR_TIMEOUT", default_value = "3m", value_parser = crate::duration::parse_std)]
+    pub coordinator_timeout: Duration,
+
+    /// Report an IngestSource Degraded (TasksFailed) while its latest task
+    /// that failed for good (status.recentFailures) is younger than this.
+    #[arg(long, env = "SLUICE_FAILURE_WINDOW", default_value = "1h", value_parser = crate::duration::parse_std)]
+    pub failure_window: Duration,
+
+    /// Shrink an autoscaled worker pool (spec.workers.autoscale) only to the
+    /// largest size its backlog asked for within this long, so a brief dip
+    /// does not stop workers; growing is immediate.
+    #[arg(long, env = "SLUICE_SCALE_DOWN_STABILIZATION", default_value = "5m", value_parser = crate::duration::parse_std)]
+    pub scale_down_stabilization: Duration,
 
     /// How logs are written.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
@@ -141,17 +160,17 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     }
 
     readiness.set(false);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: controller::MANAGER.into(),
-            instance: Some(identity),
-        },
-    );
     let scopes = scopes(args.watch_namespace);
-    let defaults = PodDefaults {
-        image: args.image,
-        image_pull_policy: args.image_pull_policy,
+    let options = controller::Options {
+        defaults: PodDefaults {
+            image: args.image,
+            image_pull_policy: args.image_pull_policy,
+        },
+        limits: status::Limits {
+            coordinator_timeout: args.coordinator_timeout,
+            failure_window: args.failure_window,
+        },
+        scale_down_stabilization: args.scale_down_stabilization,
     };
     // One controller per namespace (each with its own namespaced watches,
     // which is all a Role allows); ready once every one has synced.
@@ -161,8 +180,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
         controller::run(
             client.clone(),
             scope,
-            defaults.clone(),
-            recorder.clone(),
+            options.clone(),
+            events::Recorder::new(client.clone(), controller::MANAGER, &identity),
             metrics.clone(),
             shutdown(),
             move || {

@@ -39,15 +39,25 @@ pub fn kube_with_crd() -> &'static KubeEnv {
             &["apply", "--server-side", "-f", crd.to_str().unwrap()],
             None,
         ));
-        succeed(kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/ingestsources.sluice.dev",
-            ],
-            None,
-        ));
+        // kubectl wait fails at once, instead of waiting, while the new
+        // CRD has no conditions at all yet.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let waited = kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/ingestsources.sluice.dev",
+                ],
+                None,
+            );
+            if waited.status.success() || Instant::now() > deadline {
+                succeed(waited);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         kube.restart_controller_manager()
             .unwrap_or_else(|err| panic!("{err}"));
     });
