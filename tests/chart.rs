@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -504,7 +504,7 @@ fn monitoring_and_network_policy_select_the_operators_pods() {
         image: "registry.example/sluice:1.2.3".into(),
         image_pull_policy: None,
     };
-    let children = sluice::operator::children::build(&source, &config, "token", &defaults);
+    let children = sluice::operator::children::build(&source, &config, "token", &defaults, 2);
     let pod_labels = |deployment: &Deployment| {
         serde_json::to_value(
             &deployment
@@ -923,7 +923,8 @@ async fn everything_done(
         .list(&Default::default())
         .await
         .ok()?;
-    // A second "Created" (after the ConfigMap was deleted) patches the first.
+    // The same "Created" twice (the ConfigMap made again twice) is one event
+    // whose series the operator patches.
     events.items.iter().find(|event| {
         event.reason.as_deref() == Some("Created")
             && event
@@ -950,10 +951,11 @@ async fn apply_sources(client: &Client, namespace: &str) {
     apply(client, namespace, &orders("legacy")).await;
 }
 
-/// Deletes `orders-config` once it exists, so that the operator creates it
-/// again and repeats its "Created" event.
-async fn delete_config_once(client: &Client, namespace: &str, deleted: &AtomicBool) {
-    if deleted.load(Ordering::Relaxed) {
+/// Deletes `orders-config` each time it exists, twice, so that the
+/// operator creates it again twice and repeats the same "Created" event
+/// (the first creation's event names every child).
+async fn delete_config_twice(client: &Client, namespace: &str, deleted: &AtomicU32) {
+    if deleted.load(Ordering::Relaxed) >= 2 {
         return;
     }
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
@@ -968,7 +970,7 @@ async fn delete_config_once(client: &Client, namespace: &str, deleted: &AtomicBo
             .await
             .is_ok()
     {
-        deleted.store(true, Ordering::Relaxed);
+        deleted.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -990,12 +992,12 @@ async fn the_operator_does_everything_with_the_token_of_the_charts_service_accou
     .unwrap();
     let token = token(&client, &release.namespace, "sluice").await;
     let operator = ChartOperator::start(&deployment, &token);
-    let deleted = AtomicBool::new(false);
+    let deleted = AtomicU32::new(0);
     eventually(
         "every child, the status, a repeated event, the Lease and /readyz",
         SETTLE,
         || async {
-            delete_config_once(&client, &namespace, &deleted).await;
+            delete_config_twice(&client, &namespace, &deleted).await;
             everything_done(&client, &namespace, &operator, &release.namespace).await
         },
     )
@@ -1287,9 +1289,9 @@ async fn every_verb_the_chart_grants_is_needed() {
 
     // With all of them, everything works.
     let rig = Rig::start("rbac-all", None, false).await;
-    let deleted = AtomicBool::new(false);
+    let deleted = AtomicU32::new(0);
     let all = eventually("everything done with the chart's rules", SETTLE, || async {
-        delete_config_once(&client, &rig.namespace, &deleted).await;
+        delete_config_twice(&client, &rig.namespace, &deleted).await;
         everything_done(&client, &rig.namespace, &rig.operator, &rig.namespace).await
     });
     all.await;
@@ -1310,7 +1312,7 @@ async fn every_verb_the_chart_grants_is_needed() {
             let client = client.clone();
             async move {
                 let rig = Rig::start("rbac-less", Some(grant.clone()), false).await;
-                let deleted = AtomicBool::new(false);
+                let deleted = AtomicU32::new(0);
                 let deadline = tokio::time::Instant::now() + SETTLE;
                 let outcome = loop {
                     let log = rig.operator.log();
@@ -1322,7 +1324,7 @@ async fn every_verb_the_chart_grants_is_needed() {
                             "nothing was refused in {SETTLE:?}: the chart grants more than the operator uses\n{log}"
                         ));
                     }
-                    delete_config_once(&client, &rig.namespace, &deleted).await;
+                    delete_config_twice(&client, &rig.namespace, &deleted).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };
                 (grant, outcome)
