@@ -2,7 +2,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// sluice runs S3 ingest workloads on Kubernetes and makes them easy to debug.
 ///
@@ -45,6 +45,8 @@ enum Command {
     /// they also run as plain processes.
     Worker(sluice::worker::WorkerArgs),
 
+    Tasks(sluice::cli::tasks::TasksArgs),
+
     /// Development tools: a local environment of real components.
     #[command(hide = true, subcommand)]
     Dev(DevCommand),
@@ -67,15 +69,33 @@ struct EnvArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
+    match parse().command {
         Command::Crd => print(&sluice::crd::crd_yaml()),
         Command::Operator(args) => exit("operator", sluice::operator::run(args).await),
         Command::Coordinator(args) => exit("coordinator", sluice::coordinator::run(args).await),
         Command::Worker(args) => exit("worker", sluice::worker::run(args).await),
+        Command::Tasks(args) => exit("tasks", sluice::cli::tasks::run(args).await),
         Command::Dev(DevCommand::Env(args)) => {
             exit("dev env", sluice::testenv::serve(&args.apply).await)
         }
     }
+}
+
+/// The command line; invoked as `kubectl-sluice` (kubectl runs plugins so),
+/// the help names the command `kubectl sluice`.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|path| {
+            path.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        });
+    if invoked_as.as_deref() == Some(sluice::cli::PLUGIN) {
+        command = command.name("kubectl sluice").bin_name("kubectl sluice");
+    }
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit())
 }
 
 /// Success, or the error on stderr and a failing exit code.

@@ -96,6 +96,10 @@ impl ClusterArgs {
                 Err(_) => return Err(ClusterError::NoKubeconfig),
             },
         };
+        // A person waits: a coordinator without a ready pod (503 from the
+        // service proxy) is reported at once, not retried for seconds.
+        let mut config = config;
+        config.default_retry = false;
         let server = config.cluster_url.to_string();
         let namespace = (!self.all_namespaces).then(|| {
             self.namespace

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod output;
+pub mod tasks;
 
 /// The name the binary answers to when kubectl runs it as a plugin.
 pub const PLUGIN: &str = "kubectl-sluice";

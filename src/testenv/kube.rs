@@ -25,7 +25,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 ///
 /// The controller manager runs only what a real cluster's control plane
 /// does for objects without pods: garbage collection (owner references),
-/// namespace deletion and default ServiceAccounts. No Deployment controller
+/// namespace deletion, default ServiceAccounts and Endpoints. No Deployment controller
 /// runs (there is no kubelet to run pods), so tests stand in for it by
 /// writing Deployment status themselves.
 pub struct KubeEnv {
@@ -273,12 +273,14 @@ fn start_apiserver(
     Ok((apiserver, server, kubeconfig))
 }
 
-/// Garbage collection, namespace deletion and default ServiceAccounts.
+/// Garbage collection, namespace deletion, default ServiceAccounts and the
+/// Endpoints of Services (empty without pods, so the service proxy answers
+/// 503 as it does in a real cluster whose pods are not ready).
 fn start_controller_manager(dir: &Path, kubeconfig: &Path) -> Result<Daemon, Error> {
     let mut command = Command::new(tools::binary("kube-controller-manager")?);
     command
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller")
+        .arg("--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,endpoints-controller")
         .arg("--leader-elect=false")
         // Serve nothing: the tests only need the controllers.
         .arg("--secure-port=0");

@@ -1,0 +1,487 @@
+//! `sluice tasks`: who is doing what now. Asks the coordinator of every
+//! matching IngestSource for its live tasks (through the API server's
+//! service proxy, so Kubernetes RBAC decides who may look), merges them and
+//! prints them like `kubectl get`. A coordinator that does not answer is
+//! named; the others still print.
+
+use std::time::Duration;
+
+use clap::Args;
+use futures::{StreamExt, stream};
+use kube::ResourceExt;
+
+use super::cluster::{ClusterArgs, ClusterError};
+use super::output::{self, Format, Row};
+use crate::api::{ErrorBody, TaskList, TaskQuery, TaskState, TaskView};
+use crate::crd::IngestSource;
+
+/// How long one coordinator may take to answer one page.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// The most tasks a coordinator returns in one page.
+const PAGE: u32 = 1000;
+/// How many coordinators are asked at once.
+const PARALLEL: usize = 16;
+
+/// List the live tasks of the coordinators: pending, running, and the latest finished.
+///
+/// Examples:
+///   kubectl sluice tasks                         # every source in the namespace
+///   kubectl sluice tasks orders --state running -o wide
+///   kubectl sluice tasks -A --account acme --worker orders-worker-7d9f-x2x
+///   sluice tasks --coordinator http://127.0.0.1:8080   # after kubectl port-forward
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct TasksArgs {
+    /// Only this IngestSource (in the namespace of -n).
+    #[arg(value_name = "SOURCE")]
+    pub source: Option<String>,
+
+    /// Only tasks of this account.
+    #[arg(long)]
+    pub account: Option<String>,
+
+    /// Only tasks of this collection.
+    #[arg(long)]
+    pub collection: Option<String>,
+
+    /// Only tasks in this state: pending, running, succeeded or failed.
+    #[arg(long)]
+    pub state: Option<TaskState>,
+
+    /// Only tasks leased to this worker (its pod name).
+    #[arg(long)]
+    pub worker: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+
+    /// At most this many tasks from each source.
+    #[arg(long, default_value_t = 500, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+
+    /// Ask the coordinator at this URL directly instead of finding the
+    /// coordinators through the cluster (repeat for several).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["source", "all_namespaces", "namespace"])]
+    pub coordinator: Vec<String>,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Why `sluice tasks` printed nothing or not everything.
+#[derive(Debug, thiserror::Error)]
+pub enum TasksError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("{failed} of {asked} coordinators did not answer (named above)")]
+    Unanswered { failed: usize, asked: usize },
+}
+
+/// Lists, prints and reports; fails when any coordinator did not answer.
+pub async fn run(args: TasksArgs) -> Result<(), TasksError> {
+    let (coordinators, scope) = coordinators(&args).await?;
+    let query = TaskQuery {
+        account: args.account.clone(),
+        collection: args.collection.clone(),
+        state: args.state,
+        worker: args.worker.clone(),
+        ..TaskQuery::default()
+    };
+    let asked = coordinators.len();
+    let answers: Vec<(String, Result<Listed, String>)> = stream::iter(coordinators)
+        .map(|coordinator| {
+            let query = query.clone();
+            async move {
+                let listed = coordinator.list(query, args.limit).await;
+                (coordinator.label, listed)
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+
+    let mut tasks = Vec::new();
+    let mut failed = Vec::new();
+    let mut truncated = Vec::new();
+    for (label, answer) in answers {
+        match answer {
+            Ok(listed) => {
+                tasks.extend(listed.tasks);
+                if listed.more {
+                    truncated.push(label);
+                }
+            }
+            Err(error) => failed.push((label, error)),
+        }
+    }
+    sort(&mut tasks);
+    output::print(&output::render(args.output, &tasks, jiff::Timestamp::now()))?;
+
+    if asked == 0 {
+        eprintln!("No IngestSources found {scope}.");
+    } else if tasks.is_empty()
+        && failed.is_empty()
+        && matches!(args.output, Format::Table | Format::Wide)
+    {
+        eprintln!("No tasks found {scope}.");
+    }
+    truncated.sort();
+    for label in truncated {
+        eprintln!(
+            "{label}: more than {} tasks; showing the first (raise --limit)",
+            args.limit
+        );
+    }
+    failed.sort();
+    for (label, error) in &failed {
+        eprintln!("error: {label}: {error}");
+    }
+    match failed.len() {
+        0 => Ok(()),
+        failed => Err(TasksError::Unanswered { failed, asked }),
+    }
+}
+
+/// The coordinators to ask, and where they were looked for (for messages).
+async fn coordinators(args: &TasksArgs) -> Result<(Vec<Coordinator>, String), TasksError> {
+    if !args.coordinator.is_empty() {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .expect("a plain HTTP client builds");
+        let direct = args
+            .coordinator
+            .iter()
+            .map(|url| Coordinator {
+                label: format!("coordinator {url}"),
+                endpoint: Endpoint::Direct {
+                    http: http.clone(),
+                    base: url.trim_end_matches('/').to_owned(),
+                },
+            })
+            .collect();
+        return Ok((direct, "at the given coordinators".to_owned()));
+    }
+    let cluster = args.cluster.connect().await?;
+    let scope = match &cluster.namespace {
+        Some(namespace) => format!("in namespace {namespace}"),
+        None => "in any namespace".to_owned(),
+    };
+    let sources = cluster.sources(args.source.as_deref()).await?;
+    let wanted = |source: &IngestSource| {
+        args.account
+            .as_ref()
+            .is_none_or(|a| *a == source.spec.account)
+            && args
+                .collection
+                .as_ref()
+                .is_none_or(|c| *c == source.spec.collection)
+    };
+    let via_proxy = sources
+        .iter()
+        .filter(|source| wanted(source))
+        .map(|source| {
+            let namespace = source.namespace().unwrap_or_default();
+            let names = crate::operator::children::Names::of(source);
+            Coordinator {
+                label: format!("IngestSource {namespace}/{}", source.name_any()),
+                endpoint: Endpoint::Proxy {
+                    client: cluster.client.clone(),
+                    base: format!(
+                        "/api/v1/namespaces/{namespace}/services/{}:http/proxy",
+                        names.coordinator
+                    ),
+                },
+            }
+        })
+        .collect();
+    Ok((via_proxy, scope))
+}
+
+/// One coordinator and how to reach it.
+struct Coordinator {
+    /// How it is named in messages.
+    label: String,
+    endpoint: Endpoint,
+}
+
+enum Endpoint {
+    /// Through the API server's service proxy.
+    Proxy { client: kube::Client, base: String },
+    /// Straight to its HTTP address.
+    Direct { http: reqwest::Client, base: String },
+}
+
+/// Up to a limit of the tasks of one coordinator.
+struct Listed {
+    tasks: Vec<TaskView>,
+    /// There were more than the limit.
+    more: bool,
+}
+
+impl Coordinator {
+    /// Pages through `GET /v1/tasks` until `limit` tasks or the last page.
+    async fn list(&self, mut query: TaskQuery, limit: u32) -> Result<Listed, String> {
+        let mut tasks = Vec::new();
+        loop {
+            query.limit = Some((limit - tasks.len() as u32).clamp(1, PAGE));
+            let path = format!(
+                "/v1/tasks?{}",
+                serde_urlencoded::to_string(&query).expect("a task query encodes")
+            );
+            let (status, body) = tokio::time::timeout(TIMEOUT, self.endpoint.get(&path))
+                .await
+                .map_err(|_| format!("no answer within {}s", TIMEOUT.as_secs()))??;
+            if status != 200 {
+                return Err(refusal(status, &body));
+            }
+            let page: TaskList = serde_json::from_slice(&body)
+                .map_err(|err| format!("answered with an unreadable task list: {err}"))?;
+            tasks.extend(page.items);
+            match page.next {
+                Some(cursor) if (tasks.len() as u32) < limit => query.cursor = Some(cursor),
+                next => {
+                    tasks.truncate(limit as usize);
+                    return Ok(Listed {
+                        tasks,
+                        more: next.is_some(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Endpoint {
+    /// The status code and body of `GET path`, or why there was none.
+    async fn get(&self, path: &str) -> Result<(u16, bytes::Bytes), String> {
+        match self {
+            Endpoint::Proxy { client, base } => {
+                let request = http::Request::get(format!("{base}{path}"))
+                    .body(kube::client::Body::empty())
+                    .expect("a GET request builds");
+                let response = client
+                    .send(request)
+                    .await
+                    .map_err(|err| format!("cannot reach the API server: {err}"))?;
+                let status = response.status().as_u16();
+                let body = response
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .map_err(|err| format!("the answer broke off: {err}"))?;
+                Ok((status, body))
+            }
+            Endpoint::Direct { http, base } => {
+                let response = http
+                    .get(format!("{base}{path}"))
+                    .send()
+                    .await
+                    .map_err(|err| format!("cannot reach it: {}", error_chain(&err)))?;
+                let status = response.status().as_u16();
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|err| format!("the answer broke off: {err}"))?;
+                Ok((status, body))
+            }
+        }
+    }
+}
+
+/// A refusal said plainly: the coordinator's own error, or the API
+/// server's (a 503 from the service proxy means no coordinator pod is
+/// ready).
+fn refusal(status: u16, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct ApiStatus {
+        message: String,
+    }
+    if let Ok(ErrorBody { error }) = serde_json::from_slice(body) {
+        return format!("the coordinator refused the query (HTTP {status}): {error}");
+    }
+    let message = serde_json::from_slice::<ApiStatus>(body)
+        .map(|s| s.message)
+        .unwrap_or_else(|_| {
+            String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect()
+        });
+    match status {
+        503 => {
+            format!("the coordinator is not available (is its pod running and ready?): {message}")
+        }
+        401 | 403 => format!(
+            "the API server refused (HTTP {status}): {message}; you need `get` on services/proxy in this namespace"
+        ),
+        _ => format!("HTTP {status}: {message}"),
+    }
+}
+
+/// An error with its causes, which reqwest keeps apart.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// By source, then running, pending, failed, succeeded, then oldest first.
+fn sort(tasks: &mut [TaskView]) {
+    let rank = |state: TaskState| match state {
+        TaskState::Running => 0,
+        TaskState::Pending => 1,
+        TaskState::Failed => 2,
+        TaskState::Succeeded => 3,
+    };
+    tasks.sort_by(|a, b| {
+        (
+            &a.source,
+            rank(a.state),
+            a.started.or(Some(a.created)),
+            &a.id,
+        )
+            .cmp(&(
+                &b.source,
+                rank(b.state),
+                b.started.or(Some(b.created)),
+                &b.id,
+            ))
+    });
+}
+
+impl Row for TaskView {
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut headers = vec![
+            "source", "task", "state", "worker", "attempt", "objects", "records", "read", "age",
+        ];
+        if wide {
+            headers.extend(["account", "collection", "size", "first key", "error"]);
+        }
+        headers
+    }
+
+    fn cells(&self, wide: bool, now: jiff::Timestamp) -> Vec<String> {
+        // Running: time in this attempt; pending: time waiting; finished:
+        // time since it ended.
+        let since = match self.state {
+            TaskState::Running => self.started,
+            TaskState::Pending => Some(self.created),
+            TaskState::Succeeded | TaskState::Failed => self.finished,
+        };
+        let mut cells = vec![
+            self.source.clone(),
+            self.id.clone(),
+            self.state.as_str().to_owned(),
+            self.worker.clone().unwrap_or_else(|| "-".into()),
+            self.attempt.to_string(),
+            self.objects.to_string(),
+            self.records.to_string(),
+            output::bytes(self.bytes),
+            output::since(since, now),
+        ];
+        if wide {
+            cells.extend([
+                self.account.clone(),
+                self.collection.clone(),
+                output::bytes(self.size),
+                self.first_key.clone(),
+                self.error
+                    .as_deref()
+                    .map(first_line)
+                    .unwrap_or("-")
+                    .to_owned(),
+            ]);
+        }
+        cells
+    }
+}
+
+/// The first line of an error, for a table cell.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(source: &str, id: &str, state: TaskState, created: i64) -> TaskView {
+        TaskView {
+            id: id.into(),
+            account: "acme".into(),
+            collection: "orders".into(),
+            source: source.into(),
+            state,
+            worker: (state == TaskState::Running).then(|| "w-1".into()),
+            attempt: 1,
+            objects: 3,
+            size: 3 << 20,
+            first_key: "in/a.json".into(),
+            records: 42,
+            bytes: 1536,
+            created: jiff::Timestamp::from_second(created).unwrap(),
+            started: None,
+            finished: None,
+            error: (state == TaskState::Failed).then(|| "bad gzip\nat offset 7".into()),
+        }
+    }
+
+    #[test]
+    fn tasks_sort_by_source_then_running_pending_failed_succeeded() {
+        let mut tasks = vec![
+            task("b/x", "1-1", TaskState::Running, 5),
+            task("a/x", "1-4", TaskState::Succeeded, 1),
+            task("a/x", "1-3", TaskState::Pending, 9),
+            task("a/x", "1-2", TaskState::Pending, 2),
+            task("a/x", "1-5", TaskState::Failed, 1),
+            task("a/x", "1-6", TaskState::Running, 7),
+        ];
+        sort(&mut tasks);
+        let order: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(order, ["1-6", "1-2", "1-3", "1-5", "1-4", "1-1"]);
+    }
+
+    #[test]
+    fn a_wide_row_shows_the_first_line_of_the_error() {
+        let now = jiff::Timestamp::from_second(100).unwrap();
+        let row = task("a/x", "1-5", TaskState::Failed, 1).cells(true, now);
+        assert_eq!(row.len(), TaskView::headers(true).len());
+        assert_eq!(row.last().unwrap(), "bad gzip");
+        assert_eq!(row[7], "1.5KiB");
+        assert_eq!(
+            row[8], "-",
+            "a failed task without a finish time has no age"
+        );
+    }
+
+    #[test]
+    fn refusals_name_what_refused() {
+        let coordinator = refusal(400, br#"{"error":"unknown state \"done\""}"#);
+        assert!(coordinator.contains("coordinator refused") && coordinator.contains("done"));
+        let proxy = refusal(
+            503,
+            br#"{"kind":"Status","message":"no endpoints available for service \"orders-coordinator\""}"#,
+        );
+        assert!(
+            proxy.contains("not available") && proxy.contains("no endpoints"),
+            "{proxy}"
+        );
+        let forbidden = refusal(
+            403,
+            br#"{"kind":"Status","message":"services \"x\" is forbidden"}"#,
+        );
+        assert!(forbidden.contains("services/proxy"), "{forbidden}");
+        assert_eq!(refusal(502, b"bad gateway"), "HTTP 502: bad gateway");
+    }
+}

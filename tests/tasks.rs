@@ -1,0 +1,319 @@
+//! `sluice tasks` against coordinators running as processes on a real
+//! MinIO, and against a real API server that finds them.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::api::{TaskList, TaskView};
+use support::dataplane::{Ingest, Part, TOKEN};
+use support::{eventually, fail, kube_with_crd, operator, sources, succeed};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("tasks")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
+/// The tasks `sluice tasks ARGS -o json` lists, by id.
+fn listed(args: &[&str]) -> Vec<TaskView> {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    let list: TaskList = serde_json::from_str(&succeed(sluice(&args))).unwrap();
+    list.items
+}
+
+fn ids(tasks: &[TaskView]) -> Vec<String> {
+    let mut ids: Vec<String> = tasks
+        .iter()
+        .map(|t| format!("{}:{}", t.source, t.id))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A coordinator with `objects` one-object tasks planned and nothing
+/// running.
+async fn coordinator(
+    name: &str,
+    account: &str,
+    collection: &str,
+    objects: usize,
+) -> (Ingest, Part) {
+    let mut ingest = Ingest::new(name, 1, Duration::from_secs(60), 3).await;
+    ingest.config.account = account.into();
+    ingest.config.collection = collection.into();
+    ingest.write_config();
+    ingest
+        .put(
+            (0..objects)
+                .map(|i| (format!("{i}.ndjson"), b"{\"id\":1}\n".to_vec()))
+                .collect(),
+        )
+        .await;
+    let part = ingest.coordinator(None, &[]);
+    eventually("the tasks to be planned", SETTLE, || async {
+        (part.summary().tasks.pending == objects as u64).then_some(())
+    })
+    .await;
+    (ingest, part)
+}
+
+#[tokio::test]
+async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
+    let (_orders, orders) = coordinator("orders", "acme", "orders", 3).await;
+    let (_clicks, mut clicks) = coordinator("clicks", "globex", "clicks", 2).await;
+    let (status, body) = orders.request(
+        "POST",
+        "/v1/lease",
+        Some(TOKEN),
+        r#"{"worker":"w-1","max":1}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let leased: Value = serde_json::from_str(&body).unwrap();
+    let leased_id = leased["tasks"][0]["id"].as_str().unwrap().to_owned();
+
+    let orders_url = format!("http://127.0.0.1:{}", orders.port);
+    let clicks_url = format!("http://127.0.0.1:{}", clicks.port);
+    let both = ["--coordinator", &orders_url, "--coordinator", &clicks_url];
+    let with = |extra: &[&str]| -> Vec<TaskView> {
+        let mut args = both.to_vec();
+        args.extend(extra);
+        listed(&args)
+    };
+    let held: Vec<TaskView> = [&orders, &clicks]
+        .iter()
+        .flat_map(|part| part.get::<TaskList>("/v1/tasks").items)
+        .collect();
+    assert_eq!(held.len(), 5);
+    assert_eq!(
+        ids(&with(&[])),
+        ids(&held),
+        "everything the coordinators hold"
+    );
+
+    let running = with(&["--state", "running"]);
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        (running[0].id.as_str(), running[0].worker.as_deref()),
+        (leased_id.as_str(), Some("w-1"))
+    );
+    assert_eq!(ids(&with(&["--worker", "w-1"])), ids(&running));
+    assert_eq!(with(&["--worker", "w-2"]).len(), 0);
+    assert_eq!(with(&["--state", "pending"]).len(), 4);
+    let globex = with(&["--account", "globex"]);
+    assert_eq!(globex.len(), 2);
+    assert!(globex.iter().all(|t| t.source == "shop/clicks"));
+    assert_eq!(with(&["--collection", "orders"]).len(), 3);
+    assert_eq!(
+        with(&["--account", "globex", "--collection", "orders"]).len(),
+        0
+    );
+
+    // The table: kubectl's look, the running task first.
+    let mut args = both.to_vec();
+    args.extend(["--state", "running", "-o", "wide"]);
+    let table = succeed(sluice(&args));
+    let lines: Vec<&str> = table.lines().collect();
+    let headers: Vec<&str> = lines[0]
+        .split("   ")
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            "SOURCE",
+            "TASK",
+            "STATE",
+            "WORKER",
+            "ATTEMPT",
+            "OBJECTS",
+            "RECORDS",
+            "READ",
+            "AGE",
+            "ACCOUNT",
+            "COLLECTION",
+            "SIZE",
+            "FIRST KEY",
+            "ERROR"
+        ],
+        "{table}"
+    );
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        cells[..4],
+        ["shop/orders", leased_id.as_str(), "running", "w-1"],
+        "{table}"
+    );
+    assert_eq!(
+        lines[0].find("WORKER"),
+        lines[1].find("w-1"),
+        "columns align:\n{table}"
+    );
+
+    // A bad filter is the coordinator's clear refusal, not an empty list.
+    let refused = fail(sluice(&["--coordinator", &orders_url, "--state", "done"]));
+    assert!(
+        refused.contains("done") && refused.contains("pending, running"),
+        "{refused}"
+    );
+
+    // One coordinator down: the other still answers, the missing one is
+    // named, and the exit code says not everything was seen.
+    clicks.kill();
+    let mut args = both.to_vec();
+    args.extend(["-o", "json"]);
+    let output = sluice(&args);
+    let stderr = fail(output.clone());
+    let partial: TaskList = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(partial.items.len(), 3);
+    assert!(partial.items.iter().all(|t| t.source == "shop/orders"));
+    assert!(
+        stderr.contains(&format!("coordinator {clicks_url}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 of 2 coordinators did not answer"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn tasks_finds_the_coordinators_through_the_cluster_and_names_the_unavailable() {
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let _operator = operator();
+    let namespace = kube.namespace("tasks").unwrap();
+    let kubeconfig = kube.kubeconfig().to_str().unwrap();
+    for (name, account) in [("orders", "acme"), ("clicks", "globex")] {
+        let mut source = sources::orders(name);
+        source["spec"]["account"] = json!(account);
+        sources::apply(&client, &namespace, &source).await;
+    }
+    // The operator's coordinator Services exist, but no kubelet runs their
+    // pods: the API server's service proxy finds no endpoint to ask.
+    eventually("the coordinator Services' Endpoints", SETTLE, || async {
+        let endpoints: kube::Api<k8s_openapi::api::core::v1::Endpoints> =
+            kube::Api::namespaced(client.clone(), &namespace);
+        let orders = endpoints.get_opt("orders-coordinator").await.ok()??;
+        let clicks = endpoints.get_opt("clicks-coordinator").await.ok()??;
+        Some((orders, clicks))
+    })
+    .await;
+
+    let stderr = fail(sluice(&["--kubeconfig", kubeconfig, "-n", &namespace]));
+    for name in ["orders", "clicks"] {
+        assert!(
+            stderr.contains(&format!(
+                "IngestSource {namespace}/{name}: the coordinator is not available"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("no endpoints available"), "{stderr}");
+
+    // Sources of other accounts are not asked at all.
+    let stderr = fail(sluice(&[
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        &namespace,
+        "--account",
+        "globex",
+    ]));
+    assert!(
+        stderr.contains("clicks") && !stderr.contains("orders"),
+        "{stderr}"
+    );
+    let stderr = fail(sluice(&[
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        &namespace,
+        "orders",
+    ]));
+    assert!(
+        stderr.contains("orders") && !stderr.contains("clicks"),
+        "{stderr}"
+    );
+
+    // -A finds them from any namespace; an empty namespace has none.
+    let stderr = fail(sluice(&[
+        "--kubeconfig",
+        kubeconfig,
+        "-A",
+        "--account",
+        "globex",
+    ]));
+    assert!(stderr.contains(&format!("{namespace}/clicks")), "{stderr}");
+    let empty = kube.namespace("empty").unwrap();
+    let output = sluice(&["--kubeconfig", kubeconfig, "-n", &empty]);
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains(&format!("No IngestSources found in namespace {empty}"))
+    );
+
+    // Errors a person understands.
+    let stderr = fail(sluice(&[
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        &namespace,
+        "nosuch",
+    ]));
+    assert!(
+        stderr.contains(&format!(
+            "IngestSource \"nosuch\" not found in namespace \"{namespace}\""
+        )),
+        "{stderr}"
+    );
+    let stderr = fail(sluice(&["--kubeconfig", "/nonexistent/kubeconfig"]));
+    assert!(stderr.contains("/nonexistent/kubeconfig"), "{stderr}");
+    let stderr = fail(sluice(&["--kubeconfig", kubeconfig, "--context", "nosuch"]));
+    assert!(stderr.contains("nosuch"), "{stderr}");
+
+    // kubectl finds the binary as its plugin `kubectl sluice` and passes
+    // kubectl's flags through.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_sluice"),
+        bin.path().join("kubectl-sluice"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let plugin = |args: &[&str]| {
+        Command::new(kube.kubectl().get_program())
+            .args(args)
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    let help = succeed(plugin(&["sluice", "tasks", "--help"]));
+    assert!(help.contains("Usage: kubectl sluice tasks"), "{help}");
+    let stderr = fail(plugin(&[
+        "sluice",
+        "tasks",
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        &namespace,
+        "clicks",
+    ]));
+    assert!(
+        stderr.contains(&format!("IngestSource {namespace}/clicks")),
+        "{stderr}"
+    );
+}
