@@ -469,8 +469,9 @@ mod tests {
                 seq: 1,
             })
         );
-        let old = ObjectKey::parse("dt=2026-11-24/hour=23/shop.orders.v2/0000000001-00000009.ndjson.zst")
-            .unwrap();
+        let old =
+            ObjectKey::parse("dt=2026-11-24/hour=23/shop.orders.v2/0000000001-00000009.ndjson.zst")
+                .unwrap();
         assert_eq!(
             (old.hour, old.account, old.name, old.seq),
             (at("2026-11-24T23:00:00Z"), None, "orders.v2", 9)

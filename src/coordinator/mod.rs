@@ -28,10 +28,10 @@ use tracing::{info, warn};
 
 use crate::api::Summary;
 use crate::archive::{self, Appender, Batch};
-use archiver::{Unwritten, Written, append};
 use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
 use crate::telemetry::{self, Readiness};
+use archiver::{Unwritten, Written, append};
 use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
 use keys::{FinishedKeys, Merged};
 use tasks::{Identity, Limits, Tasks};
@@ -287,7 +287,11 @@ impl Committer {
                     self.shared.metrics.finished(record.state.as_str());
                 }
                 for batch in self.appender.append(records, now) {
-                    match self.outbox.iter_mut().find(|queued| queued.key == batch.key) {
+                    match self
+                        .outbox
+                        .iter_mut()
+                        .find(|queued| queued.key == batch.key)
+                    {
                         Some(queued) => queued.records.extend(batch.records),
                         None => self.outbox.push(batch),
                     }
@@ -424,4 +428,3 @@ impl Committer {
         }
     }
 }
-
