@@ -171,7 +171,8 @@ pub enum HistoryError {
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
     #[error(
-        "{0} archive objects or lines could not be read (named above); the results miss their tasks"
+        "could not read {0} of the archive's objects or lines (named above); the results miss \
+         their tasks"
     )]
     Damaged(usize),
 }
