@@ -221,12 +221,26 @@ pub fn encode_lines(records: &[TaskRecord], lines: &mut Vec<u8>) {
 
 /// The bytes of an archive object holding the NDJSON `lines`.
 pub fn compress(lines: &[u8]) -> Vec<u8> {
-    zstd::encode_all(lines, 3).expect("compressing in memory succeeds")
+    // One frame that states its size, so a reader allocates once.
+    zstd::bulk::compress(lines, 3).expect("compressing in memory succeeds")
 }
+
+/// The largest decompressed size of an archive object taken from its
+/// header.
+const MAX_DECLARED: u64 = 1 << 30;
 
 /// The NDJSON lines of an archive object (which may be several zstd
 /// frames one after another).
 pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe;
+    let single_frame = zstd_safe::find_frame_compressed_size(bytes).ok() == Some(bytes.len());
+    // A size beyond any object's is not believed: streaming grows as needed.
+    if let (true, Ok(Some(size @ ..=MAX_DECLARED))) =
+        (single_frame, zstd_safe::get_frame_content_size(bytes))
+        && let Ok(lines) = zstd::bulk::decompress(bytes, size as usize)
+    {
+        return Ok(lines);
+    }
     zstd::decode_all(bytes).map_err(|err| format!("not zstd: {err}"))
 }
 
