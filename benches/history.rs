@@ -99,7 +99,7 @@ fn day_of(source: &Source, count: usize, end: Timestamp, random: &mut Random) ->
     for (hour, weight) in load.iter().enumerate() {
         let n = (weight / total * count as f64).round() as usize;
         for _ in 0..n {
-            let offset = hour as i64 * 3600_000 + random.below(3600_000) as i64;
+            let offset = hour as i64 * 3_600_000 + random.below(3_600_000) as i64;
             finished.push(start + SignedDuration::from_millis(offset));
         }
     }

@@ -1124,7 +1124,7 @@ mod tests {
     #[test]
     fn results_sort_by_time_then_source_then_task_number() {
         let same = "2026-11-24T10:00:00Z";
-        let mut records = vec![
+        let mut records = [
             record("1-10", "shop/orders", TaskState::Succeeded, "w", same),
             record("1-9", "shop/orders", TaskState::Succeeded, "w", same),
             record("1-1", "shop/refunds", TaskState::Succeeded, "w", same),
