@@ -283,10 +283,8 @@ pub fn ids(lines: &[u8]) -> std::collections::HashSet<&str> {
 pub struct ObjectKey<'a> {
     /// The start of the hour every record in it finished in.
     pub hour: Timestamp,
-    /// None in objects written before the account and collection were in
-    /// the path.
-    pub account: Option<&'a str>,
-    pub collection: Option<&'a str>,
+    pub account: &'a str,
+    pub collection: &'a str,
     pub namespace: &'a str,
     pub name: &'a str,
     /// The epoch of the coordinator that wrote it: its tasks were planned
@@ -297,23 +295,15 @@ pub struct ObjectKey<'a> {
 
 impl<'a> ObjectKey<'a> {
     /// Parses a key relative to [`tasks_prefix`]:
-    /// `dt=D/hour=H/account=A/collection=C/NS.NAME/EPOCH-SEQ.ndjson.zst`, or
-    /// the older `dt=D/hour=H/NS.NAME/EPOCH-SEQ.ndjson.zst`. None for
-    /// anything else.
+    /// `dt=D/hour=H/account=A/collection=C/NS.NAME/EPOCH-SEQ.ndjson.zst`.
+    /// None for anything else.
     pub fn parse(relative: &'a str) -> Option<Self> {
         let parts: Vec<&str> = relative.split('/').collect();
-        let (dt, hour, account, collection, source, file) = match parts[..] {
-            [dt, hour, account, collection, source, file] => (
-                dt,
-                hour,
-                Some(account.strip_prefix("account=")?),
-                Some(collection.strip_prefix("collection=")?),
-                source,
-                file,
-            ),
-            [dt, hour, source, file] => (dt, hour, None, None, source, file),
-            _ => return None,
+        let [dt, hour, account, collection, source, file] = parts[..] else {
+            return None;
         };
+        let account = account.strip_prefix("account=")?;
+        let collection = collection.strip_prefix("collection=")?;
         let date: jiff::civil::Date = dt.strip_prefix("dt=")?.parse().ok()?;
         let hour = hour.strip_prefix("hour=")?;
         if hour.len() != 2 {
@@ -475,29 +465,33 @@ mod tests {
             ObjectKey::parse(relative),
             Some(ObjectKey {
                 hour: at("2026-11-24T07:00:00Z"),
-                account: Some("acme"),
-                collection: Some("orders"),
+                account: "acme",
+                collection: "orders",
                 namespace: "shop",
                 name: "orders",
                 epoch: 12,
                 seq: 1,
             })
         );
-        let old =
-            ObjectKey::parse("dt=2026-11-24/hour=23/shop.orders.v2/0000000001-00000009.ndjson.zst")
-                .unwrap();
+        let dotted = ObjectKey::parse(
+            "dt=2026-11-24/hour=23/account=a/collection=c/shop.orders.v2/0000000001-00000009.ndjson.zst",
+        )
+        .unwrap();
         assert_eq!(
-            (old.hour, old.account, old.name, old.seq),
-            (at("2026-11-24T23:00:00Z"), None, "orders.v2", 9)
+            (dotted.hour, dotted.namespace, dotted.name, dotted.seq),
+            (at("2026-11-24T23:00:00Z"), "shop", "orders.v2", 9)
         );
+        let good = "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/1-1.ndjson.zst";
+        assert!(ObjectKey::parse(good).is_some());
         for bad in [
-            "dt=2026-11-24/hour=24/shop.orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=7/shop.orders/1-1.ndjson.zst",
-            "dt=2026-13-01/hour=07/shop.orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=07/shop.orders/1-1.json",
-            "dt=2026-11-24/hour=07/orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=07/acme/orders/shop.orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=07/shop.orders/x-1.ndjson.zst",
+            "dt=2026-11-24/hour=24/account=a/collection=c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=7/account=a/collection=c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-13-01/hour=07/account=a/collection=c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/1-1.json",
+            "dt=2026-11-24/hour=07/account=a/collection=c/orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/x-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/a/c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/shop.orders/1-1.ndjson.zst",
             "checkpoints/shop.orders/manifest.json.zst",
         ] {
             assert_eq!(ObjectKey::parse(bad), None, "{bad}");

@@ -97,8 +97,8 @@ impl Filter {
             .and_then(|task| task.split_once('-'))
             .and_then(|(epoch, _)| epoch.parse::<u64>().ok());
         (first..=last).contains(&key.hour)
-            && same(&self.account, key.account)
-            && same(&self.collection, key.collection)
+            && same(&self.account, Some(key.account))
+            && same(&self.collection, Some(key.collection))
             && same(&self.namespace, Some(key.namespace))
             && same(&self.name, Some(key.name))
             && task_epoch.is_none_or(|epoch| epoch <= key.epoch)
