@@ -219,29 +219,123 @@ pub fn encode_lines(records: &[TaskRecord], lines: &mut Vec<u8>) {
     }
 }
 
-/// The bytes of an archive object holding the NDJSON `lines`.
-pub fn compress(lines: &[u8]) -> Vec<u8> {
-    // One frame that states its size, so a reader allocates once.
-    zstd::bulk::compress(lines, 3).expect("compressing in memory succeeds")
+/// The first frame of an archive object: a zstd skippable frame (which
+/// zstd, DuckDB and other readers pass over) holding the [`Index`] as JSON.
+const INDEX_MAGIC: u32 = 0x184D_2A50;
+
+/// What an archive object holds, frame by frame: its records are grouped
+/// by state, one zstd frame per state, so a reader that wants only the
+/// failed tasks fetches only their frame (a ranged GET).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Index {
+    pub frames: Vec<Frame>,
 }
 
-/// The largest decompressed size of an archive object taken from its
-/// header.
+/// One zstd frame of an archive object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The state of every record in it; None when it is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
+    pub records: u64,
+    /// Its compressed length.
+    pub bytes: u64,
+}
+
+/// The state a line's record has, read without parsing it (the writer puts
+/// `"state":"…"` there; a JSON string cannot hold an unescaped quote, so
+/// the first one is the field).
+fn line_state(line: &[u8]) -> Option<TaskState> {
+    const FIELD: &[u8] = b"\"state\":\"";
+    let start = memchr::memmem::find(line, FIELD)? + FIELD.len();
+    let length = memchr::memchr(b'"', &line[start..])?;
+    std::str::from_utf8(&line[start..start + length])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The bytes of an archive object holding the NDJSON `lines`: the
+/// [`Index`], then one frame per state (failed first; each states its
+/// size, so a reader allocates once).
+pub fn compress(lines: &[u8]) -> Vec<u8> {
+    let mut groups: BTreeMap<std::cmp::Reverse<Option<TaskState>>, (Vec<u8>, u64)> =
+        BTreeMap::new();
+    for line in lines
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+    {
+        let (group, records) = groups
+            .entry(std::cmp::Reverse(line_state(line)))
+            .or_default();
+        group.extend_from_slice(line);
+        group.push(b'\n');
+        *records += 1;
+    }
+    let mut index = Index::default();
+    let mut frames = Vec::new();
+    for (std::cmp::Reverse(state), (group, records)) in groups {
+        let frame = zstd::bulk::compress(&group, 3).expect("compressing in memory succeeds");
+        index.frames.push(Frame {
+            state,
+            records,
+            bytes: frame.len() as u64,
+        });
+        frames.extend(frame);
+    }
+    let json = serde_json::to_vec(&index).expect("an index always serializes");
+    let mut object = Vec::with_capacity(8 + json.len() + frames.len());
+    object.extend(INDEX_MAGIC.to_le_bytes());
+    object.extend((json.len() as u32).to_le_bytes());
+    object.extend(json);
+    object.extend(frames);
+    object
+}
+
+/// The index at the start of an archive object (`head` may be only its
+/// first bytes) and where its first frame starts; None when there is none
+/// or `head` is too short to hold it.
+pub fn index(head: &[u8]) -> Option<(Index, usize)> {
+    let magic = u32::from_le_bytes(head.get(..4)?.try_into().ok()?);
+    let length = u32::from_le_bytes(head.get(4..8)?.try_into().ok()?) as usize;
+    if magic != INDEX_MAGIC {
+        return None;
+    }
+    let index = serde_json::from_slice(head.get(8..8 + length)?).ok()?;
+    Some((index, 8 + length))
+}
+
+/// The largest decompressed size of a frame taken from its header.
 const MAX_DECLARED: u64 = 1 << 30;
 
-/// The NDJSON lines of an archive object (which may be several zstd
-/// frames one after another).
+/// The NDJSON lines of zstd `bytes`: an archive object, or some of its
+/// frames one after another.
 pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use zstd::zstd_safe;
-    let single_frame = zstd_safe::find_frame_compressed_size(bytes).ok() == Some(bytes.len());
-    // A size beyond any object's is not believed: streaming grows as needed.
-    if let (true, Ok(Some(size @ ..=MAX_DECLARED))) =
-        (single_frame, zstd_safe::get_frame_content_size(bytes))
-        && let Ok(lines) = zstd::bulk::decompress(bytes, size as usize)
-    {
-        return Ok(lines);
+    let mut lines = Vec::new();
+    let mut rest = bytes;
+    if let Some((_, start)) = index(rest) {
+        rest = &rest[start..];
     }
-    zstd::decode_all(bytes).map_err(|err| format!("not zstd: {err}"))
+    // Frame by frame, each into room of the size it states.
+    while !rest.is_empty() {
+        let Ok(length) = zstd_safe::find_frame_compressed_size(rest) else {
+            break;
+        };
+        let (frame, after) = rest.split_at(length.min(rest.len()));
+        let Ok(Some(size @ ..=MAX_DECLARED)) = zstd_safe::get_frame_content_size(frame) else {
+            break;
+        };
+        let decoded = zstd::bulk::decompress(frame, size as usize)
+            .map_err(|err| format!("not zstd: {err}"))?;
+        lines.extend(decoded);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        // What else the streaming decoder reads, or it names what is wrong.
+        lines.extend(zstd::decode_all(rest).map_err(|err| format!("not zstd: {err}"))?);
+    }
+    Ok(lines)
 }
 
 /// The bytes of an archive object: one JSON record per line, zstd-compressed.
@@ -496,6 +590,47 @@ mod tests {
         ] {
             assert_eq!(ObjectKey::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn an_object_indexes_one_frame_per_state_and_reads_whole_with_plain_zstd() {
+        let mut records: Vec<_> = (0..10)
+            .map(|i| record(&format!("1-{i}"), "2026-11-24T13:00:01Z"))
+            .collect();
+        for failed in [2, 7] {
+            records[failed].state = TaskState::Failed;
+            records[failed].error = Some("line 3: \"state\":\"succeeded\"".into());
+        }
+        let bytes = encode(&records);
+        let (index, start) = super::index(&bytes).unwrap();
+        let states: Vec<_> = index.frames.iter().map(|f| (f.state, f.records)).collect();
+        assert_eq!(
+            states,
+            [
+                (Some(TaskState::Failed), 2),
+                (Some(TaskState::Succeeded), 8)
+            ]
+        );
+        let failed_frame = &bytes[start..start + index.frames[0].bytes as usize];
+        let failed = String::from_utf8(decompress(failed_frame).unwrap()).unwrap();
+        assert_eq!(failed.lines().count(), 2);
+        assert!(
+            failed
+                .lines()
+                .all(|l| l.starts_with("{\"id\":\"1-2\"") || l.starts_with("{\"id\":\"1-7\""))
+        );
+        assert_eq!(
+            start + index.frames.iter().map(|f| f.bytes as usize).sum::<usize>(),
+            bytes.len()
+        );
+        // What zstd, DuckDB and other readers do: skip the index, read all.
+        let plain = zstd::decode_all(&bytes[..]).unwrap();
+        assert_eq!(plain, decompress(&bytes).unwrap());
+        let mut all = decode(&bytes).unwrap();
+        all.sort_by_key(|r| r.id.clone());
+        records.sort_by_key(|r| r.id.clone());
+        assert_eq!(all, records);
+        assert_eq!(super::index(&bytes[..start - 1]), None, "cut short");
     }
 
     #[test]

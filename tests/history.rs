@@ -39,8 +39,7 @@ type Of<'a> = (&'a str, &'a str, &'a str, &'a str);
 /// whole hour before now is 5 minutes away from any record. Every 7th
 /// failed, with one of two kinds of error; three workers and one task
 /// without any; the first source's older half planned by epoch 1, the rest
-/// by epoch 2. Written oldest first, three records per flush, through the
-/// coordinator's appender and archive writer.
+/// by epoch 2. Written by [`write`].
 async fn generate(of: &[Of<'_>], per_source: usize) -> Archive {
     let minio = minio();
     let bucket = minio.bucket("history").await.unwrap();
@@ -109,30 +108,7 @@ async fn generate(of: &[Of<'_>], per_source: usize) -> Archive {
             namespace: namespace.into(),
             name: name.into(),
         };
-        let mut appender: Option<(u64, Appender)> = None;
-        let mut written = HashMap::new();
-        for flush in records.chunks(3) {
-            for record in flush {
-                let epoch: u64 = record.id.split('-').next().unwrap().parse().unwrap();
-                if appender
-                    .as_ref()
-                    .is_none_or(|(current, _)| *current != epoch)
-                {
-                    appender = Some((epoch, Appender::new(Some(PREFIX), &source, epoch)));
-                }
-                let (_, appender) = appender.as_mut().unwrap();
-                let now = record.finished + SignedDuration::from_secs(5);
-                for batch in appender.append(vec![record.clone()], now) {
-                    let known = written.remove(&batch.key);
-                    let object = archiver::append(&client, &bucket, &batch, known)
-                        .await
-                        .unwrap_or_else(|unwritten| panic!("{}", unwritten.reason));
-                    if appender.is_open(&batch.key) {
-                        written.insert(batch.key.clone(), object);
-                    }
-                }
-            }
-        }
+        write(&client, &bucket, &source, &records, 1).await;
         all.extend(records);
     }
     all.sort_by_key(|record| record.finished);
@@ -140,6 +116,40 @@ async fn generate(of: &[Of<'_>], per_source: usize) -> Archive {
         bucket,
         records: all,
         t0,
+    }
+}
+
+/// Writes `records` (oldest first, their epoch in their ids) as
+/// coordinators do: `per_flush` at a time, through the appender and the
+/// archive writer.
+async fn write(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    source: &Source,
+    records: &[TaskRecord],
+    per_flush: usize,
+) {
+    let mut appender: Option<(u64, Appender)> = None;
+    let mut written = HashMap::new();
+    for flush in records.chunks(per_flush) {
+        let epoch: u64 = flush[0].id.split('-').next().unwrap().parse().unwrap();
+        if appender
+            .as_ref()
+            .is_none_or(|(current, _)| *current != epoch)
+        {
+            appender = Some((epoch, Appender::new(Some(PREFIX), source, epoch)));
+        }
+        let (_, appender) = appender.as_mut().unwrap();
+        let now = flush[flush.len() - 1].finished + SignedDuration::from_secs(5);
+        for batch in appender.append(flush.to_vec(), now) {
+            let known = written.remove(&batch.key);
+            let object = archiver::append(client, bucket, &batch, known)
+                .await
+                .unwrap_or_else(|unwritten| panic!("{}", unwritten.reason));
+            if appender.is_open(&batch.key) {
+                written.insert(batch.key.clone(), object);
+            }
+        }
     }
 }
 
@@ -926,4 +936,71 @@ fn as_a_kubectl_plugin_the_help_says_kubectl_sluice_history() {
         help.contains("kubectl sluice history --collection orders --state failed"),
         "{help}"
     );
+}
+
+#[tokio::test]
+async fn a_state_filter_fetches_only_that_states_frames_of_large_objects() {
+    let archive = generate(&[("acme", "orders", "shop", "orders")], 1).await;
+    let client = minio().client().await;
+    let source = Source {
+        account: "acme".into(),
+        collection: "orders".into(),
+        namespace: "shop".into(),
+        name: "orders".into(),
+    };
+    let template = archive.records[0].clone();
+    let records: Vec<TaskRecord> = (0..4000u64)
+        .rev()
+        .map(|i| {
+            let mut record = template.clone();
+            record.id = format!("5-{}", 4000 - i);
+            record.finished = archive.t0 - SignedDuration::from_millis(i as i64 * 400);
+            record.state = if i % 9 == 0 {
+                TaskState::Failed
+            } else {
+                TaskState::Succeeded
+            };
+            record.error = (i % 9 == 0).then(|| format!("failure {i}"));
+            let noise = |salt: u64| (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            record.objects[0].key = format!("in/{:016x}{:016x}.ndjson", noise(1), noise(2));
+            record.objects[0].etag = format!("\"{:016x}{:016x}\"", noise(3), noise(4));
+            record
+        })
+        .collect();
+    write(&client, &archive.bucket, &source, &records, 500).await;
+    let sizes: Vec<i64> = client
+        .list_objects_v2()
+        .bucket(&archive.bucket)
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.size())
+        .collect();
+    assert!(
+        sizes.iter().any(|size| *size > 64 << 10),
+        "objects larger than the first bytes read: {sizes:?}"
+    );
+    for state in [TaskState::Failed, TaskState::Succeeded] {
+        let printed = query(
+            &archive,
+            &["--since=2h", &format!("--state={}", state.as_str())],
+        );
+        let wanted = records
+            .iter()
+            .chain(&archive.records)
+            .filter(|r| r.state == state);
+        let (mut printed, mut wanted) = (names(&printed), names(wanted));
+        printed.sort();
+        wanted.sort();
+        let missing: Vec<_> = wanted.iter().filter(|n| !printed.contains(n)).collect();
+        let extra: Vec<_> = printed.iter().filter(|n| !wanted.contains(n)).collect();
+        assert!(
+            printed == wanted,
+            "{state:?}: {} printed, {} wanted; missing {missing:?}, extra {extra:?}",
+            printed.len(),
+            wanted.len()
+        );
+    }
 }

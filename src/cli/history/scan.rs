@@ -8,11 +8,15 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::progress::Progress;
 use super::query::{Collected, Matcher, Scanned, Stats};
+use crate::api::TaskState;
 use crate::archive::{self, ObjectKey};
 use crate::s3;
 
 /// Partition listings in flight at once.
 const PARALLEL_LISTS: usize = 16;
+/// The first bytes of an object read when only the frames of one state
+/// are wanted: the index, and often the failed tasks' frame too.
+const HEAD_BYTES: u64 = 64 << 10;
 /// Object reads in flight at once: enough to keep the store busy while
 /// earlier objects are scanned.
 const PARALLEL_READS: usize = 16;
@@ -223,13 +227,14 @@ impl Archive {
         Ok(keys)
     }
 
-    /// The bytes of one object.
-    async fn get(&self, key: &str) -> Result<bytes::Bytes, String> {
+    /// The bytes of one object, or of the inclusive byte range of it.
+    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<bytes::Bytes, String> {
         let response = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_range(range.map(|(first, last)| format!("bytes={first}-{last}")))
             .send()
             .await
             .map_err(|err| reason(&err))?;
@@ -239,6 +244,48 @@ impl Archive {
             .await
             .map_err(|err| format!("the download broke off: {err}"))?;
         Ok(body.into_bytes())
+    }
+
+    /// The zstd bytes of `object` that can hold records in `state`: with
+    /// a state, the object's index (in its first bytes) says which frames
+    /// hold it, and only those are fetched.
+    async fn fetch(
+        &self,
+        object: &Listed,
+        state: Option<TaskState>,
+    ) -> Result<bytes::Bytes, String> {
+        let Some(state) = state else {
+            return self.get(&object.key, None).await;
+        };
+        let head = self
+            .get(
+                &object.key,
+                (object.size > HEAD_BYTES).then_some((0, HEAD_BYTES - 1)),
+            )
+            .await?;
+        let whole = head.len() as u64 >= object.size;
+        let Some((index, start)) = archive::index(&head) else {
+            return match whole {
+                true => Ok(head),
+                false => self.get(&object.key, None).await,
+            };
+        };
+        let mut offset = start as u64;
+        let mut wanted: Option<(u64, u64)> = None;
+        for frame in &index.frames {
+            let end = offset + frame.bytes;
+            if frame.state.is_none_or(|frame_state| frame_state == state) {
+                wanted = Some((wanted.map_or(offset, |(from, _)| from), end));
+            }
+            offset = end;
+        }
+        match wanted {
+            None => Ok(bytes::Bytes::new()),
+            Some((from, to)) if to <= head.len() as u64 => {
+                Ok(head.slice(from as usize..to as usize))
+            }
+            Some((from, to)) => self.get(&object.key, Some((from, to - 1))).await,
+        }
     }
 }
 
@@ -298,7 +345,7 @@ pub async fn read(
             async move {
                 let url = format!("s3://{}/{}", archive.bucket, object.key);
                 let bytes = archive
-                    .get(&object.key)
+                    .fetch(&object, matcher.filter().state)
                     .await
                     .map_err(|reason| format!("{url}: {reason}"))?;
                 let size = bytes.len() as u64;
