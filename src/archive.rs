@@ -19,6 +19,10 @@
 //! written (the coordinator's epoch and a sequence number, both in its
 //! checkpoint), and every write holds the records written before, so
 //! writing it again after a crash overwrites it instead of adding a copy.
+//!
+//! Inside an object, records are grouped by state, one zstd frame per
+//! state, after an [`Index`] in a skippable frame: plain zstd readers see
+//! one NDJSON stream, and a reader of the failed tasks only fetches theirs.
 
 use std::collections::BTreeMap;
 use std::io::Write;
