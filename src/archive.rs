@@ -2,19 +2,32 @@
 //! S3 as zstd-compressed NDJSON objects partitioned by time and source:
 //!
 //! ```text
-//! <prefix>/tasks/dt=2026-11-24/hour=13/<namespace>.<name>/<epoch>-<seq>.ndjson.zst
+//! <prefix>/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/<namespace>.<name>/<epoch>-<seq>.ndjson.zst
 //! ```
 //!
-//! The `dt=`/`hour=` directories are Hive partitions, so DuckDB, Athena or
-//! Spark read the layout directly, for example
-//! `SELECT * FROM read_json('s3://bucket/prefix/tasks/*/*/*/*.ndjson.zst', hive_partitioning = true)`.
-//! A batch's name is fixed before it is written (the coordinator's epoch and
-//! a sequence number, both in its checkpoint), so writing it again after a
-//! crash overwrites it instead of adding a copy.
+//! The `dt=`, `hour=`, `account=` and `collection=` directories are Hive
+//! partitions, so DuckDB, Athena or Spark read the layout directly, for
+//! example
+//! `SELECT * FROM read_json('s3://bucket/prefix/tasks/**/*.ndjson.zst', hive_partitioning = true)`,
+//! and a reader that filters by time, account, collection or source reads
+//! only the objects whose key can hold a match ([`ObjectKey`]).
+//!
+//! Few objects, so that reading a day of them is fast: the coordinator
+//! appends each flush's records to one open object per hour partition,
+//! rewriting it whole ([`Appender`]), until it holds [`MAX_OBJECT_BYTES`] or
+//! its hour is over. An object's name is fixed before its records are
+//! written (the coordinator's epoch and a sequence number, both in its
+//! checkpoint), and every write holds the records written before, so
+//! writing it again after a crash overwrites it instead of adding a copy.
+//!
+//! Inside an object, records are grouped by state, one zstd frame per
+//! state, after an [`Index`] in a skippable frame: plain zstd readers see
+//! one NDJSON stream, and a reader of the failed tasks only fetches theirs.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ObjectRef, TaskState};
@@ -50,66 +63,295 @@ pub struct TaskRecord {
     pub error: Option<String>,
 }
 
-/// Records to be written as one archive object.
+/// Records that belong in one archive object.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Batch {
     /// The object key, relative to the archive location's bucket.
     pub key: String,
+    /// Records the object must hold, after those it already holds (a
+    /// record already in it, by task id, is not added again).
     pub records: Vec<TaskRecord>,
 }
 
-/// Where the task records of one source live under the archive prefix.
+/// An archive object takes no more records once its NDJSON (before
+/// compression) is this large: it bounds what a flush rewrites and what the
+/// coordinator holds, and still makes objects large enough that reading a
+/// busy day takes few requests.
+pub const MAX_OBJECT_BYTES: usize = 8 << 20;
+
+/// An hour's open object still takes records that finished in that hour
+/// this long after it ended (tasks are archived at the next flush, seconds
+/// later); later ones start a new object.
+const LATE: SignedDuration = SignedDuration::from_mins(10);
+
+/// Where the task records live under the archive prefix.
 pub fn tasks_prefix(prefix: Option<&str>) -> String {
     crate::s3::join(prefix, "tasks/")
 }
 
-/// Splits `records` into batches, one per hour partition, named
-/// `<epoch>-<seq>` with `seq` counting up from `*next_seq`.
-pub fn batches(
-    prefix: Option<&str>,
-    source: (&str, &str),
-    epoch: u64,
-    next_seq: &mut u64,
-    records: Vec<TaskRecord>,
-) -> Vec<Batch> {
-    let mut by_hour: std::collections::BTreeMap<String, Vec<TaskRecord>> = Default::default();
-    for record in records {
-        let hour = record.finished.strftime("dt=%Y-%m-%d/hour=%H").to_string();
-        by_hour.entry(hour).or_default().push(record);
+/// The start of the hour `at` falls in (UTC).
+pub fn hour_of(at: Timestamp) -> Timestamp {
+    let second = at.as_second();
+    Timestamp::from_second(second - second.rem_euclid(3600)).expect("an hour start is in range")
+}
+
+/// The time partition of the hour starting at `hour`: `dt=YYYY-MM-DD/hour=HH`.
+pub fn partition(hour: Timestamp) -> String {
+    hour.strftime("dt=%Y-%m-%d/hour=%H").to_string()
+}
+
+/// The source whose records an [`Appender`] archives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub account: String,
+    pub collection: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Source {
+    /// `account=A/collection=C/NAMESPACE.NAME`: the source's directory
+    /// below a time partition.
+    pub fn dir(&self) -> String {
+        format!(
+            "account={}/collection={}/{}.{}",
+            self.account, self.collection, self.namespace, self.name
+        )
     }
-    let (namespace, name) = source;
-    by_hour
-        .into_iter()
-        .map(|(partition, records)| {
-            let seq = *next_seq;
-            *next_seq += 1;
-            Batch {
-                key: format!(
-                    "{}{partition}/{namespace}.{name}/{epoch:010}-{seq:08}.ndjson.zst",
-                    tasks_prefix(prefix)
-                ),
-                records,
+}
+
+/// Decides which archive object each finished task's record goes to: one
+/// open object per hour partition, named `<epoch>-<seq>` with `seq` counting
+/// up, that each flush appends to until it holds [`MAX_OBJECT_BYTES`] or
+/// its hour is over. Plain state: the coordinator does the writing.
+#[derive(Debug)]
+pub struct Appender {
+    tasks_prefix: String,
+    source_dir: String,
+    epoch: u64,
+    next_seq: u64,
+    /// By hour start.
+    open: BTreeMap<Timestamp, Open>,
+}
+
+#[derive(Debug)]
+struct Open {
+    key: String,
+    /// NDJSON bytes assigned to it so far.
+    bytes: usize,
+}
+
+impl Appender {
+    /// An appender of `source`'s records for the coordinator of `epoch`,
+    /// under the archive `prefix`. Objects of earlier epochs are never
+    /// appended to.
+    pub fn new(prefix: Option<&str>, source: &Source, epoch: u64) -> Self {
+        Self {
+            tasks_prefix: tasks_prefix(prefix),
+            source_dir: source.dir(),
+            epoch,
+            next_seq: 1,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Assigns `records` to objects (by the hour they finished in) and
+    /// returns one batch per object that takes some, in key order. At
+    /// `now`, hours long over are closed first.
+    pub fn append(&mut self, records: Vec<TaskRecord>, now: Timestamp) -> Vec<Batch> {
+        self.open
+            .retain(|hour, _| *hour + SignedDuration::from_hours(1) + LATE > now);
+        let mut batches: BTreeMap<String, Vec<TaskRecord>> = BTreeMap::new();
+        for record in records {
+            let size = line_len(&record);
+            let hour = hour_of(record.finished);
+            let full = self
+                .open
+                .get(&hour)
+                .is_some_and(|open| open.bytes > 0 && open.bytes + size > MAX_OBJECT_BYTES);
+            if full || !self.open.contains_key(&hour) {
+                let key = format!(
+                    "{}{}/{}/{:010}-{:08}.ndjson.zst",
+                    self.tasks_prefix,
+                    partition(hour),
+                    self.source_dir,
+                    self.epoch,
+                    self.next_seq
+                );
+                self.next_seq += 1;
+                self.open.insert(hour, Open { key, bytes: 0 });
             }
-        })
-        .collect()
+            let open = self.open.get_mut(&hour).expect("inserted above");
+            open.bytes += size;
+            batches.entry(open.key.clone()).or_default().push(record);
+        }
+        batches
+            .into_iter()
+            .map(|(key, records)| Batch { key, records })
+            .collect()
+    }
+
+    /// Whether later records may still be appended to `key`.
+    pub fn is_open(&self, key: &str) -> bool {
+        self.open.values().any(|open| open.key == key)
+    }
+}
+
+/// The length of `record`'s NDJSON line, newline included.
+fn line_len(record: &TaskRecord) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(1);
+    serde_json::to_writer(&mut count, record).expect("a record always serializes");
+    count.0
+}
+
+/// Appends `records` to `lines` as NDJSON, one record per line.
+pub fn encode_lines(records: &[TaskRecord], lines: &mut Vec<u8>) {
+    for record in records {
+        serde_json::to_writer(&mut *lines, record).expect("a record always serializes");
+        lines.push(b'\n');
+    }
+}
+
+/// The first frame of an archive object: a zstd skippable frame (which
+/// zstd, DuckDB and other readers pass over) holding the [`Index`] as JSON.
+const INDEX_MAGIC: u32 = 0x184D_2A50;
+
+/// What an archive object holds, frame by frame: its records are grouped
+/// by state, one zstd frame per state, so a reader that wants only the
+/// failed tasks fetches only their frame (a ranged GET).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Index {
+    pub frames: Vec<Frame>,
+}
+
+/// One zstd frame of an archive object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The state of every record in it; None when it is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
+    pub records: u64,
+    /// Its compressed length.
+    pub bytes: u64,
+}
+
+/// The state a line's record has, read without parsing it (the writer puts
+/// `"state":"…"` there; a JSON string cannot hold an unescaped quote, so
+/// the first one is the field).
+fn line_state(line: &[u8]) -> Option<TaskState> {
+    const FIELD: &[u8] = b"\"state\":\"";
+    let start = memchr::memmem::find(line, FIELD)? + FIELD.len();
+    let length = memchr::memchr(b'"', &line[start..])?;
+    std::str::from_utf8(&line[start..start + length])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The bytes of an archive object holding the NDJSON `lines`: the
+/// [`Index`], then one frame per state (failed first; each states its
+/// size, so a reader allocates once).
+pub fn compress(lines: &[u8]) -> Vec<u8> {
+    let mut groups: BTreeMap<std::cmp::Reverse<Option<TaskState>>, (Vec<u8>, u64)> =
+        BTreeMap::new();
+    for line in lines
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+    {
+        let (group, records) = groups
+            .entry(std::cmp::Reverse(line_state(line)))
+            .or_default();
+        group.extend_from_slice(line);
+        group.push(b'\n');
+        *records += 1;
+    }
+    let mut index = Index::default();
+    let mut frames = Vec::new();
+    for (std::cmp::Reverse(state), (group, records)) in groups {
+        let frame = zstd::bulk::compress(&group, 3).expect("compressing in memory succeeds");
+        index.frames.push(Frame {
+            state,
+            records,
+            bytes: frame.len() as u64,
+        });
+        frames.extend(frame);
+    }
+    let json = serde_json::to_vec(&index).expect("an index always serializes");
+    let mut object = Vec::with_capacity(8 + json.len() + frames.len());
+    object.extend(INDEX_MAGIC.to_le_bytes());
+    object.extend((json.len() as u32).to_le_bytes());
+    object.extend(json);
+    object.extend(frames);
+    object
+}
+
+/// The index at the start of an archive object (`head` may be only its
+/// first bytes) and where its first frame starts; None when there is none
+/// or `head` is too short to hold it.
+pub fn index(head: &[u8]) -> Option<(Index, usize)> {
+    let magic = u32::from_le_bytes(head.get(..4)?.try_into().ok()?);
+    let length = u32::from_le_bytes(head.get(4..8)?.try_into().ok()?) as usize;
+    if magic != INDEX_MAGIC {
+        return None;
+    }
+    let index = serde_json::from_slice(head.get(8..8 + length)?).ok()?;
+    Some((index, 8 + length))
+}
+
+/// The largest decompressed size of a frame taken from its header.
+const MAX_DECLARED: u64 = 1 << 30;
+
+/// The NDJSON lines of zstd `bytes`: an archive object, or some of its
+/// frames one after another.
+pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe;
+    let mut lines = Vec::new();
+    let mut rest = bytes;
+    if let Some((_, start)) = index(rest) {
+        rest = &rest[start..];
+    }
+    // Frame by frame, each into room of the size it states.
+    while !rest.is_empty() {
+        let Ok(length) = zstd_safe::find_frame_compressed_size(rest) else {
+            break;
+        };
+        let (frame, after) = rest.split_at(length.min(rest.len()));
+        let Ok(Some(size @ ..=MAX_DECLARED)) = zstd_safe::get_frame_content_size(frame) else {
+            break;
+        };
+        let decoded = zstd::bulk::decompress(frame, size as usize)
+            .map_err(|err| format!("not zstd: {err}"))?;
+        lines.extend(decoded);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        // What else the streaming decoder reads, or it names what is wrong.
+        lines.extend(zstd::decode_all(rest).map_err(|err| format!("not zstd: {err}"))?);
+    }
+    Ok(lines)
 }
 
 /// The bytes of an archive object: one JSON record per line, zstd-compressed.
 pub fn encode(records: &[TaskRecord]) -> Vec<u8> {
-    let mut encoder = zstd::Encoder::new(Vec::new(), 3).expect("zstd level 3 is valid");
-    for record in records {
-        serde_json::to_writer(&mut encoder, record).expect("a record always serializes");
-        encoder
-            .write_all(b"\n")
-            .expect("writing to memory succeeds");
-    }
-    encoder.finish().expect("writing to memory succeeds")
+    let mut lines = Vec::new();
+    encode_lines(records, &mut lines);
+    compress(&lines)
 }
 
 /// Reads an archive object back.
 pub fn decode(bytes: &[u8]) -> Result<Vec<TaskRecord>, String> {
-    let text = zstd::decode_all(bytes).map_err(|err| format!("not zstd: {err}"))?;
+    let text = decompress(bytes)?;
     text.split(|byte| *byte == b'\n')
         .enumerate()
         .filter(|(_, line)| !line.is_empty())
@@ -117,6 +359,73 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<TaskRecord>, String> {
             serde_json::from_slice(line).map_err(|err| format!("line {}: {err}", index + 1))
         })
         .collect()
+}
+
+/// The task ids in an archive object's NDJSON lines.
+pub fn ids(lines: &[u8]) -> std::collections::HashSet<&str> {
+    #[derive(Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: &'a str,
+    }
+    lines
+        .split(|byte| *byte == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Id>(line).ok())
+        .map(|record| record.id)
+        .collect()
+}
+
+/// What an archive object's key says about the records in it, so a reader
+/// skips objects that cannot hold a match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectKey<'a> {
+    /// The start of the hour every record in it finished in.
+    pub hour: Timestamp,
+    pub account: &'a str,
+    pub collection: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// The epoch of the coordinator that wrote it: its tasks were planned
+    /// in that epoch or an earlier one.
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl<'a> ObjectKey<'a> {
+    /// Parses a key relative to [`tasks_prefix`]:
+    /// `dt=D/hour=H/account=A/collection=C/NS.NAME/EPOCH-SEQ.ndjson.zst`.
+    /// None for anything else.
+    pub fn parse(relative: &'a str) -> Option<Self> {
+        let parts: Vec<&str> = relative.split('/').collect();
+        let [dt, hour, account, collection, source, file] = parts[..] else {
+            return None;
+        };
+        let account = account.strip_prefix("account=")?;
+        let collection = collection.strip_prefix("collection=")?;
+        let date: jiff::civil::Date = dt.strip_prefix("dt=")?.parse().ok()?;
+        let hour = hour.strip_prefix("hour=")?;
+        if hour.len() != 2 {
+            return None;
+        }
+        let hour: i8 = hour.parse().ok().filter(|h| (0..24).contains(h))?;
+        let hour = date
+            .at(hour, 0, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp();
+        // A namespace has no dots; a name may.
+        let (namespace, name) = source.split_once('.')?;
+        let (epoch, seq) = file.strip_suffix(".ndjson.zst")?.split_once('-')?;
+        Some(Self {
+            hour,
+            account,
+            collection,
+            namespace,
+            name,
+            epoch: epoch.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -149,30 +458,190 @@ mod tests {
         }
     }
 
+    fn source() -> Source {
+        Source {
+            account: "acme".into(),
+            collection: "orders".into(),
+            namespace: "shop".into(),
+            name: "orders".into(),
+        }
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn keys(batches: &[Batch]) -> Vec<&str> {
+        batches.iter().map(|b| b.key.as_str()).collect()
+    }
+
     #[test]
-    fn batches_are_partitioned_by_hour_and_named_by_epoch_and_sequence() {
-        let mut seq = 7;
-        let batches = batches(
-            Some("archive/"),
-            ("shop", "orders"),
-            3,
-            &mut seq,
+    fn records_go_to_one_object_per_hour_named_by_epoch_and_sequence() {
+        let mut appender = Appender::new(Some("archive/"), &source(), 3);
+        let batches = appender.append(
             vec![
                 record("3-1", "2026-11-24T13:00:01Z"),
                 record("3-2", "2026-11-24T12:59:59Z"),
                 record("3-3", "2026-11-24T13:30:00Z"),
             ],
+            at("2026-11-24T13:30:05Z"),
         );
-        let keys: Vec<_> = batches.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(
-            keys,
+            keys(&batches),
             [
-                "archive/tasks/dt=2026-11-24/hour=12/shop.orders/0000000003-00000007.ndjson.zst",
-                "archive/tasks/dt=2026-11-24/hour=13/shop.orders/0000000003-00000008.ndjson.zst",
+                "archive/tasks/dt=2026-11-24/hour=12/account=acme/collection=orders/shop.orders/0000000003-00000002.ndjson.zst",
+                "archive/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/shop.orders/0000000003-00000001.ndjson.zst",
             ]
         );
         assert_eq!(batches[1].records.len(), 2);
-        assert_eq!(seq, 9);
+        assert!(appender.is_open(&batches[0].key) && appender.is_open(&batches[1].key));
+    }
+
+    #[test]
+    fn later_flushes_append_to_the_open_object_of_their_hour() {
+        let mut appender = Appender::new(None, &source(), 1);
+        let first = appender.append(
+            vec![record("1-1", "2026-11-24T13:00:01Z")],
+            at("2026-11-24T13:00:05Z"),
+        );
+        let second = appender.append(
+            vec![record("1-2", "2026-11-24T13:59:59Z")],
+            at("2026-11-24T14:00:03Z"),
+        );
+        assert_eq!(keys(&first), keys(&second));
+        assert_eq!(second[0].records[0].id, "1-2");
+    }
+
+    #[test]
+    fn an_hour_long_over_is_closed_and_a_late_record_starts_a_new_object() {
+        let mut appender = Appender::new(None, &source(), 1);
+        let first = appender.append(
+            vec![record("1-1", "2026-11-24T13:00:01Z")],
+            at("2026-11-24T13:00:05Z"),
+        );
+        let kept = appender.append(Vec::new(), at("2026-11-24T14:09:59Z"));
+        assert!(kept.is_empty() && appender.is_open(&first[0].key));
+        let late = appender.append(
+            vec![record("1-2", "2026-11-24T13:59:59Z")],
+            at("2026-11-24T14:10:00Z"),
+        );
+        assert!(!appender.is_open(&first[0].key));
+        assert_ne!(keys(&first), keys(&late));
+        assert!(late[0].key.contains("hour=13/"), "{}", late[0].key);
+        assert!(late[0].key.ends_with("0000000001-00000002.ndjson.zst"));
+    }
+
+    #[test]
+    fn a_full_object_is_closed_and_the_next_records_start_another() {
+        let mut appender = Appender::new(None, &source(), 1);
+        let size = line_len(&record("1-0000000", "2026-11-24T13:00:01Z"));
+        let per_object = MAX_OBJECT_BYTES / size;
+        let records: Vec<_> = (0..per_object + 1)
+            .map(|i| record(&format!("1-{i:07}"), "2026-11-24T13:00:01Z"))
+            .collect();
+        let batches = appender.append(records, at("2026-11-24T13:00:05Z"));
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].records.len(), per_object);
+        assert_eq!(batches[1].records.len(), 1);
+        let mut lines = Vec::new();
+        encode_lines(&batches[0].records, &mut lines);
+        assert!(lines.len() <= MAX_OBJECT_BYTES);
+        assert!(!appender.is_open(&batches[0].key) && appender.is_open(&batches[1].key));
+    }
+
+    #[test]
+    fn keys_say_when_and_whose_their_records_are() {
+        let mut appender = Appender::new(Some("p"), &source(), 12);
+        let batch = appender
+            .append(
+                vec![record("12-1", "2026-11-24T07:15:00Z")],
+                at("2026-11-24T07:15:01Z"),
+            )
+            .remove(0);
+        let relative = batch.key.strip_prefix("p/tasks/").unwrap();
+        assert_eq!(
+            ObjectKey::parse(relative),
+            Some(ObjectKey {
+                hour: at("2026-11-24T07:00:00Z"),
+                account: "acme",
+                collection: "orders",
+                namespace: "shop",
+                name: "orders",
+                epoch: 12,
+                seq: 1,
+            })
+        );
+        let dotted = ObjectKey::parse(
+            "dt=2026-11-24/hour=23/account=a/collection=c/shop.orders.v2/0000000001-00000009.ndjson.zst",
+        )
+        .unwrap();
+        assert_eq!(
+            (dotted.hour, dotted.namespace, dotted.name, dotted.seq),
+            (at("2026-11-24T23:00:00Z"), "shop", "orders.v2", 9)
+        );
+        let good = "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/1-1.ndjson.zst";
+        assert!(ObjectKey::parse(good).is_some());
+        for bad in [
+            "dt=2026-11-24/hour=24/account=a/collection=c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=7/account=a/collection=c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-13-01/hour=07/account=a/collection=c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/1-1.json",
+            "dt=2026-11-24/hour=07/account=a/collection=c/orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/x-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/a/c/shop.orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/shop.orders/1-1.ndjson.zst",
+            "checkpoints/shop.orders/manifest.json.zst",
+        ] {
+            assert_eq!(ObjectKey::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_object_indexes_one_frame_per_state_and_reads_whole_with_plain_zstd() {
+        let mut records: Vec<_> = (0..10)
+            .map(|i| record(&format!("1-{i}"), "2026-11-24T13:00:01Z"))
+            .collect();
+        for failed in [2, 7] {
+            records[failed].state = TaskState::Failed;
+            records[failed].error = Some("line 3: \"state\":\"succeeded\"".into());
+        }
+        let bytes = encode(&records);
+        let (index, start) = super::index(&bytes).unwrap();
+        let states: Vec<_> = index.frames.iter().map(|f| (f.state, f.records)).collect();
+        assert_eq!(
+            states,
+            [
+                (Some(TaskState::Failed), 2),
+                (Some(TaskState::Succeeded), 8)
+            ]
+        );
+        let failed_frame = &bytes[start..start + index.frames[0].bytes as usize];
+        let failed = String::from_utf8(decompress(failed_frame).unwrap()).unwrap();
+        assert_eq!(failed.lines().count(), 2);
+        assert!(
+            failed
+                .lines()
+                .all(|l| l.starts_with("{\"id\":\"1-2\"") || l.starts_with("{\"id\":\"1-7\""))
+        );
+        assert_eq!(
+            start + index.frames.iter().map(|f| f.bytes as usize).sum::<usize>(),
+            bytes.len()
+        );
+        // What zstd, DuckDB and other readers do: skip the index, read all.
+        let plain = zstd::decode_all(&bytes[..]).unwrap();
+        assert_eq!(plain, decompress(&bytes).unwrap());
+        let mut all = decode(&bytes).unwrap();
+        all.sort_by_key(|r| r.id.clone());
+        records.sort_by_key(|r| r.id.clone());
+        assert_eq!(all, records);
+        assert_eq!(super::index(&bytes[..start - 1]), None, "cut short");
+    }
+
+    #[test]
+    fn objects_of_several_zstd_frames_read_as_one() {
+        let mut bytes = encode(&[record("1-1", "2026-11-24T13:00:01Z")]);
+        bytes.extend(encode(&[record("1-2", "2026-11-24T13:00:02Z")]));
+        assert_eq!(decode(&bytes).unwrap().len(), 2);
     }
 
     #[test]

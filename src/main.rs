@@ -47,6 +47,8 @@ enum Command {
 
     Tasks(sluice::cli::tasks::TasksArgs),
 
+    History(sluice::cli::history::HistoryArgs),
+
     /// Development tools: a local environment of real components.
     #[command(hide = true, subcommand)]
     Dev(DevCommand),
@@ -80,6 +82,7 @@ async fn main() -> ExitCode {
         Command::Coordinator(args) => exit("coordinator", sluice::coordinator::run(args).await),
         Command::Worker(args) => exit("worker", sluice::worker::run(args).await),
         Command::Tasks(args) => exit("tasks", sluice::cli::tasks::run(args).await),
+        Command::History(args) => exit("history", sluice::cli::history::run(args).await),
         Command::Dev(DevCommand::Demo(args)) => {
             exit("dev demo", sluice::testenv::demo::run(&args).await)
         }

@@ -4,6 +4,7 @@
 //! the PATH, the same binary is the kubectl plugin `kubectl sluice`.
 
 pub mod cluster;
+pub mod history;
 pub mod output;
 pub mod tasks;
 

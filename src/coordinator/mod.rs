@@ -6,6 +6,7 @@
 //! checkpoint ([`checkpoint`]) and archives the tasks that ended
 //! ([`crate::archive`]).
 
+pub mod archiver;
 pub mod checkpoint;
 pub mod http;
 pub mod keys;
@@ -14,11 +15,11 @@ pub mod metrics;
 pub mod publish;
 pub mod tasks;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use jiff::Timestamp;
 use prometheus_client::registry::Registry;
@@ -26,10 +27,11 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::api::Summary;
-use crate::archive::{self, Batch};
+use crate::archive::{self, Appender, Batch};
 use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
 use crate::telemetry::{self, Readiness};
+use archiver::{Unwritten, Written, append};
 use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
 use keys::{FinishedKeys, Merged};
 use tasks::{Identity, Limits, Tasks};
@@ -187,13 +189,24 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         }
         Err(err) => info!(reason = %err, "no Kubernetes configuration: not publishing status"),
     }
+    let appender = Appender::new(
+        config.archive.prefix.as_deref(),
+        &archive::Source {
+            account: config.account.clone(),
+            collection: config.collection.clone(),
+            namespace: config.namespace.clone(),
+            name: config.name.clone(),
+        },
+        checkpoint.epoch(),
+    );
     let mut committer = Committer {
         shared,
         checkpoint,
         archive: archive_client,
         config,
         outbox: manifest.outbox,
-        next_batch: 1,
+        appender,
+        written: HashMap::new(),
         obsolete: Vec::new(),
         compaction: None,
         last: None,
@@ -219,9 +232,15 @@ struct Committer {
     checkpoint: Checkpoint,
     archive: aws_sdk_s3::Client,
     config: RuntimeConfig,
-    /// Batches in a written manifest but maybe not yet in the archive.
+    /// Batches in a written manifest but maybe not yet in the archive; at
+    /// most one per object.
     outbox: Vec<Batch>,
-    next_batch: u64,
+    /// Which object each finished task's record goes to.
+    appender: Appender,
+    /// What the open archive objects hold, as last written by this
+    /// coordinator; an object not here is read back before it is
+    /// appended to.
+    written: HashMap<String, Written>,
     /// Segments merged away; deleted once a manifest without them is
     /// written.
     obsolete: Vec<String>,
@@ -275,14 +294,18 @@ impl Committer {
                 for record in &records {
                     self.shared.metrics.finished(record.state.as_str());
                 }
-                let batches = archive::batches(
-                    self.config.archive.prefix.as_deref(),
-                    (&self.config.namespace, &self.config.name),
-                    tasks.epoch(),
-                    &mut self.next_batch,
-                    records,
-                );
-                self.outbox.extend(batches);
+                for batch in self.appender.append(records, now) {
+                    match self
+                        .outbox
+                        .iter_mut()
+                        .find(|queued| queued.key == batch.key)
+                    {
+                        Some(queued) => queued.records.extend(batch.records),
+                        None => self.outbox.push(batch),
+                    }
+                }
+                let appender = &self.appender;
+                self.written.retain(|key, _| appender.is_open(key));
                 tasks.finished_keys_mut().seal();
             }
             let mut snapshot = tasks.snapshot();
@@ -350,33 +373,45 @@ impl Committer {
     async fn write_outbox(&mut self) {
         let bucket = &self.config.archive.bucket;
         let archive = &self.archive;
-        let results: Vec<bool> = futures::stream::iter(&self.outbox)
-            .map(|batch| async move {
-                let written = archive
-                    .put_object()
-                    .bucket(bucket)
-                    .key(&batch.key)
-                    .content_type("application/x-ndjson")
-                    .content_encoding("zstd")
-                    .body(ByteStream::from(archive::encode(&batch.records)))
-                    .send()
-                    .await;
-                if let Err(err) = &written {
-                    warn!(object = %batch.key, error = %s3::describe(err), "cannot write to the archive; retrying");
+        let written = &mut self.written;
+        let jobs: Vec<_> = self
+            .outbox
+            .iter()
+            .map(|batch| (batch, written.remove(&batch.key)))
+            .collect();
+        let results: Vec<Result<Written, Unwritten>> = futures::stream::iter(jobs)
+            .map(|(batch, known)| async move {
+                let result = append(archive, bucket, batch, known).await;
+                if let Err(unwritten) = &result {
+                    warn!(object = %batch.key, error = %unwritten.reason, "cannot write to the archive; retrying");
                 }
-                written.is_ok()
+                result
             })
             .buffered(8)
             .collect()
             .await;
         let mut results = results.into_iter();
         let metrics = &self.shared.metrics;
+        let appender = &self.appender;
         self.outbox.retain(|batch| {
-            let written = results.next().unwrap_or(false);
-            if written {
-                metrics.archived_records.inc_by(batch.records.len() as u64);
+            let result = results.next().unwrap_or_else(|| {
+                Err(Unwritten {
+                    reason: "not attempted".into(),
+                    known: None,
+                })
+            });
+            let done = result.is_ok();
+            let known = match result {
+                Ok(written) => {
+                    metrics.archived_records.inc_by(batch.records.len() as u64);
+                    Some(written)
+                }
+                Err(unwritten) => unwritten.known,
+            };
+            if let Some(known) = known.filter(|_| appender.is_open(&batch.key)) {
+                written.insert(batch.key.clone(), known);
             }
-            !written
+            !done
         });
     }
 

@@ -1,0 +1,493 @@
+//! `cargo bench --bench history`: how fast `sluice history` answers from an
+//! archive of 1,000,000 task records in a real MinIO, written by the
+//! coordinator's archive writer as a busy day would leave it.
+//!
+//! Prints a Markdown table: a selective query (a few hundred tasks of one
+//! source, partitions pruned; in process and as the `sluice` binary), a
+//! full scan with a filter that matches one task, and as the baseline the
+//! same objects listed and fetched without decoding. Each figure is the
+//! median of several runs.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use sluice::api::{ObjectRef, TaskState};
+use sluice::archive::{self, Appender, Batch, Source, TaskRecord};
+use sluice::cli::history::progress::Progress;
+use sluice::cli::history::query::{Filter, Matcher};
+use sluice::cli::history::scan::{Archive, Mode};
+use sluice::coordinator::archiver;
+use sluice::testenv::MinioEnv;
+
+const RECORDS: usize = 1_000_000;
+const ACCOUNTS: [&str; 8] = [
+    "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka",
+];
+const COLLECTIONS: [&str; 5] = ["orders", "clicks", "payments", "sessions", "audit"];
+const PREFIX: &str = "sluice";
+/// The coordinators' flush interval (`--checkpoint-interval`).
+const FLUSH_SECONDS: i64 = 5;
+const RUNS: usize = 7;
+
+/// A small deterministic generator (xorshift), so every run writes the
+/// same archive.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// One source's share of the day: a few sources are busy, most are not
+/// (weights 1/rank).
+fn shares() -> Vec<(Source, usize)> {
+    let sources: Vec<Source> = ACCOUNTS
+        .iter()
+        .flat_map(|account| {
+            COLLECTIONS.iter().map(move |collection| Source {
+                account: (*account).into(),
+                collection: (*collection).into(),
+                namespace: (*account).into(),
+                name: (*collection).into(),
+            })
+        })
+        .collect();
+    let weights: Vec<f64> = (1..=sources.len()).map(|rank| 1.0 / rank as f64).collect();
+    let total: f64 = weights.iter().sum();
+    let mut counts: Vec<usize> = weights
+        .iter()
+        .map(|w| (w / total * RECORDS as f64) as usize)
+        .collect();
+    counts[0] += RECORDS - counts.iter().sum::<usize>();
+    sources.into_iter().zip(counts).collect()
+}
+
+/// `count` records of `source` finishing over the 24 hours before `end`,
+/// busier in the afternoon, oldest first.
+fn day_of(source: &Source, count: usize, end: Timestamp, random: &mut Random) -> Vec<TaskRecord> {
+    let start = end - SignedDuration::from_hours(24);
+    // Load by hour: a daily curve from 0.4 to 1.6.
+    let load: Vec<f64> = (0..24)
+        .map(|h| 1.0 + 0.6 * ((h as f64 - 9.0) / 24.0 * std::f64::consts::TAU).sin())
+        .collect();
+    let total: f64 = load.iter().sum();
+    let workers: Vec<String> = (0..3 + random.below(12))
+        .map(|_| {
+            format!(
+                "{}-worker-{:09x}-{:05x}",
+                source.name,
+                random.below(1 << 36),
+                random.below(1 << 20)
+            )
+        })
+        .collect();
+    let mut finished: Vec<Timestamp> = Vec::with_capacity(count);
+    for (hour, weight) in load.iter().enumerate() {
+        let n = (weight / total * count as f64).round() as usize;
+        for _ in 0..n {
+            let offset = hour as i64 * 3_600_000 + random.below(3_600_000) as i64;
+            finished.push(start + SignedDuration::from_millis(offset));
+        }
+    }
+    finished.truncate(count);
+    finished.sort();
+    let mut seq = 0u64;
+    finished
+        .into_iter()
+        .map(|finished| {
+            seq += 1;
+            let id = format!("3-{seq}");
+            let failed = random.chance(1);
+            let objects: Vec<ObjectRef> = (0..1 + random.below(6))
+                .map(|_| ObjectRef {
+                    key: format!(
+                        "events/{}/{}/{}/part-{:06}-{:016x}.ndjson.gz",
+                        source.account,
+                        source.collection,
+                        finished.strftime("%Y/%m/%d/%H"),
+                        random.below(1_000_000),
+                        random.next()
+                    ),
+                    size: 200_000 + random.below(8_000_000),
+                    etag: format!("\"{:016x}{:016x}\"", random.next(), random.next()),
+                })
+                .collect();
+            let bytes_read: u64 = objects.iter().map(|o| o.size).sum();
+            let duration_ms = 500 + random.below(60_000);
+            let error = failed.then(|| match random.below(3) {
+                0 => format!(
+                    "s3 object {:?}: line {}: expected value at column {}",
+                    objects[0].key,
+                    random.below(100_000),
+                    random.below(200)
+                ),
+                1 => format!(
+                    "s3 object {:?}: the ETag changed while it was read",
+                    objects[0].key
+                ),
+                _ => "the sink refused the upload: SlowDown: Please reduce your request rate."
+                    .to_owned(),
+            });
+            TaskRecord {
+                id: id.clone(),
+                account: source.account.clone(),
+                collection: source.collection.clone(),
+                source: format!("{}/{}", source.namespace, source.name),
+                state: if failed {
+                    TaskState::Failed
+                } else {
+                    TaskState::Succeeded
+                },
+                worker: Some(workers[random.below(workers.len() as u64) as usize].clone()),
+                attempt: if failed {
+                    3
+                } else {
+                    1 + u32::from(random.chance(2))
+                },
+                records: if failed { 0 } else { bytes_read / 400 },
+                bytes_read,
+                bytes_written: if failed { 0 } else { bytes_read / 5 },
+                outputs: if failed {
+                    Vec::new()
+                } else {
+                    vec![format!(
+                        "collections/{}/dt={}/{}.{}-{id}.ndjson.zst",
+                        source.collection,
+                        finished.strftime("%Y-%m-%d"),
+                        source.namespace,
+                        source.name
+                    )]
+                },
+                objects,
+                created: finished - SignedDuration::from_millis(duration_ms as i64 + 2_000),
+                started: Some(finished - SignedDuration::from_millis(duration_ms as i64)),
+                finished,
+                duration_ms,
+                error,
+            }
+        })
+        .collect()
+}
+
+/// What the archive holds once written.
+struct Written {
+    objects: usize,
+    bytes: u64,
+    json_bytes: u64,
+    /// Objects the layout before this one (one per source and flush) would
+    /// have held for the same day.
+    objects_per_flush: usize,
+    /// A source of a few hundred tasks an hour, and an object key of one
+    /// task, for the queries.
+    quiet: Source,
+    needle: String,
+}
+
+/// Writes the day into `bucket` through the coordinator's appender and
+/// archive writer: records are assigned at every flush as a coordinator
+/// does, and each object is then written once with all its records.
+async fn write_day(client: &aws_sdk_s3::Client, bucket: &str, end: Timestamp) -> Written {
+    let mut random = Random(0x5eed_1234_abcd_0042);
+    let mut written = Written {
+        objects: 0,
+        bytes: 0,
+        json_bytes: 0,
+        objects_per_flush: 0,
+        quiet: shares()[0].0.clone(),
+        needle: String::new(),
+    };
+    for (rank, (source, count)) in shares().into_iter().enumerate() {
+        let records = day_of(&source, count, end, &mut random);
+        if rank == 20 {
+            written.quiet = source.clone();
+        }
+        if rank == 7 {
+            written.needle = records[count / 2].objects[0].key.clone();
+        }
+        let mut flushes: BTreeMap<i64, Vec<TaskRecord>> = BTreeMap::new();
+        for record in records {
+            let second = record.finished.as_second();
+            flushes
+                .entry(second - second.rem_euclid(FLUSH_SECONDS) + FLUSH_SECONDS)
+                .or_default()
+                .push(record);
+        }
+        written.objects_per_flush += flushes.len();
+        let mut appender = Appender::new(Some(PREFIX), &source, 3);
+        let mut objects: BTreeMap<String, Vec<TaskRecord>> = BTreeMap::new();
+        for (at, records) in flushes {
+            let now = Timestamp::from_second(at).unwrap();
+            for batch in appender.append(records, now) {
+                objects.entry(batch.key).or_default().extend(batch.records);
+            }
+        }
+        let sizes: Vec<(u64, u64)> = futures::stream::iter(objects)
+            .map(|(key, records)| async move {
+                let mut lines = Vec::new();
+                archive::encode_lines(&records, &mut lines);
+                let batch = Batch { key, records };
+                let object = archiver::append(client, bucket, &batch, None)
+                    .await
+                    .unwrap_or_else(|unwritten| panic!("{}", unwritten.reason));
+                assert_eq!(object.lines.len(), lines.len());
+                (
+                    archive::compress(&object.lines).len() as u64,
+                    lines.len() as u64,
+                )
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        written.objects += sizes.len();
+        written.bytes += sizes.iter().map(|(bytes, _)| bytes).sum::<u64>();
+        written.json_bytes += sizes.iter().map(|(_, json)| json).sum::<u64>();
+    }
+    written
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// Runs the query `filter` in process (list, read, sort) `RUNS` times:
+/// the median time, the matches, the objects read.
+async fn timed(
+    archive: &Arc<Archive>,
+    filter: &Filter,
+    now: Timestamp,
+) -> (Duration, usize, usize) {
+    let mut runs = Vec::new();
+    let mut last = (0, 0);
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let matcher = Arc::new(Matcher::new(filter.clone()));
+        let outcome = sluice::cli::history::query(
+            std::slice::from_ref(archive.as_ref()),
+            matcher,
+            Mode::List(None),
+            Progress::to(None),
+            now,
+        )
+        .await
+        .unwrap();
+        assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+        let objects = outcome.objects;
+        let records = outcome.matches.into_sorted();
+        runs.push(started.elapsed());
+        last = (records.len(), objects);
+    }
+    (median(runs), last.0, last.1)
+}
+
+/// Lists every archive object and GETs it, without decoding: what any
+/// reader of this layout pays at least.
+async fn baseline(archive: &Archive) -> (Duration, usize) {
+    let mut runs = Vec::new();
+    let mut objects = 0;
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let mut keys = Vec::new();
+        let mut pages = archive
+            .client
+            .list_objects_v2()
+            .bucket(&archive.bucket)
+            .prefix(format!("{PREFIX}/tasks/"))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            keys.extend(
+                page.unwrap()
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        let bytes: Vec<usize> = futures::stream::iter(&keys)
+            .map(|key| async move {
+                let response = archive
+                    .client
+                    .get_object()
+                    .bucket(&archive.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .unwrap();
+                response.body.collect().await.unwrap().into_bytes().len()
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        objects = bytes.len();
+        runs.push(started.elapsed());
+    }
+    (median(runs), objects)
+}
+
+/// The same selective query as the `sluice` binary, process start
+/// included.
+fn as_process(minio: &MinioEnv, bucket: &str, args: &[String]) -> Duration {
+    let credentials = minio.credentials();
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("history")
+            .arg(format!("--archive=s3://{bucket}/{PREFIX}"))
+            .arg(format!("--endpoint={}", minio.endpoint()))
+            .args(args)
+            .args(["-o", "ndjson"])
+            .env_remove("KUBECONFIG")
+            .env("AWS_ACCESS_KEY_ID", &credentials.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &credentials.secret_access_key)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        runs.push(started.elapsed());
+    }
+    median(runs)
+}
+
+#[tokio::main]
+async fn main() {
+    let minio = tokio::task::spawn_blocking(MinioEnv::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("{err}"));
+    let bucket = minio.bucket("bench").await.unwrap();
+    let client = minio.client().await;
+    let end = Timestamp::now();
+
+    eprintln!("writing {RECORDS} task records through the archive writer...");
+    let started = Instant::now();
+    let written = write_day(&client, &bucket, end).await;
+    eprintln!(
+        "written in {:.1}s: {} objects, {} compressed ({} NDJSON); one object per flush would be {} objects",
+        started.elapsed().as_secs_f64(),
+        written.objects,
+        sluice::cli::output::bytes(written.bytes),
+        sluice::cli::output::bytes(written.json_bytes),
+        written.objects_per_flush
+    );
+
+    let mut location = minio.location(&bucket);
+    location.prefix = Some(PREFIX.into());
+    let archive = Arc::new(Archive {
+        client: sluice::s3::client(&location, Some(minio.credentials())).await,
+        bucket: bucket.clone(),
+        prefix: location.prefix.clone(),
+        endpoint: location.endpoint.clone(),
+        note: None,
+        environment: None,
+    });
+    let now = Timestamp::now();
+    let day = Filter::window(end - SignedDuration::from_hours(25), None);
+
+    // (a) A few hundred tasks of one source: the last two hours of a
+    // quiet one, and a busy one's failures of the whole day.
+    let quiet = &written.quiet;
+    let mut recent = day.clone();
+    recent.since = end - SignedDuration::from_hours(2);
+    recent.account = Some(quiet.account.clone());
+    recent.collection = Some(quiet.collection.clone());
+    recent.namespace = Some(quiet.namespace.clone());
+    recent.name = Some(quiet.name.clone());
+    let (recent_time, recent_matches, recent_objects) = timed(&archive, &recent, now).await;
+    let busy = &shares()[1].0;
+    let mut failures = day.clone();
+    failures.account = Some(busy.account.clone());
+    failures.collection = Some(busy.collection.clone());
+    failures.namespace = Some(busy.namespace.clone());
+    failures.name = Some(busy.name.clone());
+    failures.state = Some(TaskState::Failed);
+    let (failures_time, failures_matches, failures_objects) = timed(&archive, &failures, now).await;
+    let process_time = as_process(
+        &minio,
+        &bucket,
+        &[
+            format!("--source={}/{}", quiet.namespace, quiet.name),
+            format!("--account={}", quiet.account),
+            format!("--collection={}", quiet.collection),
+            "--since=2h".into(),
+        ],
+    );
+
+    // (b) Everything, with a filter that matches one task.
+    let mut scan = day.clone();
+    scan.grep = Some(written.needle.clone());
+    let (scan_time, scan_matches, scan_objects) = timed(&archive, &scan, now).await;
+    let (baseline_time, baseline_objects) = baseline(&archive).await;
+    assert_eq!(
+        scan_objects, baseline_objects,
+        "the full scan reads every object"
+    );
+
+    println!(
+        "\n`sluice history` on {RECORDS} archived task records ({} objects, {} compressed, \
+         {} NDJSON; 40 sources over 24 h), MinIO on loopback, median of {RUNS} runs:\n",
+        written.objects,
+        sluice::cli::output::bytes(written.bytes),
+        sluice::cli::output::bytes(written.json_bytes)
+    );
+    println!("| query | objects read | matches | time | bar |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| (a) one source, last 2 h (`--source --since 2h`) | {recent_objects} | {recent_matches} | {} | 100 ms |",
+        ms(recent_time)
+    );
+    println!(
+        "| (a) same, as the `sluice` process (start-up included) | {recent_objects} | {recent_matches} | {} | 100 ms |",
+        ms(process_time)
+    );
+    println!(
+        "| (a) one busy source's failures, 24 h (`--source --state failed`) | {failures_objects} | {failures_matches} | {} | 100 ms |",
+        ms(failures_time)
+    );
+    println!(
+        "| (b) full scan, 1 match (`--since 25h --grep KEY`) | {scan_objects} | {scan_matches} | {} | 2 s |",
+        ms(scan_time)
+    );
+    println!(
+        "| baseline: list + GET every object, no decoding | {baseline_objects} | - | {} | - |",
+        ms(baseline_time)
+    );
+    println!(
+        "\nfull scan / baseline: {:.2}x; the layout with one object per source and flush would hold {} objects for this day.",
+        scan_time.as_secs_f64() / baseline_time.as_secs_f64(),
+        written.objects_per_flush
+    );
+    let over = [
+        (recent_time, Duration::from_millis(100)),
+        (process_time, Duration::from_millis(100)),
+        (failures_time, Duration::from_millis(100)),
+        (scan_time, Duration::from_secs(2)),
+    ]
+    .iter()
+    .any(|(time, bar)| time > bar);
+    if over {
+        println!("\nOVER A BAR");
+    }
+}
