@@ -87,31 +87,8 @@ async fn an_ingest_source_runs_end_to_end_under_its_own_rbac() {
     let workers = status.workers.unwrap();
     assert_eq!((workers.desired, workers.ready), (2, 2));
 
-    let mut records = 0;
-    let listed = s3
-        .list_objects_v2()
-        .bucket(&buckets[1])
-        .send()
+    let records = sluice::testenv::demo::sink_records(&s3, &buckets[1])
         .await
         .unwrap();
-    for object in listed.contents() {
-        let body = s3
-            .get_object()
-            .bucket(&buckets[1])
-            .key(object.key().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        records += zstd::decode_all(&body[..])
-            .unwrap()
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count();
-    }
     assert_eq!(records, 1000, "the sink holds every record once");
 }

@@ -436,8 +436,8 @@ fn say(what: &str) {
     println!("==> {what}");
 }
 
-/// The records in every object of the sink bucket.
-async fn sink_records(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<u64, Error> {
+/// The records in every object of a sink bucket (zstd NDJSON).
+pub async fn sink_records(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<u64, Error> {
     let fail = |why: String| Error::Command {
         what: format!("reading the sink bucket {bucket}"),
         stderr: why,
