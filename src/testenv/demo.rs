@@ -394,6 +394,26 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
             "the numbers above do not match".into(),
         ));
     }
+    // Each source names its failed objects and why in its status.
+    let unexplained: Vec<String> = list
+        .items
+        .iter()
+        .filter(|source| {
+            let status = source.status.clone().unwrap_or_default();
+            let failures = status.recent_failures.unwrap_or_default();
+            status.objects.is_some_and(|o| o.failed > 0)
+                && !failures
+                    .iter()
+                    .any(|f| !f.key.is_empty() && f.last_error.contains(&f.key))
+        })
+        .map(|source| source.metadata.name.clone().unwrap_or_default())
+        .collect();
+    if !unexplained.is_empty() {
+        return Err(fail(
+            "the demo's checks",
+            format!("status.recentFailures of {unexplained:?} does not name the failed objects"),
+        ));
+    }
     if let Some(log) = refused(&logs) {
         return Err(fail(
             "the demo's checks",
