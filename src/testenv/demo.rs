@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::kubelet::{ApiServer, Kubelet};
 use super::{Error, KubeEnv, MinioEnv, tools};
-use crate::crd::IngestSource;
+use crate::crd::{IngestSource, IngestSourceStatus};
 
 const NAMESPACE: &str = "demo";
 const OPERATOR_NAMESPACE: &str = "sluice-system";
@@ -278,12 +278,9 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
             .list(&Default::default())
             .await
             .map_err(|err| fail("listing IngestSources", err.to_string()))?;
-        let finished: u64 = list
-            .items
-            .iter()
-            .filter_map(|s| s.status.as_ref()?.objects.as_ref())
-            .map(|o| o.ingested + o.failed)
-            .sum();
+        let finished = total(&list.items, |s| {
+            s.objects.as_ref().map(|o| o.ingested + o.failed)
+        });
         let busy = list.items.iter().any(|s| {
             s.status
                 .as_ref()
@@ -368,18 +365,10 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
         .list(&Default::default())
         .await
         .map_err(|err| fail("listing IngestSources", err.to_string()))?;
-    let tasks_done: u64 = list
-        .items
-        .iter()
-        .filter_map(|s| s.status.as_ref()?.tasks.as_ref())
-        .map(|t| t.succeeded + t.failed)
-        .sum();
-    let failed_objects: u64 = list
-        .items
-        .iter()
-        .filter_map(|s| s.status.as_ref()?.objects.as_ref())
-        .map(|o| o.failed)
-        .sum();
+    let tasks_done = total(&list.items, |s| {
+        s.tasks.as_ref().map(|t| t.succeeded + t.failed)
+    });
+    let failed_objects = total(&list.items, |s| s.objects.as_ref().map(|o| o.failed));
     println!(
         "Sink s3://{}/: {records} records (expected {expected_records}); archive: {archived} task records \
          for {tasks_done} finished tasks; {failed_objects} objects failed (generated {malformed} malformed).",
@@ -438,6 +427,14 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
     let _ = tokio::signal::ctrl_c().await;
     eprintln!("Stopping.");
     Ok(())
+}
+
+/// The sum over `sources` of what `count` reads from each status.
+fn total(sources: &[IngestSource], count: impl Fn(&IngestSourceStatus) -> Option<u64>) -> u64 {
+    sources
+        .iter()
+        .filter_map(|source| count(source.status.as_ref()?))
+        .sum()
 }
 
 /// The first pod log in `logs` in which the API server refused a request.
