@@ -11,7 +11,7 @@ CRD := crds/ingestsources.sluice.dev.yaml
 # The Helm chart ships the same file (a copy: helm warns about symlinks).
 CHART_CRD := charts/sluice/$(CRD)
 
-.PHONY: all test tools crds lint demo test-env
+.PHONY: all test tools crds lint demo test-env bench chaos fuzz
 
 all: test
 
@@ -41,3 +41,8 @@ demo: tools
 ## test-env: start a local API server and MinIO and print how to reach them
 test-env: tools
 	$(CARGO) run --locked --quiet -- dev env
+
+## bench: measure every performance bar into BENCHMARKS.md (minutes per group);
+## GROUP=operator|status|coordinator|workers|history runs one group
+bench: tools
+	tools/bench.sh $(GROUP)

@@ -23,6 +23,9 @@ use sluice::cli::history::scan::{Archive, Mode};
 use sluice::coordinator::archiver;
 use sluice::testenv::MinioEnv;
 
+mod support;
+use support::{Random, median, ms};
+
 const RECORDS: usize = 1_000_000;
 const ACCOUNTS: [&str; 8] = [
     "acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka",
@@ -32,25 +35,6 @@ const PREFIX: &str = "sluice";
 /// The coordinators' flush interval (`--checkpoint-interval`).
 const FLUSH_SECONDS: i64 = 5;
 const RUNS: usize = 7;
-
-/// A small deterministic generator (xorshift), so every run writes the
-/// same archive.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// One source's share of the day: a few sources are busy, most are not
 /// (weights 1/rank).
@@ -257,15 +241,6 @@ async fn write_day(client: &aws_sdk_s3::Client, bucket: &str, end: Timestamp) ->
         written.json_bytes += sizes.iter().map(|(_, json)| json).sum::<u64>();
     }
     written
-}
-
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
 }
 
 /// Runs the query `filter` in process (list, read, sort) `RUNS` times:

@@ -1,0 +1,88 @@
+//! What every benchmark shares: a deterministic generator, medians and
+//! percentiles, and the Markdown table each one prints to stdout.
+//!
+//! A benchmark prints its section of BENCHMARKS.md (a short paragraph of
+//! what was measured and how, then a table) on stdout and its progress on
+//! stderr; `tools/bench.sh` puts the section in place.
+#![allow(dead_code)] // each benchmark uses a part
+
+use std::time::Duration;
+
+/// A small deterministic generator (xorshift), so every run measures the
+/// same data.
+pub struct Random(pub u64);
+
+impl Random {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+pub fn median(runs: Vec<Duration>) -> Duration {
+    percentile(runs, 50)
+}
+
+/// The `p`th percentile (nearest rank) of `runs`.
+pub fn percentile(mut runs: Vec<Duration>, p: usize) -> Duration {
+    assert!(!runs.is_empty(), "no runs to take a percentile of");
+    runs.sort();
+    let rank = (runs.len() * p).div_ceil(100).max(1);
+    runs[rank - 1]
+}
+
+pub fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+pub fn seconds(duration: Duration) -> String {
+    format!("{:.2} s", duration.as_secs_f64())
+}
+
+/// A Markdown table; the last column is conventionally the bar, and
+/// `verdict` says whether the figure meets it.
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: &[String]) {
+        assert_eq!(cells.len(), self.headers.len(), "{cells:?}");
+        self.rows.push(cells.to_vec());
+    }
+
+    pub fn print(&self) {
+        println!("| {} |", self.headers.join(" | "));
+        // Figures are right-aligned, the first column (what) left.
+        let rule: Vec<&str> = (0..self.headers.len())
+            .map(|i| if i == 0 { "---" } else { "---:" })
+            .collect();
+        println!("|{}|", rule.join("|"));
+        for row in &self.rows {
+            println!("| {} |", row.join(" | "));
+        }
+        println!();
+    }
+}
+
+/// "met" or "**missed**", for a bar column.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
