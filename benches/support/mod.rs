@@ -86,3 +86,21 @@ pub fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
+
+/// Criterion's median estimate for benchmark `id` (as given to
+/// `bench_function`), read back from the estimates it saved under
+/// `$CARGO_TARGET_DIR/criterion`, so a benchmark can put it in its table.
+pub fn criterion_median(id: &str) -> Duration {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = std::path::Path::new(&target)
+        .join("criterion")
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("criterion estimates {}: {err}", path.display()));
+    let estimates: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let nanos = estimates["median"]["point_estimate"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no median in {}", path.display()));
+    Duration::from_nanos(nanos as u64)
+}
