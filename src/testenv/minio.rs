@@ -2,10 +2,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::process::{Daemon, free_port, http_ok};
+use super::process::{Daemon, free_port, http_ok, lock};
 use super::{Error, scratch_dir, tools, with_port_retries};
 use crate::crd::S3Location;
 use crate::s3::{self, Credentials};
@@ -17,7 +18,9 @@ const REGION: &str = "us-east-1";
 
 /// A running MinIO server, stopped and deleted on drop.
 pub struct MinioEnv {
-    daemon: Daemon,
+    /// None only while restarting.
+    daemon: Mutex<Option<Daemon>>,
+    port: u16,
     endpoint: String,
     buckets: AtomicU32,
     dir: tempfile::TempDir,
@@ -27,10 +30,11 @@ impl MinioEnv {
     /// Starts MinIO on a free loopback port and waits until it is ready.
     pub fn start() -> Result<Self, Error> {
         let dir = scratch_dir("sluice-minio-")?;
-        let (daemon, endpoint) = with_port_retries(|| start_minio(dir.path()))?;
+        let (daemon, port) = with_port_retries(|| start_minio(dir.path(), free_port()?))?;
         Ok(Self {
-            daemon,
-            endpoint,
+            daemon: Mutex::new(Some(daemon)),
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
             buckets: AtomicU32::new(0),
             dir,
         })
@@ -83,13 +87,33 @@ impl MinioEnv {
         self.dir.path()
     }
 
+    /// The server's process id (a new one after [`MinioEnv::restart`]).
     pub fn pid(&self) -> u32 {
-        self.daemon.pid()
+        lock(&self.daemon).as_ref().map_or(0, Daemon::pid)
+    }
+
+    /// Kills MinIO (SIGKILL), as a crash would, leaves it down for
+    /// `downtime`, and starts it again on the same port with the same data.
+    /// Returns once it is ready again.
+    pub fn restart(&self, downtime: Duration) -> Result<(), Error> {
+        let mut daemon = lock(&self.daemon);
+        let mut stopped = daemon.take().ok_or_else(|| Error::Io {
+            what: "restarting MinIO".into(),
+            source: std::io::Error::other("an earlier restart failed"),
+        })?;
+        stopped.kill();
+        drop(stopped);
+        std::thread::sleep(downtime);
+        // The port was ours a moment ago; a clash means the old process
+        // had not let go of it yet.
+        let (restarted, _) = with_port_retries(|| start_minio(self.dir(), self.port))?;
+        *daemon = Some(restarted);
+        Ok(())
     }
 }
 
-fn start_minio(dir: &Path) -> Result<(Daemon, String), Error> {
-    let (port, console_port) = (free_port()?, free_port()?);
+fn start_minio(dir: &Path, port: u16) -> Result<(Daemon, u16), Error> {
+    let console_port = free_port()?;
     let mut command = Command::new(tools::binary("minio")?);
     command
         .arg("server")
@@ -105,5 +129,5 @@ fn start_minio(dir: &Path) -> Result<(Daemon, String), Error> {
         .env("MINIO_CI_CD", "1");
     let mut daemon = Daemon::spawn("minio", command, &dir.join("minio.log"))?;
     daemon.wait_ready(STARTUP_TIMEOUT, || http_ok(port, "/minio/health/ready"))?;
-    Ok((daemon, format!("http://127.0.0.1:{port}")))
+    Ok((daemon, port))
 }

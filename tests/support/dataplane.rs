@@ -15,7 +15,7 @@ use sluice::config::{
     CREDENTIAL_KEYS, RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env,
 };
 use sluice::crd::{Compression, Format};
-use sluice::testenv::{Daemon, free_port, http};
+use sluice::testenv::{Daemon, MinioEnv, free_port, http};
 
 use super::{eventually, minio};
 
@@ -33,7 +33,17 @@ impl Ingest {
     /// Fresh source, sink and archive buckets; tasks of `max_objects`
     /// objects with `lease` leases.
     pub async fn new(name: &str, max_objects: u32, lease: Duration, max_attempts: u32) -> Self {
-        let minio = minio();
+        Self::on(minio(), name, max_objects, lease, max_attempts).await
+    }
+
+    /// The same on another MinIO server (same credentials).
+    pub async fn on(
+        minio: &MinioEnv,
+        name: &str,
+        max_objects: u32,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Self {
         let (source, sink, archive) = (
             minio.bucket("source").await.unwrap(),
             minio.bucket("sink").await.unwrap(),
