@@ -109,3 +109,18 @@ pub fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     err.raw_response()
         .map(|response| response.status().as_u16())
 }
+
+/// Whether an error is about the store's availability (it could not be
+/// reached, timed out, dropped the connection, or answered 5xx or 429)
+/// rather than about what was asked: trying again later may succeed.
+pub fn unavailable<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(_) => {
+            status(err).is_some_and(|status| status >= 500 || status == 429)
+        }
+        _ => false,
+    }
+}

@@ -308,6 +308,39 @@ async fn a_poison_object_fails_alone_after_its_attempts_and_the_rest_go_on() {
     assert!(archived.1.error.unwrap().contains("line 3"));
 }
 
+/// A worker that cannot reach S3 (as while MinIO restarts) gives its tasks
+/// back without using their attempts: none ends failed for good, and a
+/// worker that reaches S3 ingests them all later, exactly once.
+#[tokio::test]
+async fn tasks_are_given_back_without_using_attempts_while_s3_is_unreachable() {
+    let ingest = Ingest::new("outage", 2, Duration::from_secs(5), 1).await;
+    ingest.put((0..10).map(|i| object(i, 3)).collect()).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let mut cut_off = ingest.config.clone();
+    let nothing_listens = sluice::testenv::free_port().unwrap();
+    cut_off.source.s3.endpoint = Some(format!("http://127.0.0.1:{nothing_listens}"));
+    let mut stranded = ingest.worker_configured(coordinator.port, "stranded", &cut_off);
+    eventually("the stranded worker to give up on tasks", DONE, || async {
+        let log = stranded.log();
+        let tries =
+            log.matches("giving the task back").count() + log.matches("task failed").count();
+        (tries >= 2).then_some(())
+    })
+    .await;
+    stranded.terminate(DONE);
+    assert_eq!(
+        coordinator.summary().tasks.failed,
+        0,
+        "an unreachable S3 failed tasks for good:\n{}",
+        stranded.log()
+    );
+
+    let _worker = ingest.worker(coordinator.port, "w1");
+    let summary = wait_until_done(&coordinator, 10, DONE).await;
+    assert_eq!((summary.objects.ingested, summary.tasks.failed), (10, 0));
+    assert_exactly_once(&ingest, &expected(0..10, 3)).await;
+}
+
 #[tokio::test]
 async fn polling_picks_up_new_and_changed_objects() {
     let mut ingest = Ingest::new("polling", 10, Duration::from_secs(30), 3).await;

@@ -69,6 +69,10 @@ pub enum Error {
 const MAX_IDLE: Duration = Duration::from_secs(2);
 /// Requests to the coordinator give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a task was given back because S3 was unavailable, the worker
+/// leases nothing for this long, doubling while it stays unavailable.
+const MIN_UNAVAILABLE_PAUSE: Duration = Duration::from_millis(500);
+const MAX_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(15);
 
 /// A task being executed: its progress and how to stop it.
 struct Active {
@@ -178,10 +182,14 @@ impl Worker {
     async fn work(self: &Arc<Self>, concurrency: u32, grace: Duration) {
         let mut running = JoinSet::new();
         let mut idle = Duration::from_millis(50);
+        // While S3 is unavailable, leasing only hands tasks back and forth.
+        let mut pause = Duration::ZERO;
+        let mut resume = tokio::time::Instant::now();
         let mut stop = std::pin::pin!(telemetry::terminated());
         loop {
             let free = concurrency.saturating_sub(running.len() as u32);
-            if free > 0 {
+            let paused = tokio::time::Instant::now() < resume;
+            if free > 0 && !paused {
                 match self.lease(free).await {
                     Ok(tasks) if !tasks.is_empty() => {
                         idle = Duration::from_millis(50);
@@ -195,8 +203,16 @@ impl Worker {
                 }
             }
             tokio::select! {
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                () = tokio::time::sleep(idle), if free > 0 => idle = (idle * 2).min(MAX_IDLE),
+                Some(ended) = running.join_next(), if !running.is_empty() => match ended {
+                    Ok(Ended::Unavailable) => {
+                        pause = (pause * 2).clamp(MIN_UNAVAILABLE_PAUSE, MAX_UNAVAILABLE_PAUSE);
+                        resume = tokio::time::Instant::now() + pause;
+                    }
+                    Ok(Ended::Finished) => pause = Duration::ZERO,
+                    Err(_) => {}
+                },
+                () = tokio::time::sleep_until(resume), if free > 0 && paused => {}
+                () = tokio::time::sleep(idle), if free > 0 && !paused => idle = (idle * 2).min(MAX_IDLE),
                 () = &mut stop => break,
             }
         }
@@ -274,7 +290,7 @@ impl Worker {
     }
 
     /// Executes one task and reports its outcome.
-    async fn execute(self: Arc<Self>, task: LeasedTask) {
+    async fn execute(self: Arc<Self>, task: LeasedTask) -> Ended {
         let active = Active {
             attempt: task.attempt,
             records: Arc::default(),
@@ -299,10 +315,10 @@ impl Worker {
                 self.metrics.bytes_read.inc_by(completion.bytes_read);
                 self.report(&format!("/v1/tasks/{}/complete", task.id), &completion)
                     .await;
-                return;
+                return Ended::Finished;
             }
             // Lost: the coordinator has given the task to another worker.
-            Err(_) if cancel.is_cancelled() && !given_back => return,
+            Err(_) if cancel.is_cancelled() && !given_back => return Ended::Finished,
             Err(_) if given_back => Failure {
                 worker: self.name.clone(),
                 attempt: task.attempt,
@@ -310,6 +326,23 @@ impl Worker {
                 key: None,
                 released: true,
             },
+            // Not the task's fault: it must not use up its attempts and end
+            // failed for good while S3 restarts or is overloaded.
+            Err(failed) if failed.unavailable => {
+                warn!(task = %task.id, error = %failed.error, "S3 is unavailable; giving the task back");
+                self.report(
+                    &format!("/v1/tasks/{}/fail", task.id),
+                    &Failure {
+                        worker: self.name.clone(),
+                        attempt: task.attempt,
+                        error: failed.error,
+                        key: None,
+                        released: true,
+                    },
+                )
+                .await;
+                return Ended::Unavailable;
+            }
             Err(failed) => {
                 self.metrics.failed.inc();
                 warn!(task = %task.id, error = %failed.error, "task failed");
@@ -324,6 +357,7 @@ impl Worker {
         };
         self.report(&format!("/v1/tasks/{}/fail", task.id), &failure)
             .await;
+        Ended::Finished
     }
 
     /// Reads the task's objects and writes their records to its output.
@@ -356,6 +390,7 @@ impl Worker {
                 .map_err(|err| {
                     let gone = matches!(s3::status(&err), Some(404 | 412));
                     TaskFailure {
+                        unavailable: s3::unavailable(&err),
                         error: if gone {
                             format!(
                                 "s3 object {:?} was changed or deleted after it was listed",
@@ -407,9 +442,8 @@ impl Worker {
                 (encoder, decoded)
             })
             .await
-            .map_err(|err| TaskFailure {
-                error: format!("decoding {:?} stopped: {err}", object.key),
-                key: None,
+            .map_err(|err| {
+                TaskFailure::other(format!("decoding {:?} stopped: {err}", object.key))
             })?;
             encoder = returned;
             match decoded {
@@ -419,7 +453,11 @@ impl Worker {
                 }
                 Err(err) => {
                     drop(encoder);
-                    let _ = upload.await;
+                    let uploaded = upload.await;
+                    // Writing failed because the upload did: it says why.
+                    if let (DecodeError::Write(_), Ok(Err(upload))) = (&err, uploaded) {
+                        return Err(TaskFailure::from(upload));
+                    }
                     return Err(TaskFailure::from(err));
                 }
             }
@@ -430,13 +468,13 @@ impl Worker {
         } else {
             tokio::task::spawn_blocking(move || encoder.finish().and_then(|parts| parts.finish()))
                 .await
-                .map_err(|err| TaskFailure::transient(format!("finishing the output: {err}")))?
-                .map_err(|err| TaskFailure::transient(format!("finishing the output: {err}")))?
+                .map_err(|err| TaskFailure::other(format!("finishing the output: {err}")))?
+                .map_err(|err| TaskFailure::other(format!("finishing the output: {err}")))?
         };
         let wrote = upload
             .await
-            .map_err(|err| TaskFailure::transient(format!("the upload stopped: {err}")))?
-            .map_err(TaskFailure::transient)?;
+            .map_err(|err| TaskFailure::other(format!("the upload stopped: {err}")))?
+            .map_err(TaskFailure::from)?;
         Ok(Completion {
             worker: self.name.clone(),
             attempt: task.attempt,
@@ -507,27 +545,54 @@ impl Worker {
     }
 }
 
+/// How a task execution ended, for the lease loop.
+enum Ended {
+    Finished,
+    /// Given back because S3 was unavailable.
+    Unavailable,
+}
+
 /// Why a task failed, and the object at fault when there is one.
 struct TaskFailure {
     error: String,
     key: Option<String>,
+    /// S3 was unavailable ([`s3::unavailable`]): the task is given back
+    /// without using an attempt.
+    unavailable: bool,
 }
 
 impl TaskFailure {
-    fn transient(error: String) -> Self {
-        TaskFailure { error, key: None }
+    fn other(error: String) -> Self {
+        TaskFailure {
+            error,
+            key: None,
+            unavailable: false,
+        }
+    }
+}
+
+impl From<output::UploadError> for TaskFailure {
+    fn from(err: output::UploadError) -> Self {
+        TaskFailure {
+            error: err.message,
+            key: None,
+            unavailable: err.unavailable,
+        }
     }
 }
 
 impl From<DecodeError> for TaskFailure {
     fn from(err: DecodeError) -> Self {
-        let key = match &err {
-            DecodeError::Data { key, .. } => Some(key.clone()),
-            _ => None,
+        let (key, unavailable) = match &err {
+            DecodeError::Data { key, .. } => (Some(key.clone()), false),
+            // The source's connection broke mid-object.
+            DecodeError::Read { .. } => (None, true),
+            DecodeError::Write(_) => (None, false),
         };
         TaskFailure {
             error: err.to_string(),
             key,
+            unavailable,
         }
     }
 }

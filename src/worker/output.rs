@@ -92,6 +92,34 @@ impl Write for Parts {
     }
 }
 
+/// Why an output was not written.
+#[derive(Debug)]
+pub struct UploadError {
+    pub message: String,
+    /// The sink was unavailable ([`s3::unavailable`]): trying again later
+    /// may succeed.
+    pub unavailable: bool,
+}
+
+impl UploadError {
+    fn stopped() -> Self {
+        UploadError {
+            message: "the task stopped".into(),
+            unavailable: false,
+        }
+    }
+
+    fn s3<E>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Self
+    where
+        E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+    {
+        UploadError {
+            message: s3::describe(err),
+            unavailable: s3::unavailable(err),
+        }
+    }
+}
+
 /// Uploads the parts from `receiver` as `bucket/key` once the end comes.
 /// Nothing is written when the channel closes before the end (a failed
 /// task), or when it ends without a part (a task without records).
@@ -101,12 +129,15 @@ pub async fn upload(
     bucket: &str,
     key: &str,
     mut receiver: mpsc::Receiver<Chunk>,
-) -> Result<bool, String> {
-    let failed = |err: String| format!("cannot write s3://{bucket}/{key}: {err}");
+) -> Result<bool, UploadError> {
+    let failed = |err: UploadError| UploadError {
+        message: format!("cannot write s3://{bucket}/{key}: {}", err.message),
+        ..err
+    };
     let first = match receiver.recv().await {
         Some(Chunk::Part(part)) => part,
         Some(Chunk::End) => return Ok(false),
-        None => return Err(failed("the task stopped".into())),
+        None => return Err(failed(UploadError::stopped())),
     };
     let second = match receiver.recv().await {
         Some(Chunk::Part(part)) => part,
@@ -120,10 +151,10 @@ pub async fn upload(
                 .body(ByteStream::from(first))
                 .send()
                 .await
-                .map_err(|err| failed(s3::describe(&err)))?;
+                .map_err(|err| failed(UploadError::s3(&err)))?;
             return Ok(true);
         }
-        None => return Err(failed("the task stopped".into())),
+        None => return Err(failed(UploadError::stopped())),
     };
     let created = client
         .create_multipart_upload()
@@ -133,7 +164,7 @@ pub async fn upload(
         .content_encoding("zstd")
         .send()
         .await
-        .map_err(|err| failed(s3::describe(&err)))?;
+        .map_err(|err| failed(UploadError::s3(&err)))?;
     let upload_id = created.upload_id().unwrap_or_default().to_owned();
     let completed = upload_parts(client, bucket, key, &upload_id, [first, second], receiver).await;
     let completed = match completed {
@@ -150,7 +181,7 @@ pub async fn upload(
             .send()
             .await
             .map(|_| ())
-            .map_err(|err| s3::describe(&err)),
+            .map_err(|err| UploadError::s3(&err)),
         Err(err) => Err(err),
     };
     if let Err(err) = completed {
@@ -175,12 +206,12 @@ async fn upload_parts(
     upload_id: &str,
     first: [Bytes; 2],
     receiver: mpsc::Receiver<Chunk>,
-) -> Result<Vec<CompletedPart>, String> {
+) -> Result<Vec<CompletedPart>, UploadError> {
     let rest = futures::stream::unfold(receiver, |mut receiver| async {
         match receiver.recv().await {
             Some(Chunk::Part(part)) => Some((Ok(part), receiver)),
             Some(Chunk::End) => None,
-            None => Some((Err("the task stopped".to_owned()), receiver)),
+            None => Some((Err(UploadError::stopped()), receiver)),
         }
     });
     futures::stream::iter(first.map(Ok))
@@ -197,7 +228,7 @@ async fn upload_parts(
                 .body(ByteStream::from(part?))
                 .send()
                 .await
-                .map_err(|err| s3::describe(&err))?;
+                .map_err(|err| UploadError::s3(&err))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(uploaded.e_tag)

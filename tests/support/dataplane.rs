@@ -101,11 +101,15 @@ impl Ingest {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_with(args, &self.dir.path().join("config.json"))
+    }
+
+    fn command_with(&self, args: &[&str], config: &std::path::Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
             .args(args)
             .arg("--config")
-            .arg(self.dir.path().join("config.json"))
+            .arg(config)
             .arg("--token-file")
             .arg(self.dir.path().join("token"))
             .env("RUST_LOG", "info,sluice=debug")
@@ -161,6 +165,25 @@ impl Ingest {
             .arg(format!("--coordinator=http://127.0.0.1:{coordinator_port}"))
             .arg(format!("--address=127.0.0.1:{port}"))
             .args(args)
+            .env("POD_NAME", name);
+        Part::start(&self.dir, name, port, command, true)
+    }
+
+    /// A worker that runs with `config` instead of the source's own (to
+    /// point it at an unreachable store, say).
+    pub fn worker_configured(
+        &self,
+        coordinator_port: u16,
+        name: &str,
+        config: &RuntimeConfig,
+    ) -> Part {
+        let path = self.dir.path().join(format!("config-{name}.json"));
+        std::fs::write(&path, serde_json::to_vec(config).unwrap()).unwrap();
+        let port = free_port().unwrap();
+        let mut command = self.command_with(&["worker"], &path);
+        command
+            .arg(format!("--coordinator=http://127.0.0.1:{coordinator_port}"))
+            .arg(format!("--address=127.0.0.1:{port}"))
             .env("POD_NAME", name);
         Part::start(&self.dir, name, port, command, true)
     }
