@@ -211,19 +211,15 @@ impl Ledger {
             .collect();
 
         // A finished task is archived within seconds of its end.
-        let archived = eventually(
-            "every object in a succeeded task in the archive",
-            DONE,
-            || async {
-                let records = ingest.archive_records().await;
-                let keys: BTreeSet<_> = records
-                    .iter()
-                    .filter(|(_, r)| r.state == TaskState::Succeeded)
-                    .flat_map(|(_, r)| r.objects.iter().map(|o| o.key.clone()))
-                    .collect();
-                (keys.len() >= objects).then_some(records)
-            },
-        )
+        let archived = eventually("every object in an archived task", DONE, || async {
+            let records = ingest.archive_records().await;
+            // Failed tasks count here too: they are reported below.
+            let keys: BTreeSet<_> = records
+                .iter()
+                .flat_map(|(_, r)| r.objects.iter().map(|o| o.key.clone()))
+                .collect();
+            (keys.len() >= objects).then_some(records)
+        })
         .await;
         self.tasks_archived = archived.len();
         let mut tasks = BTreeMap::<&str, u32>::new();
@@ -409,7 +405,7 @@ async fn random_crashes_and_restarts_lose_and_duplicate_nothing() {
         data.put_wave(&ingest).await;
         chaos.pause().await;
         restart_exited(&ingest, &mut ledger, &mut coordinator, &mut workers, &args);
-        println!("{:>6.1}s {fault}", started.elapsed().as_secs_f64());
+        println!("{TEST} {:>6.1}s: {fault}", started.elapsed().as_secs_f64());
         match fault {
             Fault::KillCoordinator => {
                 coordinator.kill();
@@ -525,7 +521,7 @@ async fn two_coordinators_at_once_never_corrupt_the_checkpoint() {
         data.put_wave(&ingest).await;
         chaos.pause().await;
         reap(&mut coordinators, &mut ledger);
-        println!("{:>6.1}s {fault}", started.elapsed().as_secs_f64());
+        println!("{TEST} {:>6.1}s: {fault}", started.elapsed().as_secs_f64());
         match fault {
             Fault::SecondCoordinator => {
                 // Into the free slot; with none free, one is killed first.
