@@ -264,6 +264,54 @@ async fn a_second_coordinator_fences_out_the_first() {
     assert_exactly_once(&ingest, &expected(0..20, 1)).await;
 }
 
+/// A checkpoint write that landed but whose answer was lost (S3 restarted
+/// in between) leaves a manifest of the coordinator's own epoch that it
+/// does not know: that is not another coordinator, and it goes on.
+#[tokio::test]
+async fn a_checkpoint_write_whose_answer_was_lost_does_not_stop_the_coordinator() {
+    let ingest = Ingest::new("lost-answer", 2, Duration::from_secs(30), 3).await;
+    ingest.put((0..10).map(|i| object(i, 2)).collect()).await;
+    let mut coordinator = ingest.coordinator(None, &[]);
+    let epoch = coordinator.summary().epoch;
+    eventually("the planned tasks in a checkpoint", DONE, || async {
+        coordinator.summary().last_checkpoint.map(|_| ())
+    })
+    .await;
+    // The same manifest, other bytes: a new ETag, as after a write whose
+    // answer never came.
+    let (bucket, key) = (&ingest.config.archive.bucket, ingest.manifest_key());
+    let manifest = ingest
+        .client
+        .get_object()
+        .bucket(bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .to_vec();
+    let mut json = zstd::decode_all(&manifest[..]).unwrap();
+    json.push(b'\n');
+    ingest
+        .client
+        .put_object()
+        .bucket(bucket)
+        .key(&key)
+        .body(zstd::encode_all(&json[..], 3).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+
+    let _worker = ingest.worker(coordinator.port, "w1");
+    let summary = wait_until_done(&coordinator, 10, DONE).await;
+    assert!(coordinator.running(), "{}", coordinator.log());
+    assert_eq!(summary.epoch, epoch);
+    assert_exactly_once(&ingest, &expected(0..10, 2)).await;
+}
+
 #[tokio::test]
 async fn a_poison_object_fails_alone_after_its_attempts_and_the_rest_go_on() {
     let ingest = Ingest::new("poison", 4, Duration::from_secs(30), 2).await;

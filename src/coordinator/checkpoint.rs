@@ -177,17 +177,44 @@ impl Checkpoint {
                 self.uploaded.insert(segment.name().to_owned());
             }
         }
-        let etag = self
+        let etag = match self
             .put_manifest(manifest, Condition::Matches(self.etag.clone()))
-            .await?;
+            .await
+        {
+            Err(fenced @ CheckpointError::Fenced { .. }) => match self.own_lost_write().await {
+                Some(etag) => {
+                    self.put_manifest(manifest, Condition::Matches(etag))
+                        .await?
+                }
+                None => return Err(fenced),
+            },
+            written => written?,
+        };
         self.etag = etag;
         Ok(())
+    }
+
+    /// The ETag of the manifest when it is still of this coordinator's
+    /// epoch although not the one it last knew: a write of its own landed
+    /// but the answer was lost (S3 restarted, the connection broke). A
+    /// claim always raises the epoch, so no other coordinator wrote it.
+    async fn own_lost_write(&self) -> Option<String> {
+        match self.read_manifest().await {
+            Ok(Some((manifest, etag))) if manifest.epoch == self.epoch => {
+                tracing::info!(
+                    checkpoint = %self.location(),
+                    "the checkpoint holds a write of this coordinator whose answer was lost"
+                );
+                Some(etag)
+            }
+            _ => None,
+        }
     }
 
     /// Checks, without writing, that no other coordinator has claimed the
     /// checkpoint since this one's last write (a conditional HEAD). Fails
     /// with [`CheckpointError::Fenced`] once one has.
-    pub async fn verify(&self) -> Result<(), CheckpointError> {
+    pub async fn verify(&mut self) -> Result<(), CheckpointError> {
         let key = self.manifest_key();
         match self
             .client
@@ -199,7 +226,13 @@ impl Checkpoint {
             .await
         {
             Ok(_) => Ok(()),
-            Err(err) if s3::status(&err) == Some(412) => Err(self.fenced(key).await),
+            Err(err) if s3::status(&err) == Some(412) => match self.own_lost_write().await {
+                Some(etag) => {
+                    self.etag = etag;
+                    Ok(())
+                }
+                None => Err(self.fenced(key).await),
+            },
             Err(err) => Err(self.s3_error(&key, s3::describe(&err))),
         }
     }
