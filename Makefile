@@ -46,3 +46,11 @@ test-env: tools
 ## GROUP=operator|status|coordinator|workers|history runs one group
 bench: tools
 	tools/bench.sh $(GROUP)
+
+## chaos: the long fault-injection run (a few minutes): kill -9 coordinators and
+## workers, restart MinIO and kube-apiserver, two coordinators at once, then
+## check the sink record by record; SLUICE_CHAOS_SEED=N replays a run,
+## SLUICE_CHAOS_ROUNDS=N sets the faults per test (make test runs 8)
+SLUICE_CHAOS_ROUNDS ?= 60
+chaos: tools
+	SLUICE_CHAOS_ROUNDS=$(SLUICE_CHAOS_ROUNDS) $(CARGO) test --locked --test chaos -- --nocapture
