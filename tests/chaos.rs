@@ -109,7 +109,7 @@ impl fmt::Display for Fault {
 /// or CSV, plain or gzip.
 fn object(index: usize) -> (String, Vec<u8>) {
     let ids = (0..RECORDS).map(|n| format!("o{index}-r{n}"));
-    let (extension, text): (_, String) = if index % 2 == 0 {
+    let (extension, text): (_, String) = if index.is_multiple_of(2) {
         (
             "ndjson",
             ids.map(|id| format!("{{\"id\":\"{id}\",\"n\":{index}}}\n"))
@@ -124,7 +124,7 @@ fn object(index: usize) -> (String, Vec<u8>) {
         )
     };
     let key = format!("{index:06}.{extension}");
-    if index % 3 == 0 {
+    if index.is_multiple_of(3) {
         let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gzip.write_all(text.as_bytes()).unwrap();
         (format!("{key}.gz"), gzip.finish().unwrap())
