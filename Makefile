@@ -46,3 +46,8 @@ test-env: tools
 ## GROUP=operator|status|coordinator|workers|history runs one group
 bench: tools
 	tools/bench.sh $(GROUP)
+
+## fuzz: run each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (60) each, keeping
+## the corpus in fuzz/corpus/ (installs cargo-fuzz into $(SLUICE_CACHE) once)
+fuzz:
+	tools/fuzz.sh

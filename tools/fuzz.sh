@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# `make fuzz`: runs every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each
+# (default 60), growing the corpus kept in fuzz/corpus/<target>/.
+#
+#   FUZZ_SECONDS=300 make fuzz          # longer
+#   FUZZ_TARGETS="decode http" make fuzz # some targets only
+#   FUZZ_SANITIZER=address make fuzz    # needs a toolchain with the sanitizer runtime
+#
+# cargo-fuzz needs -Z flags: with no nightly toolchain installed, the stable
+# one runs with RUSTC_BOOTSTRAP=1 (nothing outside package registries can be
+# downloaded here, so no rustup toolchain either). The address sanitizer's
+# runtime ships with the nightly toolchain's rust-std but stable has it too
+# for x86_64-unknown-linux-gnu; the default, though, is `none`: the targets
+# are safe Rust, where the sanitizer finds little and halves the speed, and
+# what matters here is panics, 5xx answers, hangs and memory blow-ups.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_FUZZ_VERSION=0.13.2
+SLUICE_CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SANITIZER=${FUZZ_SANITIZER:-none}
+# Each target's own build products, apart from the main crate's.
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$SLUICE_CACHE/target-fuzz}
+
+root=$SLUICE_CACHE/cargo-fuzz-$CARGO_FUZZ_VERSION
+if [[ ! -x $root/bin/cargo-fuzz ]]; then
+    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION into $root" >&2
+    # Its own target dir: a shared one would leave its objects beside ours.
+    CARGO_TARGET_DIR=$root/build cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" \
+        --locked --root "$root"
+    rm -rf "$root/build"
+fi
+export PATH=$root/bin:$PATH
+
+toolchain=()
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    toolchain=(+nightly)
+else
+    export RUSTC_BOOTSTRAP=1
+fi
+
+targets=${FUZZ_TARGETS:-$(cargo "${toolchain[@]}" fuzz list)}
+status=0
+for target in $targets; do
+    corpus=fuzz/corpus/$target
+    mkdir -p "$corpus"
+    echo "== $target: ${FUZZ_SECONDS}s" >&2
+    # New inputs go to a scratch directory, and only those that add coverage
+    # are merged into the kept corpus, so it stays small.
+    scratch=$(mktemp -d)
+    if ! cargo "${toolchain[@]}" fuzz run --sanitizer "$FUZZ_SANITIZER" --release \
+        "$target" "$scratch" "$corpus" -- \
+        -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1; then
+        echo "== $target: FAILED; the input is in fuzz/artifacts/$target/" >&2
+        status=1
+    fi
+    cargo "${toolchain[@]}" fuzz run --sanitizer "$FUZZ_SANITIZER" --release \
+        "$target" "$corpus" "$scratch" -- -merge=1 >/dev/null 2>&1 || true
+    rm -rf "$scratch"
+done
+exit $status
