@@ -6,13 +6,12 @@
 #   FUZZ_TARGETS="decode http" make fuzz # some targets only
 #   FUZZ_SANITIZER=address make fuzz    # needs a toolchain with the sanitizer runtime
 #
-# cargo-fuzz needs -Z flags: with no nightly toolchain installed, the stable
-# one runs with RUSTC_BOOTSTRAP=1 (nothing outside package registries can be
-# downloaded here, so no rustup toolchain either). The address sanitizer's
-# runtime ships with the nightly toolchain's rust-std but stable has it too
-# for x86_64-unknown-linux-gnu; the default, though, is `none`: the targets
-# are safe Rust, where the sanitizer finds little and halves the speed, and
-# what matters here is panics, 5xx answers, hangs and memory blow-ups.
+# cargo-fuzz needs unstable compiler flags, and a new machine may have no
+# nightly toolchain (nothing outside package registries can be downloaded),
+# so the stable toolchain runs with RUSTC_BOOTSTRAP=1. The sanitizer is
+# `none` by default: the targets are safe Rust, where the address sanitizer
+# finds little and costs half the speed, and what is looked for is panics,
+# 5xx answers, hangs and runaway memory (libFuzzer's -rss_limit_mb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +32,11 @@ if [[ ! -x $root/bin/cargo-fuzz ]]; then
 fi
 export PATH=$root/bin:$PATH
 
+# The same toolchain as everything else, with its unstable flags unlocked
+# (FUZZ_TOOLCHAIN=nightly picks another rustup toolchain).
 toolchain=()
-if rustup run nightly rustc --version >/dev/null 2>&1; then
-    toolchain=(+nightly)
+if [[ -n ${FUZZ_TOOLCHAIN:-} ]]; then
+    toolchain=("+$FUZZ_TOOLCHAIN")
 else
     export RUSTC_BOOTSTRAP=1
 fi
