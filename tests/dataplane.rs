@@ -880,7 +880,7 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
         ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":"1"}"#, 422, "max: invalid type: string \"1\", expected u32"),
         ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":-1}"#, 422, "max: invalid value: integer `-1`, expected u32"),
         ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":4294967296}"#, 422, "max"),
-        ("POST", "/v1/lease", token, json, r#"[1,2]"#, 422, "expected struct LeaseRequest"),
+        ("POST", "/v1/lease", token, json, r#"[1,2]"#, 422, "[0]: invalid type: integer `1`, expected a string"),
         ("POST", "/v1/lease", token, json, "null", 422, "expected struct LeaseRequest"),
         ("POST", "/v1/lease", token, json, "", 400, "EOF while parsing"),
         ("POST", "/v1/lease", token, json, "\u{0}\u{1}garbage", 400, "expected value"),
