@@ -727,10 +727,12 @@ async fn malformed_objects_fail_alone_naming_the_key_and_where_and_the_rest_go_o
     let mut worker = ingest.worker(coordinator.port, "w1");
     let total = good.len() + bad.len() + 2;
     let summary = wait_until_done(&coordinator, total as u64, DONE).await;
+    let failed: TaskList = coordinator.get("/v1/tasks?state=failed");
     assert_eq!(
         (summary.objects.ingested, summary.objects.failed),
         (good.len() as u64 + 1, bad.len() as u64 + 1),
-        "{summary:?}"
+        "{summary:?}\n{:#?}",
+        failed.items
     );
     assert!(
         worker.peak_rss() < 256 << 20,
@@ -739,7 +741,6 @@ async fn malformed_objects_fail_alone_naming_the_key_and_where_and_the_rest_go_o
     );
     assert!(worker.running(), "{}", worker.log());
 
-    let failed: TaskList = coordinator.get("/v1/tasks?state=failed");
     let mut failures: Vec<(String, Vec<String>)> = bad
         .iter()
         .map(|(key, _, words)| (format!("in/{key}"), words.clone()))
