@@ -20,7 +20,11 @@ pub fn run(format: Format, extension: &str, data: &[u8]) {
         2 => Compression::Gzip,
         _ => Compression::Zstd,
     };
-    let format = if choice & 4 == 0 { format } else { Format::Auto };
+    let format = if choice & 4 == 0 {
+        format
+    } else {
+        Format::Auto
+    };
     let key = format!("fuzz/object.{extension}");
     let origin = Origin {
         key: &key,

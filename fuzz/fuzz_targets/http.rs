@@ -129,9 +129,10 @@ fuzz_target!(|calls: Vec<Call>| {
                 .await
                 .expect("the body is in memory");
             if status.is_client_error() {
-                let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|err| {
-                    panic!("{shown}: {status} without a JSON body ({err}): {body:?}")
-                });
+                let error: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or_else(|err| {
+                        panic!("{shown}: {status} without a JSON body ({err}): {body:?}")
+                    });
                 let message = error["error"].as_str().unwrap_or_default();
                 assert!(!message.is_empty(), "{shown}: {status}: {error}");
             }

@@ -10,7 +10,11 @@ fuzz_target!(|text: &str| {
     if let Ok(duration) = Duration::parse(text) {
         // What is shown parses back to the same duration.
         let shown = duration.to_string();
-        assert_eq!(Duration::parse(&shown), Ok(duration), "{text:?} shown as {shown:?}");
+        assert_eq!(
+            Duration::parse(&shown),
+            Ok(duration),
+            "{text:?} shown as {shown:?}"
+        );
     }
     if let Ok(bytes) = parse_bytes(text) {
         assert!(bytes >= 1, "{text:?}");

@@ -220,10 +220,7 @@ async fn list(
     Ok(Json(TaskList { items, next }))
 }
 
-async fn task(
-    State(shared): State<Arc<Shared>>,
-    id: TaskId,
-) -> Result<Json<TaskDetail>, ApiError> {
+async fn task(State(shared): State<Arc<Shared>>, id: TaskId) -> Result<Json<TaskDetail>, ApiError> {
     let Path(id) = id?;
     shared
         .tasks()
