@@ -827,7 +827,7 @@ async fn a_worker_in_256_mib_ingests_an_object_larger_than_that() {
     eprintln!(
         "{} MiB object ({records} records): uploaded in {uploaded:?}, ingested in {:?}; \
          worker peak RSS {} MiB under a {} MiB address-space limit",
-        parts * part >> 20,
+        (parts * part) >> 20,
         started.elapsed() - uploaded,
         peak >> 20,
         LIMIT >> 20
@@ -870,7 +870,6 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
     ingest.put((0..3).map(|i| object(i, 1)).collect()).await;
     let mut coordinator = ingest.coordinator(None, &[]);
     let port = coordinator.port;
-    // (method, path, token, content type, body, status, words of the message)
     let json = Some("application/json");
     let many: Vec<_> = (0..1001)
         .map(|n| format!("{{\"id\":\"1-{n}\",\"attempt\":1,\"records\":0,\"bytes\":0}}"))
@@ -881,8 +880,18 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
         "e".repeat(600 << 10)
     );
     let token = Some(TOKEN);
+    /// Method, path, token, content type, body, status, words of the message.
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a str,
+        u16,
+        &'a str,
+    );
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Option<&str>, Option<&str>, &str, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/lease", token, json, r#"{"worker":1,"max":1}"#, 422, "worker: invalid type: integer `1`, expected a string"),
         ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":"1"}"#, 422, "max: invalid type: string \"1\", expected u32"),
         ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":-1}"#, 422, "max: invalid value: integer `-1`, expected u32"),
