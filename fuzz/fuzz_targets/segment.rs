@@ -21,4 +21,7 @@ fuzz_target!(|data: &[u8]| {
     // A segment that loaded is usable: its keys can be looked up and merged.
     let keys = FinishedKeys::from_segments(vec![segment]);
     let _ = keys.memory_bytes();
+    for key in ["", "in/0.ndjson", "\u{ff}"] {
+        let _ = keys.get(key);
+    }
 });
