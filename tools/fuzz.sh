@@ -3,7 +3,7 @@
 # (default 60), growing the corpus kept in fuzz/corpus/<target>/.
 #
 #   FUZZ_SECONDS=300 make fuzz          # longer
-#   FUZZ_TARGETS="decode http" make fuzz # some targets only
+#   FUZZ_TARGETS="decode_json http" make fuzz  # some targets only
 #   FUZZ_SANITIZER=address make fuzz    # with the address sanitizer (a build of its own)
 #
 # cargo-fuzz needs unstable compiler flags, and a new machine may have no
