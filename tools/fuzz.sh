@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make fuzz`: runs every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each
-# (default 60), growing the corpus kept in fuzz/corpus/<target>/.
+# (default 60), growing the corpus in fuzz/corpus/<target>/. The repository
+# keeps only the seeds there (seed-*); what fuzzing adds stays local
+# (fuzz/.gitignore), so later runs here start from it.
 #
 #   FUZZ_SECONDS=300 make fuzz          # longer
 #   FUZZ_TARGETS="decode_json http" make fuzz  # some targets only
