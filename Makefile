@@ -54,3 +54,8 @@ bench: tools
 SLUICE_CHAOS_ROUNDS ?= 60
 chaos: tools
 	SLUICE_CHAOS_ROUNDS=$(SLUICE_CHAOS_ROUNDS) $(CARGO) test --locked --test chaos -- --nocapture
+
+## fuzz: run each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (60) each, keeping
+## the corpus in fuzz/corpus/ (installs cargo-fuzz into $(SLUICE_CACHE) once)
+fuzz:
+	tools/fuzz.sh

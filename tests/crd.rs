@@ -417,6 +417,49 @@ fn invalid_manifests_are_refused_with_clear_messages() {
     assert_eq!(listed, "", "refused manifests left objects behind");
 }
 
+/// The corpus in `tests/corpus/manifests/`: one broken manifest per file,
+/// each opening with `# expect: TEXT`, the words kubectl must show. Every
+/// file is applied with kubectl's strict validation (its default) and must
+/// be refused with its text; none may leave an object behind.
+#[test]
+fn the_manifest_corpus_is_refused_with_clear_messages() {
+    let namespace = kube_with_crd().namespace("corpus").unwrap();
+    let dir = support::repo().join("tests/corpus/manifests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 30, "the corpus is in {}", dir.display());
+    let mut wrong = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let expected = text
+            .lines()
+            .find_map(|line| line.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} has no `# expect:` line", file.display()));
+        let output = kubectl(
+            &["apply", "--validate=strict", "-n", &namespace, "-f", "-"],
+            Some(&text),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() || !stderr.contains(expected) {
+            wrong.push(format!(
+                "{}: expected a refusal with {expected:?}, got ({}):\n{stderr}",
+                file.display(),
+                output.status
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let listed = succeed(kubectl(
+        &["get", "isrc", "-n", &namespace, "-o", "name"],
+        None,
+    ));
+    assert_eq!(listed, "", "refused manifests left objects behind");
+}
+
 #[test]
 fn unknown_fields_are_refused_under_strict_validation() {
     let namespace = kube_with_crd().namespace("strict").unwrap();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -48,6 +48,12 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError(rejection.status(), rejection.body_text())
+    }
+}
+
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         let status = match refusal {
@@ -63,6 +69,8 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 type Body<T> = Result<Json<T>, JsonRejection>;
+/// A task id from the path; one that is not UTF-8 is refused with a JSON error.
+type TaskId = Result<Path<String>, PathRejection>;
 
 /// The routes of the task API.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -78,6 +86,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/summary", get(summary))
         .merge(workers)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: workers POST to /v1/lease, /v1/heartbeat and \
+                 /v1/tasks/{id}/complete|fail; readers GET /v1/tasks, /v1/tasks/{id} and /v1/summary"
+                    .into(),
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -160,9 +176,10 @@ async fn heartbeat(
 
 async fn complete(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    id: TaskId,
     body: Body<Completion>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
     let Json(completion) = body?;
     worker_name(&completion.worker)?;
     shared.tasks().complete(&id, completion, Timestamp::now())?;
@@ -171,9 +188,10 @@ async fn complete(
 
 async fn fail(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    id: TaskId,
     body: Body<Failure>,
 ) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
     let Json(failure) = body?;
     worker_name(&failure.worker)?;
     if failure.error.len() > MAX_BODY / 2 {
@@ -202,10 +220,8 @@ async fn list(
     Ok(Json(TaskList { items, next }))
 }
 
-async fn task(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-) -> Result<Json<TaskDetail>, ApiError> {
+async fn task(State(shared): State<Arc<Shared>>, id: TaskId) -> Result<Json<TaskDetail>, ApiError> {
+    let Path(id) = id?;
     shared
         .tasks()
         .get(&id)

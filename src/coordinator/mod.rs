@@ -92,6 +92,27 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of a coordinator serving `tasks` to workers that present
+    /// `token`, its metrics registered in `registry`. Needs no S3: the fuzz
+    /// targets drive [`http::router`] with it in process.
+    pub fn new(
+        tasks: Tasks,
+        token: String,
+        lease_duration: Duration,
+        last_checkpoint: Option<Timestamp>,
+        registry: &mut Registry,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            tasks: Mutex::new(tasks),
+            token,
+            lease_duration,
+            metrics: metrics::Metrics::new(registry),
+            planned: Notify::new(),
+            listing_passes: AtomicU64::new(0),
+            last_checkpoint: Mutex::new(last_checkpoint),
+        })
+    }
+
     fn tasks(&self) -> MutexGuard<'_, Tasks> {
         self.tasks
             .lock()
@@ -149,15 +170,13 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         manifest.totals,
     );
     let mut registry = Registry::default();
-    let shared = Arc::new(Shared {
-        tasks: Mutex::new(tasks),
+    let shared = Shared::new(
+        tasks,
         token,
-        lease_duration: config.tasks.lease_duration.0,
-        metrics: metrics::Metrics::new(&mut registry),
-        planned: Notify::new(),
-        listing_passes: AtomicU64::new(0),
-        last_checkpoint: Mutex::new(manifest.written),
-    });
+        config.tasks.lease_duration.0,
+        manifest.written,
+        &mut registry,
+    );
     let readiness = Readiness::default();
     readiness.set(true);
     let address = telemetry::serve_admin(

@@ -77,10 +77,16 @@ pub fn duration_at_least(field: &str, min: &str) -> Rule {
     )
 }
 
+/// A whole number of bytes: `500m` and `1.5` are quantities, but not of
+/// bytes, and would only fail later, in the coordinator.
 pub fn positive_quantity(field: &str) -> Rule {
     rule(
-        "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
-        format!("{field} must be a positive quantity of bytes such as 64Mi, 512Ki or 1Gi"),
+        "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0')) \
+         && quantity(string(self)).isInteger()",
+        format!(
+            "{field} must be a positive quantity of bytes such as 64Mi, 512Ki or 1Gi, \
+             a whole number of bytes (no m suffix, no fraction of a byte)"
+        ),
     )
 }
 

@@ -463,7 +463,10 @@ impl Worker {
             }
         }
         let bytes_written = if total_records == 0 {
-            drop(encoder);
+            encoder
+                .get_mut()
+                .end_empty()
+                .map_err(|err| TaskFailure::transient(format!("finishing the output: {err}")))?;
             0
         } else {
             tokio::task::spawn_blocking(move || encoder.finish().and_then(|parts| parts.finish()))

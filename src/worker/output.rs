@@ -66,6 +66,15 @@ impl Parts {
         self.send(Chunk::Part(Bytes::from(part)))
     }
 
+    /// Ends an output that got no records: the uploader writes nothing.
+    /// Callable from async code, as nothing was sent before it.
+    pub fn end_empty(&mut self) -> std::io::Result<()> {
+        self.buffer.clear();
+        self.sender
+            .try_send(Chunk::End)
+            .map_err(|_| std::io::Error::other("the upload of the output stopped"))
+    }
+
     /// Sends the last part and the end; the uploader then completes the
     /// object. Returns the bytes written.
     pub fn finish(mut self) -> std::io::Result<u64> {
@@ -237,4 +246,30 @@ async fn upload_parts(
         .buffered(PARTS_IN_FLIGHT)
         .try_collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task whose objects hold no records (empty objects, CSV headers
+    /// alone) succeeds without writing: once, dropping the encoder made the
+    /// uploader fail the task with "the task stopped".
+    #[tokio::test]
+    async fn an_output_without_records_is_not_written_and_not_an_error() {
+        let offline = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .build(),
+        );
+        let (mut empty, parts) = encoder();
+        empty.get_mut().end_empty().unwrap();
+        drop(empty);
+        assert_eq!(upload(&offline, "sink", "out", parts).await, Ok(false));
+
+        let (failed, parts) = encoder();
+        drop(failed);
+        let stopped = upload(&offline, "sink", "out", parts).await.unwrap_err();
+        assert!(stopped.ends_with("the task stopped"), "{stopped}");
+    }
 }

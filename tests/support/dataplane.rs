@@ -159,14 +159,9 @@ impl Ingest {
 
     /// A worker with extra `args`.
     pub fn worker_with(&self, coordinator_port: u16, name: &str, args: &[&str]) -> Part {
-        let port = free_port().unwrap();
         let mut command = self.command(&["worker"]);
-        command
-            .arg(format!("--coordinator=http://127.0.0.1:{coordinator_port}"))
-            .arg(format!("--address=127.0.0.1:{port}"))
-            .args(args)
-            .env("POD_NAME", name);
-        Part::start(&self.dir, name, port, command, true)
+        command.args(args);
+        self.start_worker(command, coordinator_port, name)
     }
 
     /// A worker that runs with `config` instead of the source's own (to
@@ -179,13 +174,117 @@ impl Ingest {
     ) -> Part {
         let path = self.dir.path().join(format!("config-{name}.json"));
         std::fs::write(&path, serde_json::to_vec(config).unwrap()).unwrap();
+        self.start_worker(
+            self.command_with(&["worker"], &path),
+            coordinator_port,
+            name,
+        )
+    }
+
+    /// A worker whose address space is limited to `max_memory` bytes
+    /// (`RLIMIT_AS`, set in the child before it runs): allocations past it
+    /// fail, as under a container's memory limit but stricter, since
+    /// reserved but untouched memory counts too.
+    pub fn worker_limited(&self, coordinator_port: u16, name: &str, max_memory: u64) -> Part {
+        use std::os::unix::process::CommandExt;
+        let mut command = self.command(&["worker"]);
+        let limit = libc::rlimit {
+            rlim_cur: max_memory,
+            rlim_max: max_memory,
+        };
+        // SAFETY: setrlimit is async-signal-safe; nothing is allocated here.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        self.start_worker(command, coordinator_port, name)
+    }
+
+    /// Starts `command` (a `sluice worker`) as the worker `name` of the
+    /// coordinator on `coordinator_port`.
+    fn start_worker(&self, mut command: Command, coordinator_port: u16, name: &str) -> Part {
         let port = free_port().unwrap();
-        let mut command = self.command_with(&["worker"], &path);
         command
             .arg(format!("--coordinator=http://127.0.0.1:{coordinator_port}"))
             .arg(format!("--address=127.0.0.1:{port}"))
             .env("POD_NAME", name);
         Part::start(&self.dir, name, port, command, true)
+    }
+
+    /// Puts one object of `parts` parts into the source with a multipart
+    /// upload, asking `part(n)` for each part in turn, so that objects far
+    /// larger than memory can be made. Every part but the last must be at
+    /// least 5 MiB.
+    pub async fn put_parts(&self, key: &str, parts: usize, part: impl Fn(usize) -> Vec<u8>) {
+        use aws_sdk_s3::config::RequestChecksumCalculation;
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        // Checksums of a GiB in a debug build take longer than the upload.
+        let client = aws_sdk_s3::Client::from_conf(
+            self.client
+                .config()
+                .to_builder()
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .build(),
+        );
+        let bucket = &self.config.source.s3.bucket;
+        let key = format!("in/{key}");
+        let upload = client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        let id = upload.upload_id().unwrap();
+        let mut completed = Vec::new();
+        for n in 0..parts {
+            let number = n as i32 + 1;
+            let sent = client
+                .upload_part()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(id)
+                .part_number(number)
+                .body(part(n).into())
+                .send()
+                .await
+                .unwrap();
+            completed.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(sent.e_tag().map(str::to_owned))
+                    .build(),
+            );
+        }
+        client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(&key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Deletes a source object (a large one, once a test is done with it).
+    pub async fn delete(&self, key: &str) {
+        self.client
+            .delete_object()
+            .bucket(&self.config.source.s3.bucket)
+            .key(format!("in/{key}"))
+            .send()
+            .await
+            .unwrap();
     }
 
     /// Puts `objects` into the source, 32 at a time.
@@ -257,6 +356,20 @@ impl Ingest {
             }
         }
         records
+    }
+
+    /// Calls `visit` with each line of the sink, decompressing as it goes,
+    /// for sinks too large to hold decompressed.
+    pub async fn each_sink_line(&self, mut visit: impl FnMut(&[u8])) {
+        use std::io::BufRead;
+        for (_, body) in self.objects(&self.config.sink.bucket, "").await {
+            let mut lines = std::io::BufReader::new(zstd::Decoder::new(&body[..]).unwrap());
+            let mut line = Vec::new();
+            while lines.read_until(b'\n', &mut line).unwrap() > 0 {
+                visit(&line);
+                line.clear();
+            }
+        }
     }
 
     /// How often each record `id` is in the sink.
@@ -349,6 +462,19 @@ impl Part {
 
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
+    }
+
+    /// The most memory the process has had resident so far (`VmHWM`), in
+    /// bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+        kib << 10
     }
 
     /// SIGKILL, as a crash would.

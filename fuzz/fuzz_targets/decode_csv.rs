@@ -1,0 +1,9 @@
+#![no_main]
+//! The csv decoder with each compression: see `decode.rs`.
+
+use libfuzzer_sys::fuzz_target;
+use sluice::crd::Format;
+
+mod decode;
+
+fuzz_target!(|data: &[u8]| decode::run(Format::Csv, "csv", data));
