@@ -466,7 +466,7 @@ impl Worker {
             encoder
                 .get_mut()
                 .end_empty()
-                .map_err(|err| TaskFailure::transient(format!("finishing the output: {err}")))?;
+                .map_err(|err| TaskFailure::other(format!("finishing the output: {err}")))?;
             0
         } else {
             tokio::task::spawn_blocking(move || encoder.finish().and_then(|parts| parts.finish()))
