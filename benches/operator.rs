@@ -173,9 +173,7 @@ fn spawn_watch<K>(
         + 'static,
 {
     tokio::spawn(async move {
-        let mut events = std::pin::pin!(
-            watcher(api, watcher::Config::default()).default_backoff()
-        );
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
@@ -308,10 +306,7 @@ fn tail(log: &str) -> &str {
 }
 
 fn seconds_or_missed(took: Option<Duration>) -> String {
-    took.map_or_else(
-        || format!("over {} s", GIVE_UP.as_secs()),
-        support::seconds,
-    )
+    took.map_or_else(|| format!("over {} s", GIVE_UP.as_secs()), support::seconds)
 }
 
 #[tokio::main]
@@ -343,7 +338,9 @@ async fn main() {
     let cold_children = children_at.map(|at| at - started);
     eprintln!("cold start: children {cold_children:?}, settled {cold_settled:?}");
     if cold_settled.is_none() {
-        let settled = names.iter().filter(|name| lock(&watches.seen).settled(name).is_some());
+        let settled = names
+            .iter()
+            .filter(|name| lock(&watches.seen).settled(name).is_some());
         eprintln!(
             "only {} settled; the operator's log:\n{}",
             settled.count(),
@@ -380,7 +377,9 @@ async fn main() {
                 api.patch(
                     name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"annotations": {"bench.sluice.dev/touched": "1"}}})),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {"bench.sluice.dev/touched": "1"}}}),
+                    ),
                 )
                 .await
                 .map(drop)
@@ -390,8 +389,8 @@ async fn main() {
         .try_collect::<()>()
         .await
         .unwrap();
-    let touch_reconciles = quiet(&operator, restart_reconciles + COLD_SOURCES as f64).await
-        - restart_reconciles;
+    let touch_reconciles =
+        quiet(&operator, restart_reconciles + COLD_SOURCES as f64).await - restart_reconciles;
     let after = apiserver_writes(&client).await;
     let (mut touch_writes, touch_others) = new_writes(&before, &after);
     let bench_patches = touch_writes.remove("PATCH ingestsources").unwrap_or(0.0);
@@ -455,54 +454,52 @@ async fn main() {
     );
     let mut table = Table::new(&["measure", "sources", "result", "bar", ""]);
     table.row(&[
-            "new source: apply → children, p50".into(),
-            format!("{LATENCY_SOURCES}, one at a time"),
-            support::ms(p50),
-            "-".into(),
-            String::new(),
-        ]);
+        "new source: apply → children, p50".into(),
+        format!("{LATENCY_SOURCES}, one at a time"),
+        support::ms(p50),
+        "-".into(),
+        String::new(),
+    ]);
     table.row(&[
-            "new source: apply → children, p99".into(),
-            format!("{LATENCY_SOURCES}, one at a time"),
-            support::ms(p99),
-            "1 s".into(),
-            verdict(p99 < Duration::from_secs(1)).into(),
-        ]);
+        "new source: apply → children, p99".into(),
+        format!("{LATENCY_SOURCES}, one at a time"),
+        support::ms(p99),
+        "1 s".into(),
+        verdict(p99 < Duration::from_secs(1)).into(),
+    ]);
     table.row(&[
-            "new source: apply → settled, p50 / p99".into(),
-            format!("{LATENCY_SOURCES}, one at a time"),
-            format!("{} / {}", support::ms(status_p50), support::ms(status_p99)),
-            "-".into(),
-            String::new(),
-        ]);
+        "new source: apply → settled, p50 / p99".into(),
+        format!("{LATENCY_SOURCES}, one at a time"),
+        format!("{} / {}", support::ms(status_p50), support::ms(status_p99)),
+        "-".into(),
+        String::new(),
+    ]);
     table.row(&[
-            "cold start: operator start → every source has its children".into(),
-            COLD_SOURCES.to_string(),
-            seconds_or_missed(cold_children),
-            "-".into(),
-            String::new(),
-        ]);
+        "cold start: operator start → every source has its children".into(),
+        COLD_SOURCES.to_string(),
+        seconds_or_missed(cold_children),
+        "-".into(),
+        String::new(),
+    ]);
     table.row(&[
-            "cold start: operator start → every source settled".into(),
-            COLD_SOURCES.to_string(),
-            seconds_or_missed(cold_settled),
-            "30 s".into(),
-            verdict(cold_settled.is_some_and(|took| took < Duration::from_secs(30))).into(),
-        ]);
+        "cold start: operator start → every source settled".into(),
+        COLD_SOURCES.to_string(),
+        seconds_or_missed(cold_settled),
+        "30 s".into(),
+        verdict(cold_settled.is_some_and(|took| took < Duration::from_secs(30))).into(),
+    ]);
     table.row(&[
-            format!(
-                "no-op resync, operator restarted ({restart_reconciles} reconciles): API writes"
-            ),
-            COLD_SOURCES.to_string(),
-            format!(
-                "{restart_total} ({}); operator's own count {}; not the operator's: {}",
-                describe(&restart_writes),
-                restart_own as i64,
-                describe(&restart_others)
-            ),
-            "0".into(),
-            verdict(restart_total == 0.0).into(),
-        ]);
+        format!("no-op resync, operator restarted ({restart_reconciles} reconciles): API writes"),
+        COLD_SOURCES.to_string(),
+        format!(
+            "{restart_total} ({}); operator's own count {}; not the operator's: {}",
+            describe(&restart_writes),
+            restart_own as i64,
+            describe(&restart_others)
+        ),
+        "0".into(),
+        verdict(restart_total == 0.0).into(),
+    ]);
     table.row(&[
             format!(
                 "no-op resync, an ignored annotation touched ({touch_reconciles} reconciles): API writes"

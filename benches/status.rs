@@ -37,9 +37,11 @@ const BAR_PER_MINUTE: f64 = 12.0;
 /// Tasks a stalled worker holds in the full-lists case, more than the 20
 /// `activeTasks` the status lists.
 const HELD: usize = 25;
-/// A pod name as long as Kubernetes allows a label value (63), as worker
-/// names come from pod names.
-const LONG_WORKER: &str = "full-worker-7d9f8c6b5d-abcde-with-a-long-generated-suffix-0123";
+/// Worker names as long as a Deployment's pod names get (63: generated
+/// names are cut to 58 characters before the 5 random ones), as worker
+/// names are pod names.
+const LONG_WORKER: &str = "full-worker-7d9f8c6b5d-abcde-with-a-long-generated-suffix-01234";
+const STALLED_WORKER: &str = "full-worker-7d9f8c6b5d-fghij-with-a-long-generated-suffix-56789";
 
 /// What a watch of one IngestSource saw: every change of its status, and
 /// the largest status and object.
@@ -108,6 +110,17 @@ async fn watch(client: &kube::Client, namespace: &str, name: &str) -> Arc<Mutex<
     seen
 }
 
+/// Waits for the coordinator's first report: writes are counted from there
+/// on, since the first comes at once and the next one interval later.
+async fn first_report(seen: &Mutex<Seen>) {
+    eventually("the coordinator's first report", WINDOW, || async {
+        let seen = lock(seen);
+        let status = seen.last_status.as_ref()?;
+        status.get("coordinatorHeartbeatTime").map(drop)
+    })
+    .await;
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -127,7 +140,9 @@ async fn status_applies(client: &kube::Client) -> f64 {
 
 /// The operator's own count of its status writes.
 fn operator_status_writes(operator: &Operator) -> f64 {
-    let (_, body) = operator.get("/metrics").expect("the operator serves /metrics");
+    let (_, body) = operator
+        .get("/metrics")
+        .expect("the operator serves /metrics");
     body.lines()
         .find_map(|line| {
             line.strip_prefix("sluice_operator_api_writes_total{kind=\"IngestSource/status\"} ")
@@ -192,13 +207,7 @@ async fn main() {
         .iter()
         .map(|name| busy.worker(coordinator.port, name))
         .collect();
-    // From the coordinator's first report on.
-    eventually("the coordinator's first report", WINDOW, || async {
-        let seen = lock(&busy_seen);
-        let status = seen.last_status.as_ref()?;
-        status.get("coordinatorHeartbeatTime").map(drop)
-    })
-    .await;
+    first_report(&busy_seen).await;
     eprintln!("measuring the busy ingest for {WINDOW:?}...");
     let start = (
         Instant::now(),
@@ -256,16 +265,16 @@ async fn main() {
     .await;
     let full_seen = watch(&client, &full_ns, "full").await;
     let full_coordinator = full.coordinator(None, &["--checkpoint-interval=5s"]);
+    first_report(&full_seen).await;
     let full_start = (Instant::now(), coordinator_writes(&full_coordinator));
     let mut held = 0;
     while held < HELD {
         let request = serde_json::to_string(&LeaseRequest {
-            worker: "stalled-worker".into(),
+            worker: STALLED_WORKER.into(),
             max: (HELD - held) as u32,
         })
         .unwrap();
-        let (status, body) =
-            full_coordinator.request("POST", "/v1/lease", Some(TOKEN), &request);
+        let (status, body) = full_coordinator.request("POST", "/v1/lease", Some(TOKEN), &request);
         assert_eq!(status, 200, "{body}");
         held += serde_json::from_str::<LeaseResponse>(&body)
             .unwrap()
@@ -276,10 +285,14 @@ async fn main() {
     let _worker = full.worker_with(full_coordinator.port, LONG_WORKER, &["--concurrency=8"]);
     // Everything but the held tasks finishes; then two more status
     // intervals so the last counts are published.
-    eventually("the full-lists ingest", Duration::from_secs(120), || async {
-        let summary = full_coordinator.summary();
-        (summary.tasks.pending == 0 && summary.tasks.running as usize == HELD).then_some(())
-    })
+    eventually(
+        "the full-lists ingest",
+        Duration::from_secs(120),
+        || async {
+            let summary = full_coordinator.summary();
+            (summary.tasks.pending == 0 && summary.tasks.running as usize == HELD).then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(11)).await;
     let full_window = full_start.0.elapsed();
@@ -315,10 +328,15 @@ async fn main() {
          Then, once every object is ingested, idle for {:.0} s. **(b) full \
          lists**: 200 objects whose keys are {} bytes long, every fifth malformed (one try, so \
          it fails for good, its error quoting the key); {HELD} tasks leased and held by a \
-         stalled worker through the coordinator's lease API, the rest run by a worker whose \
-         name is {} bytes long; {:.0} s.\n",
+         stalled worker through the coordinator's lease API, the rest run by a worker; both \
+         workers' names are {} bytes long, the longest a Deployment's pod name gets; measured from the coordinator's first report until {:.0} s \
+         later, when all but the held tasks had finished.\n",
         window.as_secs_f64(),
-        if still_busy { ", work still pending at the end" } else { ", the ingest ending inside it" },
+        if still_busy {
+            ", work still pending at the end"
+        } else {
+            ", the ingest ending inside it"
+        },
         idle_window.as_secs_f64(),
         deep.len() + "in/0000.ndjson".len(),
         LONG_WORKER.len(),

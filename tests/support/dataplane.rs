@@ -124,7 +124,10 @@ impl Ingest {
         let mut command = self.command(&["coordinator"]);
         command.arg(format!("--address=127.0.0.1:{port}"));
         // Frequent checkpoints make tests quick, unless `args` choose.
-        if !args.iter().any(|arg| arg.starts_with("--checkpoint-interval")) {
+        if !args
+            .iter()
+            .any(|arg| arg.starts_with("--checkpoint-interval"))
+        {
             command.arg("--checkpoint-interval=300ms");
         }
         command.args(args);
