@@ -311,6 +311,7 @@ fn seconds_or_missed(took: Option<Duration>) -> String {
 
 #[tokio::main]
 async fn main() {
+    let load_at_start = load_average();
     let kube = tokio::task::spawn_blocking(kube_with_crd).await.unwrap();
     let client = kube.client().await;
 
@@ -426,8 +427,9 @@ async fn main() {
         percentile(to_children, 99),
     );
     let (status_p50, status_p99) = (percentile(to_status.clone(), 50), percentile(to_status, 99));
-    let restart_total: f64 = restart_writes.values().sum();
-    let touch_total: f64 = touch_writes.values().sum();
+    // As integers: a sum of no f64s is -0.
+    let restart_total = restart_writes.values().sum::<f64>() as i64;
+    let touch_total = touch_writes.values().sum::<f64>() as i64;
 
     println!(
         "The `sluice operator` process (release build, `RUST_LOG=info`, leader election on, \
@@ -498,7 +500,7 @@ async fn main() {
             describe(&restart_others)
         ),
         "0".into(),
-        verdict(restart_total == 0.0).into(),
+        verdict(restart_total == 0).into(),
     ]);
     table.row(&[
             format!(
@@ -512,7 +514,23 @@ async fn main() {
                 describe(&touch_others)
             ),
             "0".into(),
-            verdict(touch_total == 0.0).into(),
+            verdict(touch_total == 0).into(),
         ]);
     table.print();
+    println!(
+        "Load average (1, 5, 15 min) when the run began: {load_at_start}; when it ended: {}.",
+        load_average()
+    );
+}
+
+/// The machine's load average, which says how far to trust the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
