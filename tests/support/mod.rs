@@ -188,6 +188,11 @@ impl Operator {
         self.daemon.pid()
     }
 
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.daemon.check_running().is_ok()
+    }
+
     /// What the operator logged so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
