@@ -103,3 +103,48 @@ pub fn criterion_median(id: &str) -> Duration {
         .unwrap_or_else(|| panic!("no median in {}", path.display()));
     Duration::from_nanos(nanos as u64)
 }
+
+/// Write requests (verb, resource, subresource) → how many the API server
+/// has served.
+pub type Writes = std::collections::BTreeMap<(String, String, String), f64>;
+
+/// The write requests the API server has served since it started, from its
+/// `apiserver_request_total` (which has no label for the client, so compare
+/// two readings with nothing else writing in between).
+pub async fn apiserver_writes(client: &kube::Client) -> Writes {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let body = client.request_text(request).await.unwrap();
+    let mut writes = Writes::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|value| value.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let verb = label("verb");
+        if ![
+            "POST",
+            "PUT",
+            "PATCH",
+            "APPLY",
+            "DELETE",
+            "DELETECOLLECTION",
+        ]
+        .contains(&verb.as_str())
+        {
+            continue;
+        }
+        *writes
+            .entry((verb, label("resource"), label("subresource")))
+            .or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    writes
+}

@@ -140,9 +140,16 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     };
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let elector = args.leader_election.then(|| {
+    // The Lease has a client, and so connections, of its own: renewals
+    // never queue behind the reconciles' requests.
+    let lease_client = if args.leader_election {
+        Some(kube::Client::try_default().await?)
+    } else {
+        None
+    };
+    let elector = lease_client.map(|lease_client| {
         LeaderElector::new(
-            client.clone(),
+            lease_client,
             LeaseConfig {
                 namespace: args.lease_namespace.clone(),
                 name: args.lease_name.clone(),

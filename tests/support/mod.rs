@@ -143,13 +143,19 @@ impl Operator {
     /// Starts the operator binary against `kube` (admin credentials) with
     /// `args` added, and waits until it serves /healthz.
     pub fn start(kube: &KubeEnv, identity: &str, args: &[&str]) -> Self {
+        Self::start_logging(kube, identity, args, "info,sluice=debug")
+    }
+
+    /// [`Operator::start`] with the `RUST_LOG` filter `log` (benchmarks run
+    /// it at `info`, as the chart does, not at the tests' `debug`).
+    pub fn start_logging(kube: &KubeEnv, identity: &str, args: &[&str], log_filter: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
         let admin_port = free_port().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
             .env("KUBECONFIG", kube.kubeconfig())
-            .env("RUST_LOG", "info,sluice=debug")
+            .env("RUST_LOG", log_filter)
             .args(["operator", "--image", "sluice:test", "--identity", identity])
             .arg(format!("--admin-address=127.0.0.1:{admin_port}"))
             .args(args);
@@ -180,6 +186,11 @@ impl Operator {
 
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.daemon.check_running().is_ok()
     }
 
     /// What the operator logged so far, for failure messages.

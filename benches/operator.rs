@@ -1,0 +1,536 @@
+//! `make bench GROUP=operator`: the reconcile bars, against a real
+//! kube-apiserver and etcd with the `sluice operator` process (release
+//! build, `RUST_LOG=info`, leader election on, all namespaces: what the
+//! chart runs).
+//!
+//! - apply-to-children latency of one new IngestSource (bar: p99 < 1 s);
+//! - 1,000 IngestSources settling from a cold start (bar: < 30 s);
+//! - API writes of a resync that changes nothing (bar: 0).
+//!
+//! Times are taken from the bench's own watches of IngestSources,
+//! Deployments and Services, stamped when each event arrives; writes are
+//! counted by the API server (`apiserver_request_total`).
+
+#[path = "../tests/support/mod.rs"]
+mod harness;
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use harness::{Operator, kube_with_crd, sources};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sluice::crd::IngestSource;
+use sluice::testenv::KubeEnv;
+use support::{Table, Writes, apiserver_writes, percentile, verdict};
+
+/// Sequential new sources for the latency figures.
+const LATENCY_SOURCES: usize = 100;
+/// Sources for the cold start and the resync.
+const COLD_SOURCES: usize = 1000;
+/// Longest wait for anything before it counts as missed.
+const GIVE_UP: Duration = Duration::from_secs(180);
+/// No reconcile for this long: the operator is done with what it was given.
+const QUIET: Duration = Duration::from_secs(3);
+
+/// What the bench's watches have seen in one namespace, with when each
+/// thing was first seen.
+#[derive(Default)]
+struct Seen {
+    /// Deployment and Service names.
+    deployments: HashMap<String, Instant>,
+    services: HashMap<String, Instant>,
+    /// IngestSource name → when its status first said the observed
+    /// generation is its generation.
+    observed: HashMap<String, Instant>,
+}
+
+impl Seen {
+    /// When source `name` first had its coordinator and worker Deployments
+    /// and its Service (the worker Deployment is the last child applied).
+    fn children(&self, name: &str) -> Option<Instant> {
+        let coordinator = format!("{name}-coordinator");
+        [
+            self.deployments.get(&coordinator)?,
+            self.deployments.get(&format!("{name}-worker"))?,
+            self.services.get(&coordinator)?,
+        ]
+        .into_iter()
+        .max()
+        .copied()
+    }
+
+    /// When source `name` was settled: its children exist and its status
+    /// has observed its generation.
+    fn settled(&self, name: &str) -> Option<Instant> {
+        self.children(name)?.max(*self.observed.get(name)?).into()
+    }
+}
+
+/// Watches one namespace, so waits end the moment the event arrives.
+struct Watches {
+    seen: Arc<Mutex<Seen>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Watches {
+    /// Starts the watches and returns once each has listed.
+    async fn start(client: &Client, namespace: &str) -> Self {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (listed, mut listed_rx) = tokio::sync::mpsc::channel(3);
+        spawn_watch(
+            Api::<Deployment>::namespaced(client.clone(), namespace),
+            listed.clone(),
+            {
+                let (seen, changed) = (seen.clone(), changed.clone());
+                move |deployment: Deployment| {
+                    lock(&seen)
+                        .deployments
+                        .entry(deployment.name_any())
+                        .or_insert_with(Instant::now);
+                    changed.notify_waiters();
+                }
+            },
+        );
+        spawn_watch(
+            Api::<Service>::namespaced(client.clone(), namespace),
+            listed.clone(),
+            {
+                let (seen, changed) = (seen.clone(), changed.clone());
+                move |service: Service| {
+                    lock(&seen)
+                        .services
+                        .entry(service.name_any())
+                        .or_insert_with(Instant::now);
+                    changed.notify_waiters();
+                }
+            },
+        );
+        spawn_watch(
+            Api::<IngestSource>::namespaced(client.clone(), namespace),
+            listed,
+            {
+                let (seen, changed) = (seen.clone(), changed.clone());
+                move |source: IngestSource| {
+                    let observed = source.status.as_ref().and_then(|s| s.observed_generation);
+                    if observed.is_some() && observed == source.metadata.generation {
+                        lock(&seen)
+                            .observed
+                            .entry(source.name_any())
+                            .or_insert_with(Instant::now);
+                        changed.notify_waiters();
+                    }
+                }
+            },
+        );
+        for _ in 0..3 {
+            listed_rx.recv().await;
+        }
+        Self { seen, changed }
+    }
+
+    /// The time `when` says, waiting for it at most until `deadline`.
+    async fn until(
+        &self,
+        deadline: Instant,
+        when: impl Fn(&Seen) -> Option<Instant>,
+    ) -> Option<Instant> {
+        loop {
+            let changed = self.changed.notified();
+            if let Some(at) = when(&lock(&self.seen)) {
+                return Some(at);
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
+
+/// Calls `seen` with every object `api` lists or watches; sends on
+/// `listed` once the first list is in.
+fn spawn_watch<K>(
+    api: Api<K>,
+    listed: tokio::sync::mpsc::Sender<()>,
+    mut seen: impl FnMut(K) + Send + 'static,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    seen(object)
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let _ = listed.send(()).await;
+                }
+                Ok(_) => {}
+                Err(err) => eprintln!("bench watch: {err}"),
+            }
+        }
+    });
+}
+
+/// The latest of `times` once every one is known.
+fn latest(times: impl Iterator<Item = Option<Instant>>) -> Option<Instant> {
+    times.collect::<Option<Vec<_>>>()?.into_iter().max()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the operator writes: its children, the token Secret, the status
+/// and Events.
+const OPERATOR_WRITES: [&str; 9] = [
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "configmaps",
+    "services",
+    "deployments",
+    "secrets",
+    "ingestsources",
+    "events",
+];
+
+/// The writes in `after` that are not in `before`, split into those of
+/// kinds the operator writes and the others: Leases (the API server renews
+/// its own every 10 s, leader election the operator's) and Endpoints
+/// (kube-controller-manager's endpoints controller writes them for the
+/// Services).
+fn new_writes(before: &Writes, after: &Writes) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let (mut operator, mut others) = (BTreeMap::new(), BTreeMap::new());
+    for ((verb, resource, subresource), count) in after {
+        let key = (verb.clone(), resource.clone(), subresource.clone());
+        let count = count - before.get(&key).unwrap_or(&0.0);
+        if count <= 0.0 {
+            continue;
+        }
+        let what = if subresource.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{subresource}")
+        };
+        if OPERATOR_WRITES.contains(&resource.as_str()) {
+            operator.insert(what, count);
+        } else {
+            others.insert(what, count);
+        }
+    }
+    (operator, others)
+}
+
+fn describe(writes: &BTreeMap<String, f64>) -> String {
+    if writes.is_empty() {
+        return "none".into();
+    }
+    writes
+        .iter()
+        .map(|(what, count)| format!("{count} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Starts the operator as users run it (off the runtime's threads, which
+/// keep stamping watch events meanwhile).
+async fn start_operator(kube: &'static KubeEnv, identity: &'static str) -> Operator {
+    tokio::task::spawn_blocking(move || Operator::start_logging(kube, identity, &[], "info"))
+        .await
+        .unwrap()
+}
+
+/// Waits until the operator has reconciled at least `at_least` times and
+/// then not at all for [`QUIET`]; returns its reconcile count.
+async fn quiet(operator: &Operator, at_least: f64) -> f64 {
+    let deadline = Instant::now() + GIVE_UP;
+    let mut last = (-1.0, Instant::now());
+    loop {
+        // A busy operator may answer late; ask again.
+        let Some((_, metrics)) = operator.get("/metrics") else {
+            continue;
+        };
+        let reconciles = harness::metric(&metrics, "sluice_operator_reconciles_total");
+        if reconciles != last.0 {
+            last = (reconciles, Instant::now());
+        } else if reconciles >= at_least && last.1.elapsed() >= QUIET {
+            return reconciles;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator did not settle: {reconciles} reconciles\n{}",
+            tail(&operator.log())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Applies `count` sources named `source-N` into `namespace`, 8 at a time.
+async fn create_sources(client: &Client, namespace: &str, count: usize) {
+    futures::stream::iter(0..count)
+        .map(|i| async move {
+            sources::apply(client, namespace, &sources::orders(&format!("source-{i}"))).await;
+            Ok::<_, ()>(())
+        })
+        .buffer_unordered(8)
+        .try_collect::<()>()
+        .await
+        .unwrap();
+}
+
+/// The end of a log, for a message.
+fn tail(log: &str) -> &str {
+    let mut start = log.len().saturating_sub(8000);
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    &log[start..]
+}
+
+fn seconds_or_missed(took: Option<Duration>) -> String {
+    took.map_or_else(|| format!("over {} s", GIVE_UP.as_secs()), support::seconds)
+}
+
+#[tokio::main]
+async fn main() {
+    let load_at_start = load_average();
+    let kube = tokio::task::spawn_blocking(kube_with_crd).await.unwrap();
+    let client = kube.client().await;
+
+    // Cold start: the sources exist before the operator starts.
+    let cold = kube.namespace("cold").unwrap();
+    sources::create_credentials(&client, &cold).await;
+    eprintln!("creating {COLD_SOURCES} IngestSources with no operator running...");
+    create_sources(&client, &cold, COLD_SOURCES).await;
+    let watches = Watches::start(&client, &cold).await;
+    eprintln!("starting the operator...");
+    let started = Instant::now();
+    let operator = start_operator(kube, "bench-1").await;
+    let names: Vec<String> = (0..COLD_SOURCES).map(|i| format!("source-{i}")).collect();
+    let settled_at = watches
+        .until(started + GIVE_UP, |seen| {
+            latest(names.iter().map(|name| seen.settled(name)))
+        })
+        .await;
+    let children_at = watches
+        .until(Instant::now(), |seen| {
+            latest(names.iter().map(|name| seen.children(name)))
+        })
+        .await;
+    let cold_settled = settled_at.map(|at| at - started);
+    let cold_children = children_at.map(|at| at - started);
+    eprintln!("cold start: children {cold_children:?}, settled {cold_settled:?}");
+    if cold_settled.is_none() {
+        let settled = names
+            .iter()
+            .filter(|name| lock(&watches.seen).settled(name).is_some());
+        eprintln!(
+            "only {} settled; the operator's log:\n{}",
+            settled.count(),
+            tail(&operator.log())
+        );
+    }
+
+    // A resync that changes nothing: the operator restarted (as on an
+    // upgrade or a new leader) reconciles every source again.
+    let reconciled = quiet(&operator, COLD_SOURCES as f64).await;
+    eprintln!("{reconciled} reconciles until quiet; restarting the operator...");
+    drop(operator);
+    let before = apiserver_writes(&client).await;
+    let operator = start_operator(kube, "bench-2").await;
+    let restart_reconciles = quiet(&operator, COLD_SOURCES as f64).await;
+    let after = apiserver_writes(&client).await;
+    let (restart_writes, restart_others) = new_writes(&before, &after);
+    let restart_own = operator.metric("sluice_operator_api_writes_total");
+    eprintln!(
+        "restart: {restart_reconciles} reconciles, writes: {}; others: {}",
+        describe(&restart_writes),
+        describe(&restart_others)
+    );
+
+    // And one woken by a watch event: an annotation the operator does not
+    // act on, on every source. The bench's own PATCHes are left out.
+    let api: Api<IngestSource> = Api::namespaced(client.clone(), &cold);
+    let before = apiserver_writes(&client).await;
+    let own_before = operator.metric("sluice_operator_api_writes_total");
+    futures::stream::iter(&names)
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                api.patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {"bench.sluice.dev/touched": "1"}}}),
+                    ),
+                )
+                .await
+                .map(drop)
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<()>()
+        .await
+        .unwrap();
+    let touch_reconciles =
+        quiet(&operator, restart_reconciles + COLD_SOURCES as f64).await - restart_reconciles;
+    let after = apiserver_writes(&client).await;
+    let (mut touch_writes, touch_others) = new_writes(&before, &after);
+    let bench_patches = touch_writes.remove("PATCH ingestsources").unwrap_or(0.0);
+    assert_eq!(bench_patches, COLD_SOURCES as f64, "the bench's own writes");
+    let touch_own = operator.metric("sluice_operator_api_writes_total") - own_before;
+    eprintln!(
+        "touch: {touch_reconciles} reconciles, writes: {}; others: {}",
+        describe(&touch_writes),
+        describe(&touch_others)
+    );
+
+    // Apply-to-children latency, one new source at a time, with the 1,000
+    // others in the operator's caches.
+    let fresh = kube.namespace("latency").unwrap();
+    sources::create_credentials(&client, &fresh).await;
+    let watches = Watches::start(&client, &fresh).await;
+    let (mut to_children, mut to_status) = (Vec::new(), Vec::new());
+    eprintln!("{LATENCY_SOURCES} new IngestSources, one at a time...");
+    for i in 0..LATENCY_SOURCES {
+        let name = format!("source-{i}");
+        let applied = Instant::now();
+        sources::apply(&client, &fresh, &sources::orders(&name)).await;
+        let deadline = applied + Duration::from_secs(30);
+        let children = watches.until(deadline, |seen| seen.children(&name)).await;
+        let settled = watches.until(deadline, |seen| seen.settled(&name)).await;
+        to_children.push(children.map_or(Duration::from_secs(30), |at| at - applied));
+        to_status.push(settled.map_or(Duration::from_secs(30), |at| at - applied));
+    }
+    drop(operator);
+
+    let (p50, p99) = (
+        percentile(to_children.clone(), 50),
+        percentile(to_children, 99),
+    );
+    let (status_p50, status_p99) = (percentile(to_status.clone(), 50), percentile(to_status, 99));
+    // As integers: a sum of no f64s is -0.
+    let restart_total = restart_writes.values().sum::<f64>() as i64;
+    let touch_total = touch_writes.values().sum::<f64>() as i64;
+
+    println!(
+        "The `sluice operator` process (release build, `RUST_LOG=info`, leader election on, \
+         every namespace, as the chart runs it) against a real kube-apiserver and etcd on \
+         loopback, with the garbage collector of kube-controller-manager running. Times come \
+         from the benchmark's own watches of IngestSources, Deployments and Services, taken \
+         when each event arrives. A source has its **children** once its coordinator \
+         Deployment, its coordinator Service and its worker Deployment exist (the worker \
+         Deployment is the last of its nine children the operator applies); it is \
+         **settled** once it also has a status whose `observedGeneration` is its \
+         `metadata.generation`. No kubelet runs, so the Deployments never become ready and \
+         every source stays `Pending`; that is the operator's whole work for a new source.\n"
+    );
+    println!(
+        "Writes are counted by the API server: its `apiserver_request_total` (verbs POST, PUT, \
+         PATCH, APPLY, DELETE) read from `/metrics` before and after, with the benchmark writing \
+         nothing meanwhile (but for its annotation PATCHes, which are left out). The metric \
+         has no label for the client, so the writes to the kinds the operator writes \
+         (its children, Secrets, IngestSources and their status, Events) are counted against \
+         the bar and the rest are listed beside them: Leases (the API server renews its own \
+         every 10 s, leader election the operator's) and Endpoints (which kube-controller-manager's \
+         endpoints controller writes for the Services). The operator's own \
+         `sluice_operator_api_writes_total` is given too.\n"
+    );
+    let mut table = Table::new(&["measure", "sources", "result", "bar", ""]);
+    table.row(&[
+        "new source: apply → children, p50".into(),
+        format!("{LATENCY_SOURCES}, one at a time"),
+        support::ms(p50),
+        "-".into(),
+        String::new(),
+    ]);
+    table.row(&[
+        "new source: apply → children, p99".into(),
+        format!("{LATENCY_SOURCES}, one at a time"),
+        support::ms(p99),
+        "1 s".into(),
+        verdict(p99 < Duration::from_secs(1)).into(),
+    ]);
+    table.row(&[
+        "new source: apply → settled, p50 / p99".into(),
+        format!("{LATENCY_SOURCES}, one at a time"),
+        format!("{} / {}", support::ms(status_p50), support::ms(status_p99)),
+        "-".into(),
+        String::new(),
+    ]);
+    table.row(&[
+        "cold start: operator start → every source has its children".into(),
+        COLD_SOURCES.to_string(),
+        seconds_or_missed(cold_children),
+        "-".into(),
+        String::new(),
+    ]);
+    table.row(&[
+        "cold start: operator start → every source settled".into(),
+        COLD_SOURCES.to_string(),
+        seconds_or_missed(cold_settled),
+        "30 s".into(),
+        verdict(cold_settled.is_some_and(|took| took < Duration::from_secs(30))).into(),
+    ]);
+    table.row(&[
+        format!("no-op resync, operator restarted ({restart_reconciles} reconciles): API writes"),
+        COLD_SOURCES.to_string(),
+        format!(
+            "{restart_total} ({}); operator's own count {}; not the operator's: {}",
+            describe(&restart_writes),
+            restart_own as i64,
+            describe(&restart_others)
+        ),
+        "0".into(),
+        verdict(restart_total == 0).into(),
+    ]);
+    table.row(&[
+            format!(
+                "no-op resync, an ignored annotation touched ({touch_reconciles} reconciles): API writes"
+            ),
+            COLD_SOURCES.to_string(),
+            format!(
+                "{touch_total} ({}); operator's own count {}; not the operator's: {}",
+                describe(&touch_writes),
+                touch_own as i64,
+                describe(&touch_others)
+            ),
+            "0".into(),
+            verdict(touch_total == 0).into(),
+        ]);
+    table.print();
+    println!(
+        "Load average (1, 5, 15 min) when the run began: {load_at_start}; when it ended: {}.",
+        load_average()
+    );
+}
+
+/// The machine's load average, which says how far to trust the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
