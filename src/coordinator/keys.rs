@@ -245,6 +245,13 @@ impl Segment {
     }
 }
 
+/// The serialized FST, so a segment can be the owner of an upload's body.
+impl AsRef<[u8]> for Segment {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl fmt::Debug for Segment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Segment")
