@@ -153,8 +153,7 @@ struct Memory {
 
 /// Finishes [`KEYS`] keys the way the coordinator does: inserted as tasks
 /// end, sealed into a segment at every checkpoint, segments merged by the
-/// compaction policy (here in line, between checkpoints), and at the end
-/// merged into one segment (what a long-running coordinator converges to).
+/// compaction policy (here in line, between checkpoints).
 fn finish_keys(naming: Naming) -> Memory {
     let before = held();
     reset_peak();
@@ -173,7 +172,10 @@ fn finish_keys(naming: Naming) -> Memory {
         if (i + 1) % KEYS_PER_SEAL == 0 || i + 1 == KEYS {
             keys.seal();
             while let Some(compaction) = keys.compaction() {
-                let merged = compaction.run();
+                // As the coordinator merges: spilled to a file in /tmp.
+                let merged = compaction
+                    .spill(&std::env::temp_dir())
+                    .expect("spill a merge to /tmp");
                 drop(compaction);
                 keys.apply(merged).expect("one compaction at a time");
             }
@@ -715,7 +717,12 @@ async fn lease_run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rss = coordinator.rss();
-    eprintln!("  planned in {:?}; coordinator RSS {}", planned.elapsed(), mb(rss));
+    eprintln!(
+        "  planned in {:?}; coordinator pid {}, RSS {}",
+        planned.elapsed(),
+        coordinator.daemon.pid(),
+        mb(rss)
+    );
 
     let base = format!("http://127.0.0.1:{}", coordinator.port);
     let http = reqwest::Client::builder()
