@@ -50,9 +50,8 @@ unsafe impl GlobalAlloc for Counting {
         let moved = unsafe { System.realloc(ptr, layout, new_size) };
         if !moved.is_null() {
             if new_size >= layout.size() {
-                let held =
-                    HELD.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
-                        - layout.size();
+                let held = HELD.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                    - layout.size();
                 PEAK.fetch_max(held, Ordering::Relaxed);
             } else {
                 HELD.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
@@ -267,7 +266,11 @@ struct CheckpointTimes {
 /// Writes the keys' checkpoint to fresh checkpoint locations, then claims
 /// it again and again as a restarted coordinator does, rebuilding its task
 /// table from what it read.
-async fn checkpoint(client: &aws_sdk_s3::Client, archive: &S3Location, keys: &FinishedKeys) -> CheckpointTimes {
+async fn checkpoint(
+    client: &aws_sdk_s3::Client,
+    archive: &S3Location,
+    keys: &FinishedKeys,
+) -> CheckpointTimes {
     let mut random = Random(0xc4ec_4901_2345_6789);
     let tasks = live_tasks(&mut random);
     let segments: Vec<&Segment> = keys.segments().collect();
@@ -379,7 +382,10 @@ async fn main() {
     archive.prefix = Some("sluice/".into());
     let (mut checkpoints, mut locations) = (Vec::new(), Vec::new());
     for m in &memory {
-        eprintln!("== checkpoint of 10 M keys named like {}", m.naming.describe());
+        eprintln!(
+            "== checkpoint of 10 M keys named like {}",
+            m.naming.describe()
+        );
         let mut location = archive.clone();
         location.bucket = minio.bucket("archive").await.expect("a bucket");
         checkpoints.push(checkpoint(&client, &location, &m.keys).await);
@@ -415,7 +421,10 @@ async fn main() {
         let coordinator = Coordinator::start(&minio, &config);
         let ready = started.elapsed();
         let summary = coordinator.summary();
-        assert!(summary.epoch > CHECKPOINT_RUNS as u64, "resumed the written checkpoint");
+        assert!(
+            summary.epoch > CHECKPOINT_RUNS as u64,
+            "resumed the written checkpoint"
+        );
         let rss = coordinator.rss();
         eprintln!("  the process resumed in {ready:?}, RSS {}", mb(rss));
         processes.push((ready, rss));
@@ -569,8 +578,11 @@ struct Coordinator {
 impl Coordinator {
     fn start(minio: &MinioEnv, config: &RuntimeConfig) -> Coordinator {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        std::fs::write(dir.path().join("config.json"), serde_json::to_vec(config).unwrap())
-            .expect("write the config");
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec(config).unwrap(),
+        )
+        .expect("write the config");
         std::fs::write(dir.path().join("token"), TOKEN).expect("write the token");
         let port = free_port().expect("a free port");
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -622,7 +634,13 @@ impl Coordinator {
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            .and_then(|kb| {
+                kb.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
             .expect("VmRSS in /proc/PID/status")
             * 1024
     }
@@ -710,10 +728,17 @@ async fn lease_run(
         if summary.objects.discovered as usize >= LEASE_OBJECTS && summary.listing_passes > 0 {
             break Timestamp::now();
         }
-        assert!(planned.elapsed() < Duration::from_secs(300), "the coordinator never listed the source");
+        assert!(
+            planned.elapsed() < Duration::from_secs(300),
+            "the coordinator never listed the source"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    while coordinator.summary().last_checkpoint.is_none_or(|last| last < listed) {
+    while coordinator
+        .summary()
+        .last_checkpoint
+        .is_none_or(|last| last < listed)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rss = coordinator.rss();

@@ -154,9 +154,7 @@ pub enum ApplyError {
     /// were dropped: the finished keys now lack what those held. The
     /// coordinator must stop and resume from its checkpoint, which still
     /// names the inputs.
-    #[error(
-        "cannot read back merged finished keys {name}: {reason}; resume from the checkpoint"
-    )]
+    #[error("cannot read back merged finished keys {name}: {reason}; resume from the checkpoint")]
     Unreadable {
         /// The merged segment's name.
         name: String,
@@ -1143,7 +1141,10 @@ mod tests {
             keys.compaction().expect("merge").run()
         };
         let (first, second) = (build(), build());
-        assert_eq!(first.segment().unwrap().name(), second.segment().unwrap().name());
+        assert_eq!(
+            first.segment().unwrap().name(),
+            second.segment().unwrap().name()
+        );
         let loaded = reload(first.segment().unwrap());
         assert_eq!(loaded.len(), 75);
         assert_eq!(loaded.get("k010"), Some(failed(1010)));
@@ -1217,10 +1218,8 @@ mod tests {
     #[test]
     fn a_spilled_merge_frees_its_inputs_before_it_is_read_back() {
         let mut keys = two_segments();
-        let inputs: Vec<std::sync::Weak<SegmentInner>> = keys
-            .segments()
-            .map(|s| Arc::downgrade(&s.inner))
-            .collect();
+        let inputs: Vec<std::sync::Weak<SegmentInner>> =
+            keys.segments().map(|s| Arc::downgrade(&s.inner)).collect();
         let merged = {
             let compaction = keys.compaction().expect("merge");
             compaction.spill(&std::env::temp_dir()).expect("spill")
@@ -1243,7 +1242,10 @@ mod tests {
         spill.file.set_len(10).unwrap();
         let err = keys.apply(merged).unwrap_err();
         assert!(matches!(err, ApplyError::Unreadable { .. }), "{err}");
-        assert!(err.to_string().contains("resume from the checkpoint"), "{err}");
+        assert!(
+            err.to_string().contains("resume from the checkpoint"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1551,4 +1553,3 @@ mod tests {
         Some(kb * 1024.0 / 1e6)
     }
 }
-
