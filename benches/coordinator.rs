@@ -727,24 +727,19 @@ async fn lease_run(
     let coordinator = Coordinator::start(minio, &config);
     // Every task planned and committed (leasable) before the clock starts.
     let planned = Instant::now();
-    let listed = loop {
+    loop {
         let summary = coordinator.summary();
         if summary.objects.discovered as usize >= LEASE_OBJECTS && summary.listing_passes > 0 {
-            break Timestamp::now();
+            break;
         }
         assert!(
             planned.elapsed() < Duration::from_secs(300),
             "the coordinator never listed the source"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    while coordinator
-        .summary()
-        .last_checkpoint
-        .is_none_or(|last| last < listed)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The last page's tasks are committed within 100 ms (then leasable).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = coordinator.rss();
     eprintln!(
         "  planned in {:?}; coordinator pid {}, RSS {}",
@@ -759,9 +754,10 @@ async fn lease_run(
         .build()
         .expect("an HTTP client");
     let started = Instant::now();
+    let done = AtomicUsize::new(0);
     let counts = futures::future::join_all((0..clients).map(|i| {
-        let (http, base) = (http.clone(), base.clone());
-        async move { worker(&http, &base, &format!("bench-worker-{i}"), batch).await }
+        let (http, base, done) = (http.clone(), base.clone(), &done);
+        async move { worker(&http, &base, &format!("bench-worker-{i}"), batch, done).await }
     }))
     .await;
     let elapsed = started.elapsed();
@@ -782,7 +778,13 @@ async fn lease_run(
 
 /// Leases `batch` tasks at a time and completes each, until no task is
 /// left. Returns the tasks leased and the requests made.
-async fn worker(http: &reqwest::Client, base: &str, name: &str, batch: u32) -> (usize, usize) {
+async fn worker(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    batch: u32,
+    done: &AtomicUsize,
+) -> (usize, usize) {
     let (mut leased, mut requests) = (0, 0);
     loop {
         let response: LeaseResponse = http
@@ -801,7 +803,12 @@ async fn worker(http: &reqwest::Client, base: &str, name: &str, batch: u32) -> (
             .expect("a lease response");
         requests += 1;
         if response.tasks.is_empty() {
-            return (leased, requests);
+            if done.load(Ordering::Relaxed) >= LEASE_OBJECTS {
+                return (leased, requests);
+            }
+            // Not committed yet, or held by the other clients.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
         }
         for task in response.tasks {
             leased += 1;
@@ -820,6 +827,7 @@ async fn worker(http: &reqwest::Client, base: &str, name: &str, batch: u32) -> (
                 .await
                 .and_then(|response| response.error_for_status())
                 .expect("complete");
+            done.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
