@@ -89,6 +89,9 @@ const MEMORY_BAR: usize = 200_000_000;
 /// of live objects (the coordinator's `--max-live-objects`) per commit.
 const KEYS_PER_SEAL: usize = 100_000;
 
+/// The namings measured.
+const NAMINGS: [Naming; 1] = [Naming::Sequential];
+
 /// How a source names its objects.
 #[derive(Clone, Copy)]
 enum Naming {
@@ -355,7 +358,7 @@ async fn manifest_size(client: &aws_sdk_s3::Client, archive: &S3Location, name: 
 #[tokio::main]
 async fn main() {
     let mut memory = Vec::new();
-    for naming in [Naming::Sequential] {
+    for naming in NAMINGS {
         eprintln!("== finishing {KEYS} keys named like {}", naming.describe());
         let measured = finish_keys(naming);
         eprintln!(
