@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 
 use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -170,7 +171,9 @@ impl Checkpoint {
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&key)
-                    .body(ByteStream::from(segment.bytes().to_vec()))
+                    // The segment's own bytes, not a copy: a merged segment
+                    // can be a large share of the coordinator's memory.
+                    .body(ByteStream::from(Bytes::from_owner((*segment).clone())))
                     .send()
                     .await
                     .map_err(|err| self.s3_error(&key, s3::describe(&err)))?;
@@ -310,12 +313,10 @@ impl Checkpoint {
             Err(err) => return Err(self.s3_error(key, s3::describe(&err))),
         };
         let etag = response.e_tag().unwrap_or_default().to_owned();
-        let bytes = response
-            .body
-            .collect()
+        let length = response.content_length().unwrap_or(0);
+        let bytes = read_body(response.body, length)
             .await
-            .map_err(|err| self.s3_error(key, err.to_string()))?
-            .to_vec();
+            .map_err(|err| self.s3_error(key, err.to_string()))?;
         Ok(Some((bytes, etag)))
     }
 
@@ -371,6 +372,20 @@ impl Checkpoint {
     }
 }
 
+/// Reads a body of (announced) `length` bytes into one buffer, chunk by
+/// chunk: collecting it first and copying it out would hold a large segment
+/// twice.
+async fn read_body(
+    mut body: ByteStream,
+    length: i64,
+) -> Result<Vec<u8>, aws_sdk_s3::primitives::ByteStreamError> {
+    let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+    while let Some(chunk) = body.try_next().await? {
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 enum Condition {
     Absent,
     Matches(String),
@@ -405,6 +420,33 @@ mod tests {
             decode_manifest(&encode_manifest(&manifest)).unwrap(),
             manifest
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_whatever_length_was_announced() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        for announced in [data.len() as i64, 0, -1, 10] {
+            let read = read_body(ByteStream::from(data.clone()), announced)
+                .await
+                .unwrap();
+            assert_eq!(read, data, "announced {announced}");
+        }
+    }
+
+    #[test]
+    fn an_uploaded_segment_is_its_own_bytes() {
+        let mut keys = super::super::keys::FinishedKeys::default();
+        keys.insert(
+            "logs/a",
+            super::super::keys::Finished {
+                fingerprint: 7,
+                failed: false,
+            },
+        );
+        let segment = keys.seal().unwrap().clone();
+        let body = Bytes::from_owner(segment.clone());
+        assert_eq!(&body[..], segment.bytes());
+        assert_eq!(body.as_ptr(), segment.bytes().as_ptr(), "not a copy");
     }
 
     #[test]

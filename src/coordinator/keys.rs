@@ -30,6 +30,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use fst::map::OpBuilder;
@@ -147,6 +150,16 @@ pub enum ApplyError {
         /// The names of the segments the merge was meant to replace.
         replaces: Vec<String>,
     },
+    /// A merge spilled to a file could not be read back after its inputs
+    /// were dropped: the finished keys now lack what those held. The
+    /// coordinator must stop and resume from its checkpoint, which still
+    /// names the inputs.
+    #[error("cannot read back merged finished keys {name}: {reason}; resume from the checkpoint")]
+    Unreadable {
+        /// The merged segment's name.
+        name: String,
+        reason: String,
+    },
 }
 
 /// One immutable, sorted FST map from key to [`Finished`] value.
@@ -233,15 +246,28 @@ impl Segment {
     /// Finishes a builder that was fed strictly increasing keys.
     fn finish(builder: MapBuilder<Vec<u8>>) -> Segment {
         // Writing to a Vec cannot fail, and MapBuilder's output always parses.
-        let mut bytes = builder
-            .into_inner()
-            .expect("finishing an FST in memory cannot fail");
+        Segment::built(
+            builder
+                .into_inner()
+                .expect("finishing an FST in memory cannot fail"),
+        )
+    }
+
+    /// The segment of the bytes of a finished builder.
+    fn built(mut bytes: Vec<u8>) -> Segment {
         bytes.shrink_to_fit();
         let name = sha256_hex(&bytes);
         let map = Map::new(bytes).expect("a freshly built FST parses");
         Segment {
             inner: Arc::new(SegmentInner { map, name }),
         }
+    }
+}
+
+/// The serialized FST, so a segment can be the owner of an upload's body.
+impl AsRef<[u8]> for Segment {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
     }
 }
 
@@ -347,14 +373,20 @@ impl FinishedKeys {
     /// The inputs are found by name as a contiguous run (the newest such run,
     /// should identical segments repeat), so keys inserted and segments sealed
     /// while the merge ran are kept, and stay newer than the merged segment.
-    /// Upload `merged.segment()` before writing a manifest without the inputs.
+    /// Upload the merged segment before writing a manifest without the inputs
+    /// (a commit uploads every segment it names that is not in S3 yet).
     ///
     /// Returns the names of the inputs no longer referenced, which may be
     /// deleted from S3 once a manifest without them is durable. Fails, changing
     /// nothing, when the inputs are no longer all there as a run (a concurrent
     /// compaction replaced some of them).
+    ///
+    /// A merge spilled to a file ([`Compaction::spill`]) is read back only
+    /// after its inputs are dropped, so the two are never in memory together;
+    /// should that read fail, the inputs are gone too and
+    /// [`ApplyError::Unreadable`] says to resume from the checkpoint.
     pub fn apply(&mut self, merged: Merged) -> Result<Vec<String>, ApplyError> {
-        let Merged { replaces, segment } = merged;
+        let Merged { replaces, output } = merged;
         let found = if replaces.is_empty() {
             None
         } else {
@@ -367,8 +399,19 @@ impl FinishedKeys {
         let Some(start) = found else {
             return Err(ApplyError::Stale { replaces });
         };
-        self.segments
-            .splice(start..start + replaces.len(), [segment]);
+        // Dropped here, which frees them unless a caller still holds one.
+        self.segments.drain(start..start + replaces.len());
+        let segment = match output {
+            Output::Memory(segment) => segment,
+            Output::Spilled(spill) => {
+                let name = spill.name.clone();
+                spill.load().map_err(|err| ApplyError::Unreadable {
+                    name,
+                    reason: err.to_string(),
+                })?
+            }
+        };
+        self.segments.insert(start, segment);
         let mut obsolete: Vec<String> = Vec::with_capacity(replaces.len());
         for name in replaces {
             if !obsolete.contains(&name) && !self.segments.iter().any(|s| s.name() == name) {
@@ -455,46 +498,163 @@ impl Compaction {
     /// The union of the inputs is streamed straight into the new FST, so
     /// besides the output only a few keys are held at a time.
     pub fn run(&self) -> Merged {
+        // The output is rarely larger than the inputs together: reserving that
+        // avoids regrowing (and transiently doubling) a buffer of up to
+        // hundreds of MB. Spare capacity is released when finishing.
+        let capacity = self.inputs.iter().map(|s| s.bytes().len()).sum();
+        let bytes = self
+            .merge_into(Vec::with_capacity(capacity))
+            .expect("writing an FST to a Vec cannot fail");
+        Merged {
+            replaces: self.names(),
+            output: Output::Memory(Segment::built(bytes)),
+        }
+    }
+
+    /// Merges like [`Compaction::run`], but streams the output into an
+    /// unnamed temporary file in `dir` instead of memory, so that the merge
+    /// never holds its inputs and its output at once: [`FinishedKeys::apply`]
+    /// reads it back after dropping the inputs. For the merge of millions of
+    /// keys this halves the coordinator's peak memory.
+    pub fn spill(&self, dir: &Path) -> io::Result<Merged> {
+        let file = tempfile::tempfile_in(dir)?;
+        let writer = self
+            .merge_into(BufWriter::with_capacity(1 << 20, Hashing::new(file)))
+            .map_err(|err| match err {
+                fst::Error::Io(err) => err,
+                other => io::Error::other(other),
+            })?;
+        let hashing = writer.into_inner().map_err(|err| err.into_error())?;
+        let (file, len, name) = hashing.finish();
+        Ok(Merged {
+            replaces: self.names(),
+            output: Output::Spilled(Spill { file, len, name }),
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.inputs.iter().map(|s| s.name().to_owned()).collect()
+    }
+
+    /// Streams the union of the inputs, newest entry per key, into `out`.
+    fn merge_into<W: Write>(&self, out: W) -> Result<W, fst::Error> {
         let mut union = OpBuilder::new();
         for segment in &self.inputs {
             union.push(segment.map());
         }
         let mut union = union.union();
-        // The output is rarely larger than the inputs together: reserving that
-        // avoids regrowing (and transiently doubling) a buffer of up to
-        // hundreds of MB. Spare capacity is released when finishing.
-        let capacity = self.inputs.iter().map(|s| s.bytes().len()).sum();
-        let mut builder = MapBuilder::new(Vec::with_capacity(capacity))
-            .expect("writing an FST header to a Vec cannot fail");
+        let mut builder = MapBuilder::new(out)?;
         while let Some((key, values)) = union.next() {
             // Streams are numbered in the order they were pushed, oldest
             // first, so the highest index is the newest entry.
             let Some(newest) = values.iter().max_by_key(|v| v.index) else {
                 continue;
             };
-            builder
-                .insert(key, newest.value)
-                .expect("a union of FSTs yields strictly increasing keys");
+            builder.insert(key, newest.value)?;
         }
-        Merged {
-            replaces: self.inputs.iter().map(|s| s.name().to_owned()).collect(),
-            segment: Segment::finish(builder),
-        }
+        builder.into_inner()
     }
 }
 
-/// The result of [`Compaction::run`], to hand to [`FinishedKeys::apply`].
-#[derive(Clone, Debug)]
+/// A writer that hashes and counts what passes through, so a spilled
+/// segment's name is known without reading it again.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// The writer, the bytes written and their hex SHA-256.
+    fn finish(self) -> (W, u64, String) {
+        (self.inner, self.len, hex(&self.hasher.finalize()))
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        self.len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A merged segment in a temporary file (deleted when dropped).
+#[derive(Debug)]
+struct Spill {
+    file: File,
+    len: u64,
+    name: String,
+}
+
+impl Spill {
+    /// Reads the segment into memory, checking the FST's own checksum (the
+    /// name was hashed on the way out).
+    fn load(mut self) -> io::Result<Segment> {
+        let len = usize::try_from(self.len).map_err(io::Error::other)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        let mut bytes = Vec::with_capacity(len);
+        (&mut self.file).take(self.len).read_to_end(&mut bytes)?;
+        if bytes.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} of {len} bytes", bytes.len()),
+            ));
+        }
+        let map = Map::new(bytes).map_err(io::Error::other)?;
+        map.as_fst().verify().map_err(io::Error::other)?;
+        Ok(Segment {
+            inner: Arc::new(SegmentInner {
+                map,
+                name: self.name,
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Output {
+    Memory(Segment),
+    Spilled(Spill),
+}
+
+/// The result of [`Compaction::run`] or [`Compaction::spill`], to hand to
+/// [`FinishedKeys::apply`].
+#[derive(Debug)]
 pub struct Merged {
     /// Names of the merged inputs, oldest first.
     replaces: Vec<String>,
-    segment: Segment,
+    output: Output,
 }
 
 impl Merged {
-    /// The merged segment, to upload before applying.
-    pub fn segment(&self) -> &Segment {
-        &self.segment
+    /// The merged segment, when it is in memory ([`Compaction::run`]).
+    pub fn segment(&self) -> Option<&Segment> {
+        match &self.output {
+            Output::Memory(segment) => Some(segment),
+            Output::Spilled(_) => None,
+        }
+    }
+
+    /// The merged segment's name.
+    pub fn name(&self) -> &str {
+        match &self.output {
+            Output::Memory(segment) => segment.name(),
+            Output::Spilled(spill) => &spill.name,
+        }
     }
 
     /// The names of the segments it replaces, oldest first.
@@ -530,8 +690,11 @@ fn plan(lens: &[usize]) -> Option<usize> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(bytes);
     let mut hex = String::with_capacity(2 * digest.len());
     for byte in digest.iter() {
         hex.push(char::from(HEX[usize::from(byte >> 4)]));
@@ -951,7 +1114,7 @@ mod tests {
         let compaction = keys.compaction().expect("two equal segments merge");
         assert_eq!(compaction.inputs().len(), 2);
         let merged = compaction.run();
-        assert_eq!(merged.segment().len(), 3, "the older k is dropped");
+        assert_eq!(merged.segment().unwrap().len(), 3, "the older k is dropped");
         let inputs: Vec<String> = keys.segments().map(|s| s.name().to_owned()).collect();
         assert_eq!(merged.replaces(), inputs.as_slice());
         let obsolete = keys.apply(merged).expect("not stale");
@@ -978,8 +1141,11 @@ mod tests {
             keys.compaction().expect("merge").run()
         };
         let (first, second) = (build(), build());
-        assert_eq!(first.segment().name(), second.segment().name());
-        let loaded = reload(first.segment());
+        assert_eq!(
+            first.segment().unwrap().name(),
+            second.segment().unwrap().name()
+        );
+        let loaded = reload(first.segment().unwrap());
         assert_eq!(loaded.len(), 75);
         assert_eq!(loaded.get("k010"), Some(failed(1010)));
         assert_eq!(loaded.get("k011"), Some(ok(11)));
@@ -1003,6 +1169,83 @@ mod tests {
         keys.apply(merged).expect("not stale");
         assert_eq!(keys.get("a"), Some(ok(1)));
         assert_eq!(keys.get("b"), Some(ok(2)));
+    }
+
+    fn two_segments() -> FinishedKeys {
+        let mut keys = FinishedKeys::default();
+        for i in 0..1000u64 {
+            keys.insert(&format!("logs/part-{i:06}.gz"), ok(i));
+        }
+        keys.insert("logs/shadowed", ok(1));
+        keys.seal();
+        keys.insert("logs/shadowed", failed(2));
+        keys.insert("logs/zz", ok(3));
+        // Enough keys that the size-tiered policy merges the two.
+        for i in 0..600u64 {
+            keys.insert(&format!("logs/q-{i:06}.gz"), ok(i));
+        }
+        keys.seal();
+        keys
+    }
+
+    #[test]
+    fn a_spilled_merge_is_the_same_segment_as_one_in_memory() {
+        let keys = two_segments();
+        let compaction = keys.compaction().expect("merge");
+        let in_memory = compaction.run();
+        let dir = tempfile::tempdir().unwrap();
+        let spilled = compaction.spill(dir.path()).expect("spill");
+        assert!(spilled.segment().is_none(), "not in memory");
+        let expected = in_memory.segment().unwrap();
+        assert_eq!(spilled.name(), expected.name());
+        assert_eq!(spilled.replaces(), in_memory.replaces());
+
+        let mut applied = two_segments();
+        drop(compaction);
+        let obsolete = applied.apply(spilled).expect("not stale");
+        assert_eq!(obsolete.len(), 2);
+        assert_eq!(applied.segment_count(), 1);
+        let segment = applied.segments().next().unwrap();
+        assert_eq!(segment.name(), expected.name());
+        assert_eq!(segment.bytes(), expected.bytes());
+        assert_eq!(applied.get("logs/shadowed"), Some(failed(2)));
+        assert_eq!(applied.get("logs/part-000999.gz"), Some(ok(999)));
+        assert_eq!(applied.get("logs/zz"), Some(ok(3)));
+        // The unnamed file is gone with the merge: nothing left in the dir.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_spilled_merge_frees_its_inputs_before_it_is_read_back() {
+        let mut keys = two_segments();
+        let inputs: Vec<std::sync::Weak<SegmentInner>> =
+            keys.segments().map(|s| Arc::downgrade(&s.inner)).collect();
+        let merged = {
+            let compaction = keys.compaction().expect("merge");
+            compaction.spill(&std::env::temp_dir()).expect("spill")
+        };
+        keys.apply(merged).expect("not stale");
+        assert!(inputs.iter().all(|input| input.upgrade().is_none()));
+    }
+
+    #[test]
+    fn a_spilled_merge_that_cannot_be_read_back_says_to_resume() {
+        let mut keys = two_segments();
+        let merged = keys
+            .compaction()
+            .expect("merge")
+            .spill(&std::env::temp_dir())
+            .expect("spill");
+        let Output::Spilled(spill) = &merged.output else {
+            panic!("spilled");
+        };
+        spill.file.set_len(10).unwrap();
+        let err = keys.apply(merged).unwrap_err();
+        assert!(matches!(err, ApplyError::Unreadable { .. }), "{err}");
+        assert!(
+            err.to_string().contains("resume from the checkpoint"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1200,7 +1443,7 @@ mod tests {
                 merged_entries += compaction.inputs().iter().map(Segment::len).sum::<usize>();
                 let merged = compaction.run();
                 // Inputs and output are alive together until the apply.
-                let during = keys.memory_bytes() + merged.segment().bytes().len();
+                let during = keys.memory_bytes() + merged.segment().unwrap().bytes().len();
                 peak_merge = peak_merge.max(during);
                 keys.apply(merged).expect("no concurrent compaction");
             }
@@ -1291,7 +1534,7 @@ mod tests {
             "10M: full merge of {} segments in {:.2?}, {:.1} MB",
             all.inputs().len(),
             start.elapsed(),
-            merged.segment().bytes().len() as f64 / 1e6
+            merged.segment().unwrap().bytes().len() as f64 / 1e6
         );
     }
 

@@ -33,7 +33,7 @@ use crate::s3;
 use crate::telemetry::{self, Readiness};
 use archiver::{Unwritten, Written, append};
 use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
-use keys::{FinishedKeys, Merged};
+use keys::{ApplyError, FinishedKeys, Merged};
 use tasks::{Identity, Limits, Tasks};
 
 /// `sluice coordinator`: track one source's keys and lease its tasks.
@@ -73,6 +73,8 @@ pub enum Error {
     Checkpoint(#[from] CheckpointError),
     #[error("cannot serve the task API: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] keys::ApplyError),
 }
 
 /// Commits of newly planned tasks are at least this far apart, so a fast
@@ -293,6 +295,9 @@ impl Committer {
             last = Instant::now();
             match self.commit(flush).await {
                 Err(err @ Error::Checkpoint(CheckpointError::Fenced { .. })) => return Err(err),
+                // The finished keys lost a merge's inputs: only a restart
+                // from the checkpoint has them all again.
+                Err(err @ Error::Keys(ApplyError::Unreadable { .. })) => return Err(err),
                 Err(err) => warn!(error = %err, "cannot write the checkpoint; retrying"),
                 Ok(()) => {}
             }
@@ -304,7 +309,7 @@ impl Committer {
     /// finished keys and their records the archive.
     async fn commit(&mut self, flush: bool) -> Result<(), Error> {
         let started = Instant::now();
-        self.apply_compaction().await;
+        self.apply_compaction().await?;
         let now = Timestamp::now();
         let (mut manifest, snapshot, segments) = {
             let mut tasks = self.shared.tasks();
@@ -441,21 +446,34 @@ impl Committer {
             return;
         }
         if let Some(compaction) = self.shared.tasks().finished_keys().compaction() {
-            self.compaction = Some(tokio::task::spawn_blocking(move || compaction.run()));
+            // Spilled to a file (in a pod, the emptyDir on /tmp) so that a
+            // large merge does not hold its inputs and output in memory at
+            // once; in memory when no file can be written.
+            self.compaction = Some(tokio::task::spawn_blocking(move || {
+                compaction
+                    .spill(&std::env::temp_dir())
+                    .unwrap_or_else(|err| {
+                        warn!(error = %err, "cannot spill merged finished keys to a file; merging in memory");
+                        compaction.run()
+                    })
+            }));
         }
     }
 
-    /// Puts a finished merge in place of the segments it merged.
-    async fn apply_compaction(&mut self) {
+    /// Puts a finished merge in place of the segments it merged. Fails
+    /// only when the finished keys are no longer whole.
+    async fn apply_compaction(&mut self) -> Result<(), Error> {
         let Some(running) = self.compaction.take_if(|running| running.is_finished()) else {
-            return;
+            return Ok(());
         };
         match running.await {
             Ok(merged) => match self.shared.tasks().finished_keys_mut().apply(merged) {
                 Ok(replaced) => self.obsolete.extend(replaced),
+                Err(err @ ApplyError::Unreadable { .. }) => return Err(err.into()),
                 Err(err) => warn!(error = %err, "cannot use merged finished keys"),
             },
             Err(err) => warn!(error = %err, "merging finished keys failed"),
         }
+        Ok(())
     }
 }
