@@ -41,12 +41,19 @@ const APPLIED_ANNOTATION: &str = "sluice.dev/applied-digest";
 /// Every reconcile is repeated this often even without a change, to repair
 /// drift the watches could not see.
 const RESYNC: Duration = Duration::from_secs(300);
-/// At most this many reconciles run at once. Each applies its children one
-/// after another, so this bounds the requests in flight. Unbounded, a start
+/// At most this many reconciles run at once. Each has at most six requests
+/// in flight (see [`Context::apply_children`]), so this bounds them all. Unbounded, a start
 /// with 1,000 IngestSources put a request for every one in flight at once,
 /// the leader Lease's renewal went unanswered behind them for 10 s, and the
 /// operator lost its Lease and exited (`make bench GROUP=operator`).
 const CONCURRENT_RECONCILES: u16 = 32;
+
+/// A child as it is after [`Context::ensure`], and what to call it in the
+/// "created" event when this reconcile created it.
+struct Ensured<K> {
+    object: K,
+    created: Option<String>,
+}
 
 /// What the reconcile loop takes from the operator's flags.
 #[derive(Clone, Debug)]
@@ -600,65 +607,47 @@ impl Context {
 
     /// Applies each child that differs from what is cached, records the
     /// Deployments' rollouts in `observed`, and returns what was created.
+    /// What the pods need (accounts, RBAC, configuration, Service) goes
+    /// first, all at once; then both Deployments at once, so a new source
+    /// costs two round trips rather than eight.
     async fn apply_children(
         &self,
         namespace: &str,
         desired: &Children,
         observed: &mut Observed,
     ) -> Result<Vec<String>, Error> {
-        let mut created = Vec::new();
         let stores = &self.stores;
-        self.ensure(
-            &stores.service_accounts,
-            namespace,
-            &desired.coordinator_account,
-            &mut created,
-        )
-        .await?;
-        self.ensure(
-            &stores.service_accounts,
-            namespace,
-            &desired.worker_account,
-            &mut created,
-        )
-        .await?;
-        self.ensure(&stores.roles, namespace, &desired.role, &mut created)
-            .await?;
-        self.ensure(
-            &stores.role_bindings,
-            namespace,
-            &desired.role_binding,
-            &mut created,
-        )
-        .await?;
-        self.ensure(
-            &stores.config_maps,
-            namespace,
-            &desired.config,
-            &mut created,
-        )
-        .await?;
-        self.ensure(&stores.services, namespace, &desired.service, &mut created)
-            .await?;
-        let coordinator = self
-            .ensure(
-                &stores.deployments,
+        let (coordinator_account, worker_account, role, role_binding, config, service) = tokio::try_join!(
+            self.ensure(
+                &stores.service_accounts,
                 namespace,
-                &desired.coordinator,
-                &mut created,
-            )
-            .await?;
-        let workers = self
-            .ensure(
-                &stores.deployments,
-                namespace,
-                &desired.workers,
-                &mut created,
-            )
-            .await?;
-        observed.coordinator = Some(Rollout::of(&coordinator));
-        observed.workers = Some(Rollout::of(&workers));
-        Ok(created)
+                &desired.coordinator_account
+            ),
+            self.ensure(&stores.service_accounts, namespace, &desired.worker_account),
+            self.ensure(&stores.roles, namespace, &desired.role),
+            self.ensure(&stores.role_bindings, namespace, &desired.role_binding),
+            self.ensure(&stores.config_maps, namespace, &desired.config),
+            self.ensure(&stores.services, namespace, &desired.service),
+        )?;
+        let (coordinator, workers) = tokio::try_join!(
+            self.ensure(&stores.deployments, namespace, &desired.coordinator),
+            self.ensure(&stores.deployments, namespace, &desired.workers),
+        )?;
+        observed.coordinator = Some(Rollout::of(&coordinator.object));
+        observed.workers = Some(Rollout::of(&workers.object));
+        Ok([
+            coordinator_account.created,
+            worker_account.created,
+            role.created,
+            role_binding.created,
+            config.created,
+            service.created,
+            coordinator.created,
+            workers.created,
+        ]
+        .into_iter()
+        .flatten()
+        .collect())
     }
 
     /// Makes `desired` true of the cluster: nothing when the cached object
@@ -669,8 +658,7 @@ impl Context {
         store: &Store<K>,
         namespace: &str,
         desired: &K,
-        created: &mut Vec<String>,
-    ) -> Result<K, Error>
+    ) -> Result<Ensured<K>, Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -693,7 +681,12 @@ impl Context {
                 "spec changed"
             }
             Some(live) if !contains(&to_value(&**live), &to_value(&desired)) => "drifted",
-            Some(live) => return Ok((**live).clone()),
+            Some(live) => {
+                return Ok(Ensured {
+                    object: (**live).clone(),
+                    created: None,
+                });
+            }
         };
         tracing::debug!(kind = %K::kind(&()), name, why, cached = store.state().len(), "applying");
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
@@ -705,12 +698,17 @@ impl Context {
             )
             .await?;
         self.metrics.wrote(&K::kind(&()));
-        if cached.is_none() {
-            created.push(format!("{} {name}", K::kind(&())));
-        } else {
-            info!(kind = %K::kind(&()), name, "updated");
-        }
-        Ok(applied)
+        let created = match cached {
+            None => Some(format!("{} {name}", K::kind(&()))),
+            Some(_) => {
+                info!(kind = %K::kind(&()), name, "updated");
+                None
+            }
+        };
+        Ok(Ensured {
+            object: applied,
+            created,
+        })
     }
 
     /// The worker count for an autoscaled `source` (None when it is not
