@@ -401,7 +401,9 @@ async fn download_archive(archive: &Archive, dir: &Path) -> usize {
 /// DuckDB's median time and row count for each of `queries` (name, SQL,
 /// parameters), `RUNS` runs each, in one Python process (its start and
 /// import not counted), and DuckDB's version.
-fn duckdb(queries: &[(&str, String, serde_json::Value)]) -> (BTreeMap<String, (Duration, usize)>, String) {
+fn duckdb(
+    queries: &[(&str, String, serde_json::Value)],
+) -> (BTreeMap<String, (Duration, usize)>, String) {
     let python = std::env::var("SLUICE_BENCH_DUCKDB_PYTHON").unwrap_or_else(|_| {
         panic!("SLUICE_BENCH_DUCKDB_PYTHON is not set: run `make bench GROUP=history`, which installs DuckDB")
     });
@@ -430,10 +432,16 @@ fn duckdb(queries: &[(&str, String, serde_json::Value)]) -> (BTreeMap<String, (D
             let result = &results[name];
             let ms = result["ms"].as_f64().unwrap();
             let rows = result["rows"].as_u64().unwrap() as usize;
-            (name.to_string(), (Duration::from_secs_f64(ms / 1000.0), rows))
+            (
+                name.to_string(),
+                (Duration::from_secs_f64(ms / 1000.0), rows),
+            )
         })
         .collect();
-    (figures, results["version"].as_str().unwrap_or("?").to_owned())
+    (
+        figures,
+        results["version"].as_str().unwrap_or("?").to_owned(),
+    )
 }
 
 #[tokio::main]
@@ -553,7 +561,10 @@ async fn main() {
         duck_recent_rows, recent_matches,
         "DuckDB finds the tasks sluice finds"
     );
-    assert_eq!(duck_scan_rows, scan_matches, "DuckDB finds the tasks sluice finds");
+    assert_eq!(
+        duck_scan_rows, scan_matches,
+        "DuckDB finds the tasks sluice finds"
+    );
 
     println!(
         "\n`sluice history` on {RECORDS} archived task records ({} objects, {} compressed, \

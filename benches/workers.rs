@@ -146,7 +146,11 @@ async fn put(
         .await;
     let bytes = written.iter().map(|(_, b, _)| b).sum();
     let records = written.iter().map(|(_, _, r)| r).sum();
-    (written.into_iter().map(|(k, _, _)| k).collect(), bytes, records)
+    (
+        written.into_iter().map(|(k, _, _)| k).collect(),
+        bytes,
+        records,
+    )
 }
 
 /// The plain download: every key GET, `concurrency` at once, the body read
@@ -208,7 +212,12 @@ async fn delete_all(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) {
         client
             .delete_objects()
             .bucket(bucket)
-            .delete(Delete::builder().set_objects(Some(objects)).build().unwrap())
+            .delete(
+                Delete::builder()
+                    .set_objects(Some(objects))
+                    .build()
+                    .unwrap(),
+            )
             .send()
             .await
             .unwrap();
@@ -267,7 +276,11 @@ fn rclone(
     let credentials = minio.credentials();
     let mut command = Command::new(rclone);
     command
-        .args(["copy", "--config", dir.join("rclone.conf").to_str().unwrap()])
+        .args([
+            "copy",
+            "--config",
+            dir.join("rclone.conf").to_str().unwrap(),
+        ])
         .arg(format!("src:{bucket}/{from}"))
         .arg(format!("dst:{to_bucket}/{to}"))
         .arg(format!("--transfers={transfers}"))
@@ -370,8 +383,7 @@ impl Ingest<'_> {
             if let Some((200, body)) = http(port, "GET", "/v1/summary", &[], b"") {
                 let summary: Summary = serde_json::from_str(&body).unwrap();
                 let finished = summary.objects.ingested + summary.objects.failed;
-                if finished >= objects && summary.tasks.pending == 0 && summary.tasks.running == 0
-                {
+                if finished >= objects && summary.tasks.pending == 0 && summary.tasks.running == 0 {
                     break summary;
                 }
             }
@@ -401,7 +413,10 @@ struct Figures {
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -470,9 +485,8 @@ async fn main() {
                     max_attempts: 3,
                 },
             };
-            let (time, summary) = tokio::task::block_in_place(|| {
-                ingest.run(&config, workload.objects as u64)
-            });
+            let (time, summary) =
+                tokio::task::block_in_place(|| ingest.run(&config, workload.objects as u64));
             assert_eq!(summary.objects.failed, 0, "{summary:?}");
             assert_eq!(summary.records_ingested, records, "{summary:?}");
             let prefix = format!("{}-{run}/", workload.name);
@@ -532,7 +546,15 @@ async fn main() {
          median of {runs} runs.\n",
         if workers == 1 { "" } else { "es" }
     );
-    let mut table = Table::new(&["objects", "who", "time", "MB/s", "objects/s", "ratio", "bar"]);
+    let mut table = Table::new(&[
+        "objects",
+        "who",
+        "time",
+        "MB/s",
+        "objects/s",
+        "ratio",
+        "bar",
+    ]);
     let mut missed = false;
     for (workload, figures) in &results {
         let rate = |time: Duration| {

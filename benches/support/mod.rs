@@ -86,7 +86,6 @@ pub fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
-
 /// Criterion's median estimate for benchmark `id` (as given to
 /// `bench_function`), read back from the estimates it saved under
 /// `$CARGO_TARGET_DIR/criterion`, so a benchmark can put it in its table.
