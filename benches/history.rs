@@ -528,8 +528,9 @@ async fn main() {
         "SELECT * FROM read_json('{glob}', hive_partitioning = true, \
          format = 'newline_delimited', compression = 'zstd') \
          WHERE account = ? AND collection = ? AND source = ? \
-         AND (dt > CAST(? AS DATE) OR (dt = CAST(? AS DATE) AND hour >= ?)) \
-         AND finished >= CAST(? AS TIMESTAMP) ORDER BY finished"
+         AND (CAST(dt AS DATE) > CAST(? AS DATE) \
+         OR (CAST(dt AS DATE) = CAST(? AS DATE) AND CAST(hour AS INTEGER) >= ?)) \
+         AND CAST(finished AS TIMESTAMP) >= CAST(? AS TIMESTAMP) ORDER BY finished"
     );
     // grep: every line as text, those holding the needle parsed.
     let grep = format!(
