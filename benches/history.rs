@@ -7,8 +7,15 @@
 //! full scan with a filter that matches one task, and as the baseline the
 //! same objects listed and fetched without decoding. Each figure is the
 //! median of several runs.
+//!
+//! DuckDB (the pinned Python package that `tools/bench-tools.sh` installs)
+//! runs the same two queries over the same archive objects, copied to a
+//! local directory first: DuckDB's S3 support is an extension it downloads
+//! at run time, which this machine cannot, so it reads local disk where
+//! sluice reads S3 (an advantage for DuckDB).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -346,6 +353,97 @@ fn as_process(minio: &MinioEnv, bucket: &str, args: &[String]) -> Duration {
     median(runs)
 }
 
+/// Copies every archive object into `dir` under its key, so that the
+/// `dt=`/`hour=`/`account=`/`collection=` directories are local Hive
+/// partitions. Returns the objects copied.
+async fn download_archive(archive: &Archive, dir: &Path) -> usize {
+    let mut keys = Vec::new();
+    let mut pages = archive
+        .client
+        .list_objects_v2()
+        .bucket(&archive.bucket)
+        .prefix(format!("{PREFIX}/tasks/"))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        keys.extend(
+            page.unwrap()
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+    }
+    futures::stream::iter(&keys)
+        .map(|key| async move {
+            let body = archive
+                .client
+                .get_object()
+                .bucket(&archive.bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            let path = dir.join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, body).unwrap();
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    keys.len()
+}
+
+/// DuckDB's median time and row count for each of `queries` (name, SQL,
+/// parameters), `RUNS` runs each, in one Python process (its start and
+/// import not counted), and DuckDB's version.
+fn duckdb(
+    queries: &[(&str, String, serde_json::Value)],
+) -> (BTreeMap<String, (Duration, usize)>, String) {
+    let python = std::env::var("SLUICE_BENCH_DUCKDB_PYTHON").unwrap_or_else(|_| {
+        panic!("SLUICE_BENCH_DUCKDB_PYTHON is not set: run `make bench GROUP=history`, which installs DuckDB")
+    });
+    let spec = serde_json::json!({
+        "runs": RUNS,
+        "queries": queries
+            .iter()
+            .map(|(name, sql, params)| (name.to_string(), serde_json::json!([sql, params])))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/support/duckdb_history.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(spec.to_string())
+        .output()
+        .unwrap_or_else(|err| panic!("{python}: {err}"));
+    assert!(
+        output.status.success(),
+        "DuckDB failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let figures = queries
+        .iter()
+        .map(|(name, _, _)| {
+            let result = &results[name];
+            let ms = result["ms"].as_f64().unwrap();
+            let rows = result["rows"].as_u64().unwrap() as usize;
+            (
+                name.to_string(),
+                (Duration::from_secs_f64(ms / 1000.0), rows),
+            )
+        })
+        .collect();
+    (
+        figures,
+        results["version"].as_str().unwrap_or("?").to_owned(),
+    )
+}
+
 #[tokio::main]
 async fn main() {
     let minio = tokio::task::spawn_blocking(MinioEnv::start)
@@ -420,6 +518,55 @@ async fn main() {
         "the full scan reads every object"
     );
 
+    // DuckDB, the same two queries over a local copy of the same objects.
+    let local = tempfile::tempdir().unwrap();
+    let copied = download_archive(&archive, local.path()).await;
+    let glob = format!("{}/{PREFIX}/tasks/**/*.ndjson.zst", local.path().display());
+    let since = end - SignedDuration::from_hours(2);
+    let since_day = since.strftime("%Y-%m-%d").to_string();
+    let selective = format!(
+        "SELECT * FROM read_json('{glob}', hive_partitioning = true, \
+         format = 'newline_delimited', compression = 'zstd') \
+         WHERE account = ? AND collection = ? AND source = ? \
+         AND (CAST(dt AS DATE) > CAST(? AS DATE) \
+         OR (CAST(dt AS DATE) = CAST(? AS DATE) AND CAST(hour AS INTEGER) >= ?)) \
+         AND CAST(finished AS TIMESTAMP) >= CAST(? AS TIMESTAMP) ORDER BY finished"
+    );
+    // grep: every line as text, those holding the needle parsed.
+    let grep = format!(
+        "SELECT CAST(line AS JSON) FROM read_csv('{glob}', columns = {{'line': 'VARCHAR'}}, \
+         header = false, delim = chr(1), quote = '', escape = '', compression = 'zstd') \
+         WHERE contains(line, ?)"
+    );
+    let (duck, duck_version) = tokio::task::block_in_place(|| {
+        duckdb(&[
+            (
+                "recent",
+                selective,
+                serde_json::json!([
+                    quiet.account,
+                    quiet.collection,
+                    format!("{}/{}", quiet.namespace, quiet.name),
+                    since_day,
+                    since_day,
+                    since.strftime("%H").to_string().parse::<i64>().unwrap(),
+                    since.strftime("%Y-%m-%d %H:%M:%S%.f").to_string(),
+                ]),
+            ),
+            ("scan", grep, serde_json::json!([written.needle])),
+        ])
+    });
+    let (duck_recent, duck_recent_rows) = duck["recent"];
+    let (duck_scan, duck_scan_rows) = duck["scan"];
+    assert_eq!(
+        duck_recent_rows, recent_matches,
+        "DuckDB finds the tasks sluice finds"
+    );
+    assert_eq!(
+        duck_scan_rows, scan_matches,
+        "DuckDB finds the tasks sluice finds"
+    );
+
     println!(
         "\n`sluice history` on {RECORDS} archived task records ({} objects, {} compressed, \
          {} NDJSON; 40 sources over 24 h), MinIO on loopback, median of {RUNS} runs:\n",
@@ -450,9 +597,31 @@ async fn main() {
         ms(baseline_time)
     );
     println!(
+        "| DuckDB {duck_version}, local files: (a) one source, last 2 h (sluice {:.2}× its time) | hive-pruned | {duck_recent_rows} | {} | - |",
+        recent_time.as_secs_f64() / duck_recent.as_secs_f64(),
+        ms(duck_recent)
+    );
+    println!(
+        "| DuckDB {duck_version}, local files: (b) full scan, `contains(line, KEY)` (sluice {:.2}× its time) | {copied} | {duck_scan_rows} | {} | - |",
+        scan_time.as_secs_f64() / duck_scan.as_secs_f64(),
+        ms(duck_scan)
+    );
+    println!(
         "\nfull scan / baseline: {:.2}x; the layout with one object per source and flush would hold {} objects for this day.",
         scan_time.as_secs_f64() / baseline_time.as_secs_f64(),
         written.objects_per_flush
+    );
+    println!(
+        "\nDuckDB runs the same queries with `read_json(..., hive_partitioning = true, \
+         format = 'newline_delimited', compression = 'zstd')` (the selective query, its \
+         `dt`/`hour`/`account`/`collection` partitions pruned by the WHERE clause) and \
+         `read_csv` of whole lines filtered with `contains` (the grep), {RUNS} runs each in \
+         one Python process, a new connection per run. It reads our objects as they are: \
+         zstd readers skip the skippable frame that holds the index, and it finds the same \
+         tasks (checked). It reads them from a local copy, not from S3: its S3 support \
+         (httpfs) is an extension downloaded at run time, which this machine cannot do, so \
+         DuckDB is spared the S3 requests sluice pays (an advantage for it). \
+         A ratio below 1× means sluice is faster."
     );
     let over = [
         (recent_time, Duration::from_millis(100)),

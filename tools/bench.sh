@@ -20,6 +20,8 @@ for group in "${groups[@]}"; do
   esac
   section=$(mktemp)
   echo "== make bench GROUP=$group" >&2
+  # What the group compares against (rclone, DuckDB), installed if missing.
+  eval "$(tools/bench-tools.sh "$group")"
   cargo bench --locked --bench "$group" > "$section"
   SECTION="$section" GROUP="$group" MACHINE="$machine" DATE="$(date -u +%Y-%m-%d)" python3 - <<'PY'
 import os, re

@@ -21,7 +21,11 @@ pub const PART_SIZE: usize = 8 << 20;
 /// flight: together they bound a task's output memory.
 const PARTS_QUEUED: usize = 2;
 const PARTS_IN_FLIGHT: usize = 4;
-const ZSTD_LEVEL: i32 = 3;
+/// Level 1, not zstd's default 3: compression was most of a worker's CPU
+/// (a profile of 64 MiB NDJSON objects: 65 % in zstd at level 3), and on
+/// records readied for indexing level 1 compresses about twice as fast for
+/// an output about 1.5 % larger (BENCHMARKS.md, Workers).
+const ZSTD_LEVEL: i32 = 1;
 
 /// The writing end, used from the blocking thread that decodes: records
 /// go in as NDJSON and come out as compressed parts.
@@ -43,7 +47,7 @@ pub fn encoder() -> (Encoder, mpsc::Receiver<Chunk>) {
         sender,
         written: 0,
     };
-    let encoder = zstd::Encoder::new(parts, ZSTD_LEVEL).expect("zstd level 3 is valid");
+    let encoder = zstd::Encoder::new(parts, ZSTD_LEVEL).expect("zstd level 1 is valid");
     (encoder, receiver)
 }
 
