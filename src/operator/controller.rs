@@ -41,7 +41,7 @@ const APPLIED_ANNOTATION: &str = "sluice.dev/applied-digest";
 /// Every reconcile is repeated this often even without a change, to repair
 /// drift the watches could not see.
 const RESYNC: Duration = Duration::from_secs(300);
-/// At most this many reconciles run at once. Each has at most six requests
+/// At most this many reconciles run at once. Each has at most five requests
 /// in flight (see [`Context::apply_children`]), so this bounds them all. Unbounded, a start
 /// with 1,000 IngestSources put a request for every one in flight at once,
 /// the leader Lease's renewal went unanswered behind them for 10 s, and the
@@ -607,9 +607,11 @@ impl Context {
 
     /// Applies each child that differs from what is cached, records the
     /// Deployments' rollouts in `observed`, and returns what was created.
-    /// What the pods need (accounts, RBAC, configuration, Service) goes
-    /// first, all at once; then both Deployments at once, so a new source
-    /// costs two round trips rather than eight.
+    /// Two rounds of concurrent applies, so a new source costs two round
+    /// trips rather than eight: first what has no prerequisite (accounts,
+    /// Role, configuration, Service), then the RoleBinding, which the API
+    /// server checks against its existing Role (the operator may only grant
+    /// what it holds), and both Deployments.
     async fn apply_children(
         &self,
         namespace: &str,
@@ -617,7 +619,7 @@ impl Context {
         observed: &mut Observed,
     ) -> Result<Vec<String>, Error> {
         let stores = &self.stores;
-        let (coordinator_account, worker_account, role, role_binding, config, service) = tokio::try_join!(
+        let (coordinator_account, worker_account, role, config, service) = tokio::try_join!(
             self.ensure(
                 &stores.service_accounts,
                 namespace,
@@ -625,11 +627,11 @@ impl Context {
             ),
             self.ensure(&stores.service_accounts, namespace, &desired.worker_account),
             self.ensure(&stores.roles, namespace, &desired.role),
-            self.ensure(&stores.role_bindings, namespace, &desired.role_binding),
             self.ensure(&stores.config_maps, namespace, &desired.config),
             self.ensure(&stores.services, namespace, &desired.service),
         )?;
-        let (coordinator, workers) = tokio::try_join!(
+        let (role_binding, coordinator, workers) = tokio::try_join!(
+            self.ensure(&stores.role_bindings, namespace, &desired.role_binding),
             self.ensure(&stores.deployments, namespace, &desired.coordinator),
             self.ensure(&stores.deployments, namespace, &desired.workers),
         )?;
