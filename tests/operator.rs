@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -358,9 +359,23 @@ async fn an_unusable_spec_fails_with_the_reason() {
     let (client, ns) = setup("unusable").await;
     create_credentials(&client, &ns).await;
     let mut source_manifest = orders("orders");
-    // A positive quantity, so admission lets it through, but 0.1 bytes.
+    // 0.1 bytes: admission refuses it now, but an IngestSource admitted
+    // under an older, looser CRD may hold it. The test loosens the CRD for
+    // as long as it takes to store one.
     source_manifest["spec"]["tasks"] = json!({"maxBytes": "100m"});
-    apply(&client, &ns, &source_manifest).await;
+    let restore = loosen_max_bytes_rule(&client).await;
+    eventually("the source stored under the looser CRD", SETTLE, || async {
+        Api::<IngestSource>::namespaced(client.clone(), &ns)
+            .patch(
+                "orders",
+                &PatchParams::apply("sluice-test").force(),
+                &Patch::Apply(&source_manifest),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    restore_crd(&client, restore).await;
     let (_, reason, message) = eventually("Degraded", SETTLE, || async {
         condition(&client, &ns, "orders", "Degraded")
             .await
@@ -388,6 +403,48 @@ async fn an_unusable_spec_fails_with_the_reason() {
     )
     .await;
 }
+
+/// The CRD path of spec.tasks.maxBytes's CEL rules.
+const MAX_BYTES_RULES: &str = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/tasks/properties/maxBytes/x-kubernetes-validations";
+
+/// Removes the CEL rules of spec.tasks.maxBytes from the installed CRD,
+/// as an older CRD without them; returns the rules to put back.
+async fn loosen_max_bytes_rule(client: &Client) -> Value {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crd = serde_json::to_value(crds.get(CRD_NAME).await.unwrap()).unwrap();
+    let (parent, key) = MAX_BYTES_RULES.rsplit_once('/').unwrap();
+    let rules = crd
+        .pointer_mut(parent)
+        .and_then(|field| field.as_object_mut())
+        .and_then(|field| field.remove(key))
+        .expect("the CRD has rules on spec.tasks.maxBytes");
+    replace_crd(&crds, &crd).await;
+    rules
+}
+
+/// Puts back the rules [`loosen_max_bytes_rule`] removed.
+async fn restore_crd(client: &Client, rules: Value) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crd = serde_json::to_value(crds.get(CRD_NAME).await.unwrap()).unwrap();
+    let (parent, key) = MAX_BYTES_RULES.rsplit_once('/').unwrap();
+    crd.pointer_mut(parent)
+        .and_then(|field| field.as_object_mut())
+        .unwrap()
+        .insert(key.into(), rules);
+    replace_crd(&crds, &crd).await;
+}
+
+async fn replace_crd(crds: &Api<CustomResourceDefinition>, crd: &Value) {
+    crds.replace(
+        CRD_NAME,
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(crd.clone()).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+const CRD_NAME: &str = "ingestsources.sluice.dev";
 
 #[tokio::test]
 async fn health_and_metrics_are_served() {
