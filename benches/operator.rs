@@ -437,8 +437,8 @@ async fn main() {
          loopback, with the garbage collector of kube-controller-manager running. Times come \
          from the benchmark's own watches of IngestSources, Deployments and Services, taken \
          when each event arrives. A source has its **children** once its coordinator \
-         Deployment, its coordinator Service and its worker Deployment exist (the worker \
-         Deployment is the last of its nine children the operator applies); it is \
+         Deployment, its coordinator Service and its worker Deployment exist (the \
+         Deployments come in the operator's second and last round of applies); it is \
          **settled** once it also has a status whose `observedGeneration` is its \
          `metadata.generation`. No kubelet runs, so the Deployments never become ready and \
          every source stays `Pending`; that is the operator's whole work for a new source.\n"
