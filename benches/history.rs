@@ -287,22 +287,12 @@ async fn baseline(archive: &Archive) -> (Duration, usize) {
     let mut objects = 0;
     for _ in 0..RUNS {
         let started = Instant::now();
-        let mut keys = Vec::new();
-        let mut pages = archive
-            .client
-            .list_objects_v2()
-            .bucket(&archive.bucket)
-            .prefix(format!("{PREFIX}/tasks/"))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            keys.extend(
-                page.unwrap()
-                    .contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
-        }
+        let keys = support::list(
+            &archive.client,
+            &archive.bucket,
+            &format!("{PREFIX}/tasks/"),
+        )
+        .await;
         let bytes: Vec<usize> = futures::stream::iter(&keys)
             .map(|key| async move {
                 let response = archive
@@ -357,22 +347,12 @@ fn as_process(minio: &MinioEnv, bucket: &str, args: &[String]) -> Duration {
 /// `dt=`/`hour=`/`account=`/`collection=` directories are local Hive
 /// partitions. Returns the objects copied.
 async fn download_archive(archive: &Archive, dir: &Path) -> usize {
-    let mut keys = Vec::new();
-    let mut pages = archive
-        .client
-        .list_objects_v2()
-        .bucket(&archive.bucket)
-        .prefix(format!("{PREFIX}/tasks/"))
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        keys.extend(
-            page.unwrap()
-                .contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
-        );
-    }
+    let keys = support::list(
+        &archive.client,
+        &archive.bucket,
+        &format!("{PREFIX}/tasks/"),
+    )
+    .await;
     futures::stream::iter(&keys)
         .map(|key| async move {
             let body = archive

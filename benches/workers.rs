@@ -182,28 +182,10 @@ async fn download(
         .await
 }
 
-/// Every key under `prefix` in `bucket`.
-async fn list(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
-    let pages: Vec<_> = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .unwrap();
-    pages
-        .into_iter()
-        .flat_map(|page| page.contents.unwrap_or_default())
-        .filter_map(|object| object.key)
-        .collect()
-}
-
 /// Deletes everything under `prefix` in `bucket`, so a run leaves no
 /// copies on a small disk.
 async fn delete_all(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) {
-    let keys = list(client, bucket, prefix).await;
+    let keys = support::list(client, bucket, prefix).await;
     for chunk in keys.chunks(1000) {
         let objects: Vec<ObjectIdentifier> = chunk
             .iter()
@@ -226,7 +208,7 @@ async fn delete_all(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) {
 
 /// The records (lines) in the zstd NDJSON objects under `prefix`.
 async fn count_records(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> u64 {
-    let keys = list(client, bucket, prefix).await;
+    let keys = support::list(client, bucket, prefix).await;
     futures::stream::iter(keys)
         .map(|key| async move {
             let body = client
@@ -515,7 +497,10 @@ async fn main() {
             });
             rclone_runs.push(started.elapsed());
             eprintln!("run {run}: rclone {:.2}s", started.elapsed().as_secs_f64());
-            assert_eq!(list(&client, &copy, &to).await.len(), workload.objects);
+            assert_eq!(
+                support::list(&client, &copy, &to).await.len(),
+                workload.objects
+            );
             delete_all(&client, &copy, &to).await;
         }
         delete_all(&client, &source, &format!("{}/", workload.name)).await;

@@ -148,3 +148,21 @@ pub async fn apiserver_writes(client: &kube::Client) -> Writes {
     }
     writes
 }
+
+/// Every key under `prefix` in `bucket`.
+pub async fn list(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let pages: Vec<_> = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .unwrap();
+    pages
+        .into_iter()
+        .flat_map(|page| page.contents.unwrap_or_default())
+        .filter_map(|object| object.key)
+        .collect()
+}
