@@ -311,6 +311,18 @@ pub fn index(head: &[u8]) -> Option<(Index, usize)> {
 
 /// The largest decompressed size of a frame taken from its header.
 const MAX_DECLARED: u64 = 1 << 30;
+/// The most a zstd frame expands: a 4-byte RLE block stands for a 128 KiB
+/// block at best.
+const MAX_RATIO: u64 = 32 * 1024;
+
+/// The room to decompress a frame of `compressed` bytes into, from the size
+/// its header `declared`: none when the header claims more than such a frame
+/// can hold (a damaged or hostile object), so that a 20-byte object cannot
+/// make a reader reserve a GiB; such frames go to the streaming decoder,
+/// which grows with what it really decodes.
+fn room(compressed: usize, declared: u64) -> Option<usize> {
+    (declared <= MAX_DECLARED.min(compressed as u64 * MAX_RATIO)).then_some(declared as usize)
+}
 
 /// The NDJSON lines of zstd `bytes`: an archive object, or some of its
 /// frames one after another.
@@ -327,11 +339,15 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
             break;
         };
         let (frame, after) = rest.split_at(length.min(rest.len()));
-        let Ok(Some(size @ ..=MAX_DECLARED)) = zstd_safe::get_frame_content_size(frame) else {
+        let Some(size) = zstd_safe::get_frame_content_size(frame)
+            .ok()
+            .flatten()
+            .and_then(|declared| room(frame.len(), declared))
+        else {
             break;
         };
-        let decoded = zstd::bulk::decompress(frame, size as usize)
-            .map_err(|err| format!("not zstd: {err}"))?;
+        let decoded =
+            zstd::bulk::decompress(frame, size).map_err(|err| format!("not zstd: {err}"))?;
         lines.extend(decoded);
         rest = after;
     }
@@ -431,6 +447,30 @@ impl<'a> ObjectKey<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_gets_the_room_its_header_states_only_when_it_can_hold_that() {
+        assert_eq!(room(20, 1000), Some(1000));
+        assert_eq!(room(20, 20 * MAX_RATIO), Some(20 * MAX_RATIO as usize));
+        assert_eq!(room(20, 20 * MAX_RATIO + 1), None);
+        assert_eq!(room(20, 1 << 30), None, "a 20-byte frame claiming a GiB");
+        assert_eq!(room(1 << 20, MAX_DECLARED + 1), None);
+    }
+
+    #[test]
+    fn a_frame_claiming_a_gib_is_refused_and_a_highly_compressed_one_is_read() {
+        // magic, single segment with a 4-byte content size of 1 GiB, then
+        // one raw last block of one byte.
+        let hostile = [
+            0x28, 0xB5, 0x2F, 0xFD, 0xA0, 0x00, 0x00, 0x00, 0x40, 0x09, 0x00, 0x00, b'x',
+        ];
+        let err = decompress(&hostile).unwrap_err();
+        assert!(err.starts_with("not zstd"), "{err}");
+
+        let zeros = vec![0u8; 8 << 20];
+        let compressed = zstd::encode_all(&zeros[..], 3).unwrap();
+        assert_eq!(decompress(&compressed).unwrap(), zeros);
+    }
 
     fn record(id: &str, finished: &str) -> TaskRecord {
         TaskRecord {
