@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::StreamExt;
 use sluice::api::Summary;
-use sluice::config::{
-    CREDENTIAL_KEYS, RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env,
-};
+use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice::crd::{Compression, Format};
 use sluice::testenv::{Daemon, MinioEnv, free_port, http};
 
@@ -310,17 +308,7 @@ impl Ingest<'_> {
             .arg("--token-file")
             .arg(self.dir.join("token"))
             .env_remove("KUBECONFIG");
-        let credentials = self.minio.credentials();
-        for store in Store::ALL {
-            for (key, _) in CREDENTIAL_KEYS {
-                let value = match key {
-                    "AWS_ACCESS_KEY_ID" => &credentials.access_key_id,
-                    "AWS_SECRET_ACCESS_KEY" => &credentials.secret_access_key,
-                    _ => continue,
-                };
-                command.env(credential_env(store, key), value);
-            }
-        }
+        command.envs(self.minio.pod_credentials_env());
         command
     }
 

@@ -45,6 +45,22 @@ impl MinioEnv {
         &self.endpoint
     }
 
+    /// The root credentials as the pods' environment carries them: each
+    /// store's access key and secret (`SOURCE_AWS_ACCESS_KEY_ID`, ...), as
+    /// the operator's Deployments set them from the Secret.
+    pub fn pod_credentials_env(&self) -> Vec<(String, String)> {
+        crate::config::Store::ALL
+            .into_iter()
+            .flat_map(|store| {
+                [
+                    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+                    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+                ]
+                .map(|(key, value)| (crate::config::credential_env(store, key), value.to_owned()))
+            })
+            .collect()
+    }
+
     /// The root credentials.
     pub fn credentials(&self) -> Credentials {
         Credentials {

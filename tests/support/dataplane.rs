@@ -11,9 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use sluice::api::Summary;
 use sluice::archive::TaskRecord;
-use sluice::config::{
-    CREDENTIAL_KEYS, RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env,
-};
+use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice::crd::{Compression, Format};
 use sluice::testenv::{Daemon, MinioEnv, free_port, http};
 
@@ -117,17 +115,7 @@ impl Ingest {
         if let Some(kubeconfig) = &self.kubeconfig {
             command.env("KUBECONFIG", kubeconfig);
         }
-        let credentials = minio().credentials();
-        for store in Store::ALL {
-            for (key, _) in CREDENTIAL_KEYS {
-                let value = match key {
-                    "AWS_ACCESS_KEY_ID" => &credentials.access_key_id,
-                    "AWS_SECRET_ACCESS_KEY" => &credentials.secret_access_key,
-                    _ => continue,
-                };
-                command.env(credential_env(store, key), value);
-            }
-        }
+        command.envs(minio().pod_credentials_env());
         command
     }
 
