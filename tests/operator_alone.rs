@@ -195,6 +195,46 @@ async fn a_graceful_stop_hands_over_at_once() {
     drop(second);
 }
 
+/// SIGTERM at several moments after the Lease is taken, while the first
+/// reconciles wait for the caches of the children: each time the operator
+/// releases the Lease and exits, within a fraction of the Lease's 30 s.
+#[tokio::test]
+async fn a_stop_at_any_moment_after_start_releases_the_lease_and_exits() {
+    let _alone = ALONE.lock().await;
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let ns = kube.namespace("stop-early").unwrap();
+    create_credentials(&client, &ns).await;
+    // Sources to reconcile the moment the operator has listed them.
+    for index in 0..20 {
+        apply(&client, &ns, &orders(&format!("early-{index}"))).await;
+    }
+    for after_ms in [0, 10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 500] {
+        let mut operator = Operator::start(
+            kube,
+            "stop-early",
+            &["--lease-duration", "30s", "--lease-renew-interval", "5s"],
+        );
+        eventually("stop-early holds the lease", SETTLE, || async {
+            (lease_holder(&client).await.as_deref() == Some("stop-early")).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        let exited = operator.stop(Duration::from_secs(10));
+        assert!(
+            exited.is_some_and(|status| status.success()),
+            "SIGTERM {after_ms} ms after taking the Lease: {exited:?} 10 s later:\n{}",
+            operator.log()
+        );
+        assert_eq!(
+            lease_holder(&client).await,
+            None,
+            "SIGTERM {after_ms} ms after taking the Lease: the Lease is still held:\n{}",
+            operator.log()
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_operator_carries_on_after_the_api_server_restarts() {
     let _alone = ALONE.lock().await;

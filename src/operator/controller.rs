@@ -77,6 +77,11 @@ pub struct Context {
     /// child may only be missing from the cache, and applying it would be
     /// a needless write.
     synced: tokio::sync::watch::Receiver<bool>,
+    /// True once the operator is stopping. The children's watches are
+    /// then no longer driven, so a reconcile still waiting for `synced`
+    /// would wait forever and keep the controller (and the leader Lease)
+    /// from being released.
+    stop: tokio::sync::watch::Receiver<bool>,
     /// Consecutive failures per IngestSource, for backoff.
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<IngestSource>>, u32>>,
     /// Generations of undeserializable IngestSources already reported.
@@ -137,7 +142,7 @@ impl Scope {
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `ready` is called once the
+/// Runs the controller until `stop` turns true. `ready` is called once the
 /// first list of IngestSources has been cached.
 pub async fn run(
     client: Client,
@@ -145,7 +150,7 @@ pub async fn run(
     options: Options,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    stop: tokio::sync::watch::Receiver<bool>,
     ready: impl FnOnce() + Send + 'static,
 ) {
     let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
@@ -175,8 +180,9 @@ pub async fn run(
     let (source_store, source_writer) = reflector::store();
     // Told here, not by waiting on the store: a store's readiness wakes
     // only its latest waiter, and the controller waits on it to start
-    // reconciling (or, when stopped before the first list, to stop).
+    // reconciling.
     let (sources_listed, mut sources_listed_rx) = tokio::sync::watch::channel(false);
+    let (listed, mut stopping) = (sources_listed_rx.clone(), stop.clone());
     let source_events = reflector::reflector(
         source_writer,
         watcher(sources, watcher::Config::default().any_semantic()),
@@ -218,7 +224,12 @@ pub async fn run(
                 .map(|guarded| ObjectRef::from_obj(&*guarded))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown);
+        .graceful_shutdown_on({
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }
+        });
 
     let stores = Stores {
         service_accounts,
@@ -238,6 +249,7 @@ pub async fn run(
         metrics,
         stores: stores.clone(),
         synced: synced_receiver,
+        stop,
         failures: Mutex::default(),
         reported_invalid: Mutex::default(),
         scaling: Mutex::default(),
@@ -249,7 +261,7 @@ pub async fn run(
         let _ = synced_sender.send(true);
         ready();
     });
-    controller
+    let running = controller
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
@@ -259,8 +271,21 @@ pub async fn run(
                 }
                 Err(err) => warn!(error = %err, "controller"),
             }
-        })
-        .await;
+        });
+    // The controller starts reconciling only once its IngestSource cache
+    // holds the first list, and a graceful shutdown stops the watch that
+    // fills it: stopped before that, it would wait forever. Nothing has
+    // been reconciled then, so there is nothing to finish: drop it.
+    let stopped_unlisted = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        if *listed.borrow() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = running => {}
+        () = stopped_unlisted => info!("stopped before IngestSources were listed: nothing to finish"),
+    }
 }
 
 impl Stores {
@@ -412,7 +437,11 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 }
 
 async fn reconcile_source(source: &IngestSource, context: &Context) -> Result<Action, Error> {
-    let _ = context.synced.clone().wait_for(|synced| *synced).await;
+    let (mut synced, mut stop) = (context.synced.clone(), context.stop.clone());
+    tokio::select! {
+        _ = synced.wait_for(|synced| *synced) => {}
+        _ = stop.wait_for(|stop| *stop) => return Ok(Action::await_change()),
+    }
     let names = Names::of(source);
     let namespace = source.namespace().unwrap_or_default();
     let now = jiff::Timestamp::now();

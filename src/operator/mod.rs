@@ -132,12 +132,6 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
         info!("shutting down");
         let _ = stop.send(true);
     });
-    let shutdown = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     // The Lease has a client, and so connections, of its own: renewals
@@ -160,9 +154,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
         )
     });
     if let Some(elector) = &elector {
+        let mut stop = stopped.clone();
         tokio::select! {
             acquired = elector.acquire() => acquired?,
-            () = shutdown() => return Ok(()),
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
         }
     }
 
@@ -190,7 +185,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
             options.clone(),
             events::Recorder::new(client.clone(), controller::MANAGER, &identity),
             metrics.clone(),
-            shutdown(),
+            stopped.clone(),
             move || {
                 if unsynced.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
                     readiness.set(true);

@@ -188,6 +188,13 @@ impl Operator {
         self.daemon.pid()
     }
 
+    /// Asks the operator to stop (SIGTERM) and waits up to `grace` for it
+    /// to exit: its exit status, or None if it still runs.
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.daemon.terminate(grace);
+        self.daemon.wait_exit(Duration::ZERO)
+    }
+
     /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         self.daemon.check_running().is_ok()
