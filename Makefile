@@ -1,7 +1,8 @@
 # sluice: `make demo` to see it work, `make test` to check it.
 #
 # Build products live outside the clone, so CI and later clones reuse them:
-#   ~/.cache/sluice/<tool>-<version>/  kube-apiserver, kubectl, etcd, minio, helm
+#   ~/.cache/sluice/<tool>-<version>/  the control plane, MinIO, helm and the test
+#                                      node (kubelet, containerd, runc, CNI, CoreDNS)
 #   ~/.cache/sluice/target/            Rust build output (CARGO_TARGET_DIR)
 SLUICE_CACHE ?= $(HOME)/.cache/sluice
 export SLUICE_CACHE
@@ -15,8 +16,10 @@ CHART_CRD := charts/sluice/$(CRD)
 
 all: test
 
-## test: build what is missing, then run every test (unit and integration)
+## test: build what is missing, then run every test (unit and integration);
+## the release binary is the image the test node's pods run
 test: tools
+	$(CARGO) build --locked --release --bin sluice
 	$(CARGO) test --locked
 
 ## tools: build the pinned real components into $(SLUICE_CACHE) (once)
@@ -33,10 +36,12 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## demo: all of sluice on this machine: helm install, the operator and its pods as
-## processes, three IngestSources ingesting sample data, then tasks and history
+## demo: all of sluice on this machine: a real single-node Kubernetes, helm install,
+## the operator and its pods in containers, three IngestSources ingesting sample
+## data, then pods, tasks, history and describe (as root: the node needs it)
 demo: tools
-	$(CARGO) run --locked --quiet -- dev demo
+	$(CARGO) build --locked --release --bin sluice
+	$(CARGO_TARGET_DIR)/release/sluice dev demo
 
 ## test-env: start a local API server and MinIO and print how to reach them
 test-env: tools

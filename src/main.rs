@@ -64,6 +64,17 @@ enum DevCommand {
     /// IngestSources ingesting sample data, then `sluice tasks` and
     /// `sluice history` answers (`make demo`).
     Demo(sluice::testenv::demo::DemoArgs),
+
+    /// Wait until process PARENT exits, then tear down the test node it
+    /// started if it did not (the node starts this itself).
+    NodeWatchdog(WatchdogArgs),
+}
+
+#[derive(Args)]
+struct WatchdogArgs {
+    /// The process that runs the node.
+    #[arg(long)]
+    parent: u32,
 }
 
 #[derive(Args)]
@@ -89,6 +100,10 @@ async fn main() -> ExitCode {
         Command::Dev(DevCommand::Env(args)) => {
             exit("dev env", sluice::testenv::serve(&args.apply).await)
         }
+        Command::Dev(DevCommand::NodeWatchdog(args)) => exit(
+            "dev node-watchdog",
+            sluice::testenv::node::watch(args.parent),
+        ),
     }
 }
 

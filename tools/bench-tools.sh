@@ -9,18 +9,9 @@ set -euo pipefail
 DUCKDB_VERSION=1.5.6
 SLUICE_CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
 case "${1:-}" in
   workers)
-    if ! command -v rclone >/dev/null; then
-      echo "installing rclone (apt-get)" >&2
-      export DEBIAN_FRONTEND=noninteractive
-      as_root apt-get install -y rclone >&2 ||
-        { as_root apt-get update >&2 && as_root apt-get install -y rclone >&2; }
-    fi
+    "$(dirname "$0")/packages.sh" rclone
     echo "export SLUICE_BENCH_RCLONE=$(command -v rclone)"
     ;;
   history)

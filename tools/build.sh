@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Builds the real components the tests run (kube-apiserver, kubectl,
-# kube-controller-manager, etcd, minio, helm) from their Go modules, at the
+# Builds the real components the tests run from their Go modules, at the
 # versions pinned in tools/*/go.mod, into a cache outside the repository:
-#   $SLUICE_CACHE/<tool>-<version>/   (SLUICE_CACHE defaults to ~/.cache/sluice)
+#   $SLUICE_CACHE/<product>-<version>/   (SLUICE_CACHE defaults to ~/.cache/sluice)
+# The control plane (etcd, kube-apiserver, kube-controller-manager, kubectl),
+# MinIO and helm; and the test node: kubelet, kube-scheduler, kube-proxy,
+# containerd with ctr and the runc shim, runc, the CNI plugins, CoreDNS and
+# the pause binary (from the Kubernetes module's own source). The Debian
+# packages these need are installed first (tools/packages.sh).
 # A directory that exists is complete (it is renamed into place when built),
 # so later runs and other clones reuse it.
 #
@@ -13,31 +17,41 @@ set -euo pipefail
 tools_dir=$(cd "$(dirname "$0")" && pwd)
 cache=${SLUICE_CACHE:-$HOME/.cache/sluice}
 
+# product -> the tool module (a folder here) that pins its version
+declare -A module=(
+	[etcd]=etcd [kube]=kube [kube-node]=kube [minio]=minio [helm]=helm
+	[containerd]=containerd [runc]=runc [cni]=cni [coredns]=coredns [pause]=kube
+)
+# product -> the packages it builds
+declare -A packages=(
+	[kube]="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl"
+	[kube-node]="k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy"
+	[etcd]="go.etcd.io/etcd/server/v3"
+	[minio]="github.com/minio/minio"
+	[helm]="helm.sh/helm/v3/cmd/helm"
+	[containerd]="github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
+	[runc]="github.com/opencontainers/runc"
+	[cni]="github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap"
+	[coredns]="github.com/coredns/coredns"
+)
+order=(etcd kube minio helm kube-node containerd runc cni coredns pause)
+
 # The version a tool module pins: the one `require` line of its go.mod.
 version_of() {
-	awk '$1 == "require" { print $3 }' "$tools_dir/$1/go.mod"
+	awk '$1 == "require" { print $3 }' "$tools_dir/${module[$1]}/go.mod"
 }
 
 dir_of() {
 	echo "$cache/$1-$(version_of "$1")"
 }
 
-# tool module -> the packages it builds
-declare -A packages=(
-	[kube]="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl"
-	[etcd]="go.etcd.io/etcd/server/v3"
-	[minio]="github.com/minio/minio"
-	[helm]="helm.sh/helm/v3/cmd/helm"
-)
-order=(etcd kube minio helm)
-
-# Kubernetes binaries report their version from ldflags; without them
-# /version says v0.0.0 and kubectl warns about version skew.
+# Binaries report their version from ldflags; without them the Kubernetes
+# ones say v0.0.0 (and kubectl warns about version skew).
 ldflags_of() {
 	local version
 	version=$(version_of "$1")
 	case $1 in
-	kube)
+	kube | kube-node)
 		local major minor pkg flags=""
 		major=$(echo "${version#v}" | cut -d. -f1)
 		minor=$(echo "${version#v}" | cut -d. -f2)
@@ -48,24 +62,47 @@ ldflags_of() {
 		echo "-s -w$flags"
 		;;
 	helm) echo "-s -w -X helm.sh/helm/v3/internal/version.version=$version" ;;
+	containerd) echo "-s -w -X github.com/containerd/containerd/v2/version.Version=$version" ;;
+	runc) echo "-s -w -X main.version=${version#v}" ;;
 	*) echo "-s -w" ;;
 	esac
 }
 
+# Writes product $1's binaries into directory $2.
+compile() {
+	local product=$1 out=$2 cgo=0 tags=""
+	local dir=$tools_dir/${module[$product]}
+	if [ "$product" = pause ]; then
+		# The sandbox every pod starts with: pause.c from the Kubernetes
+		# module's source, static, as Kubernetes' own image builds it.
+		(cd "$dir" && GOFLAGS=-mod=readonly go mod download k8s.io/kubernetes)
+		local src
+		src=$(cd "$dir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+		gcc -Os -static -DVERSION="$(version_of pause)" -o "$out/pause" "$src"
+		strip "$out/pause"
+		return
+	fi
+	# runc needs cgo for its seccomp filter (Debian's libseccomp-dev).
+	if [ "$product" = runc ]; then cgo=1 tags=seccomp; fi
+	# shellcheck disable=SC2086 # the package list is meant to split
+	(cd "$dir" && CGO_ENABLED=$cgo GOFLAGS=-mod=readonly \
+		go build -trimpath -tags "$tags" -ldflags "$(ldflags_of "$product")" -o "$out/" ${packages[$product]})
+	case $product in
+	# etcd's main package is the root of go.etcd.io/etcd/server/v3.
+	etcd) mv "$out/server" "$out/etcd" ;;
+	esac
+}
+
 build() {
-	local tool=$1 dest tmp
-	dest=$(dir_of "$tool")
+	local product=$1 dest tmp
+	dest=$(dir_of "$product")
 	[ -d "$dest" ] && return 0
-	echo "building $tool $(version_of "$tool") into $dest (once; later runs reuse it)" >&2
+	echo "building $product $(version_of "$product") into $dest (once; later runs reuse it)" >&2
 	mkdir -p "$cache"
-	tmp=$(mktemp -d "$cache/.build-$tool-XXXXXX")
+	tmp=$(mktemp -d "$cache/.build-$product-XXXXXX")
 	trap 'rm -rf "$tmp"' EXIT
 	chmod 755 "$tmp"
-	# shellcheck disable=SC2086 # the package list is meant to split
-	(cd "$tools_dir/$tool" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
-		go build -trimpath -ldflags "$(ldflags_of "$tool")" -o "$tmp/" ${packages[$tool]})
-	# etcd's main package is the root of go.etcd.io/etcd/server/v3.
-	if [ "$tool" = etcd ]; then mv "$tmp/server" "$tmp/etcd"; fi
+	compile "$product" "$tmp"
 	mv -T "$tmp" "$dest" 2>/dev/null || true # on failure another build won the race
 	trap - EXIT
 	rm -rf "$tmp"
@@ -74,11 +111,15 @@ build() {
 case ${1:-build} in
 path)
 	dirs=()
-	for tool in "${order[@]}"; do dirs+=("$(dir_of "$tool")"); done
-	(IFS=:; echo "${dirs[*]}")
+	for product in "${order[@]}"; do dirs+=("$(dir_of "$product")"); done
+	(
+		IFS=:
+		echo "${dirs[*]}"
+	)
 	;;
 build)
-	for tool in "${order[@]}"; do build "$tool"; done
+	"$tools_dir/packages.sh"
+	for product in "${order[@]}"; do build "$product"; done
 	;;
 *)
 	echo "usage: $0 [build|path]" >&2

@@ -1,12 +1,15 @@
-//! `make demo` (`sluice dev demo`): all of sluice on one machine. It starts
-//! the local environment, installs the chart with `helm install`, runs the
-//! operator and every coordinator and worker pod as processes through the
-//! [`Kubelet`] stand-in (each with its own ServiceAccount's token, so under
-//! the chart's RBAC), generates sample data in MinIO (two accounts, three
+//! `make demo` (`sluice dev demo`): all of sluice on one machine, as a user
+//! runs it. It starts the test [`Node`] (a real single-node Kubernetes) with
+//! the sluice image and MinIO on the node's address, installs the chart
+//! with `helm install` (the operator runs as a pod under the chart's
+//! ServiceAccount), generates sample data in MinIO (two accounts, three
 //! collections, some objects malformed), applies three IngestSources, shows
-//! `kubectl get isrc` while they ingest, and then answers with `sluice
-//! tasks` and `sluice history`. It checks what it shows: the sink must hold
-//! exactly the valid records and the archive a record per task.
+//! `kubectl get isrc` while their coordinator and worker pods ingest, and
+//! then answers with `kubectl get pods -o wide`, `sluice tasks` (through the
+//! API server's service proxy), `sluice history` and `kubectl describe
+//! isrc`. It checks what it shows: the sink must hold exactly the valid
+//! records, the archive a record per task, the failures must be named, and
+//! no pod's log may show an RBAC refusal.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -20,8 +23,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::kubelet::{ApiServer, Kubelet};
-use super::{Error, KubeEnv, MinioEnv, tools};
+use super::node::NODE_IP;
+use super::{Error, MinioEnv, Node, image, tools};
 use crate::crd::{IngestSource, IngestSourceStatus};
 
 const NAMESPACE: &str = "demo";
@@ -43,6 +46,11 @@ pub struct DemoArgs {
     /// instead of running until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
+
+    /// The `sluice` binary the pods' image holds (a release build); by
+    /// default this one.
+    #[arg(long, value_name = "PATH")]
+    pub image_binary: Option<std::path::PathBuf>,
 }
 
 /// One IngestSource of the demo and the data it ingests.
@@ -120,39 +128,63 @@ pub fn sample(feed: &Feed, index: usize) -> (String, Vec<u8>, Option<u64>) {
 }
 
 /// Runs the demo; returns once done with `--exit-when-done`, else at
-/// Ctrl-C. Fails when what it shows is not what it should be.
+/// Ctrl-C (or SIGTERM), which also stops it at any moment before. Either
+/// way the node and MinIO are removed. Fails when what it shows is not
+/// what it should be.
 pub async fn run(args: &DemoArgs) -> Result<(), Error> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| Error::Io {
+        what: "listening for SIGTERM".into(),
+        source,
+    })?;
+    tokio::select! {
+        result = demo(args) => result,
+        _ = tokio::signal::ctrl_c() => stopping(),
+        _ = terminate.recv() => stopping(),
+    }
+}
+
+fn stopping() -> Result<(), Error> {
+    eprintln!("Stopping: removing the node and MinIO.");
+    Ok(())
+}
+
+async fn demo(args: &DemoArgs) -> Result<(), Error> {
     let start = Instant::now();
     let fail = |what: &str, why: String| Error::Command {
         what: what.to_owned(),
         stderr: why,
     };
-    say("Starting etcd, kube-apiserver and MinIO on loopback");
-    let (kube, minio) =
-        tokio::task::spawn_blocking(|| Ok::<_, Error>((KubeEnv::start()?, MinioEnv::start()?)))
-            .await
-            .expect("starting the environment does not panic")?;
-    let client = kube.client().await;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let binary = std::env::current_exe().map_err(|source| Error::Io {
         what: "finding this binary".into(),
         source,
     })?;
-    let logs = kube.dir().join("pods");
-    std::fs::create_dir_all(&logs).map_err(|source| Error::Io {
-        what: format!("creating {}", logs.display()),
-        source,
-    })?;
-    let api_server = ApiServer {
-        server: kube.server().to_owned(),
-        ca_cert: kube.ca_cert().to_owned(),
-    };
+    let sluice_image = image::sluice(
+        args.image_binary.as_deref().unwrap_or(&binary),
+        env!("CARGO_PKG_VERSION"),
+    )?;
+    say(
+        "Starting a single-node Kubernetes (etcd, kube-apiserver, kube-controller-manager, \
+         kube-scheduler, containerd, kubelet, kube-proxy, CoreDNS) and MinIO",
+    );
+    let watchdog = binary.clone();
+    let (node, minio) = tokio::task::spawn_blocking(move || {
+        let node = Node::start(&[sluice_image], &watchdog)?;
+        let minio = MinioEnv::start_at(std::net::IpAddr::V4(NODE_IP))?;
+        Ok::<_, Error>((node, minio))
+    })
+    .await
+    .expect("starting the environment does not panic")?;
+    let kube = node.kube();
+    let client = kube.client().await;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
 
-    say("helm install sluice charts/sluice --namespace sluice-system --create-namespace");
+    say("helm install sluice charts/sluice --namespace sluice-system --create-namespace --wait");
     let helm = Command::new(tools::binary("helm")?)
         .args(["install", "sluice"])
         .arg(repo.join("charts/sluice"))
         .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
+        .args(["--wait", "--timeout", "180s"])
         .arg("--kubeconfig")
         .arg(kube.kubeconfig())
         .output()
@@ -166,14 +198,6 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
             String::from_utf8_lossy(&helm.stderr).into(),
         ));
     }
-    let _operator = Kubelet::start(
-        client.clone(),
-        api_server.clone(),
-        OPERATOR_NAMESPACE,
-        "app.kubernetes.io/part-of=sluice",
-        binary.clone(),
-        logs.clone(),
-    );
 
     say("Generating sample data in MinIO");
     let [source, sink, archive] = ["raw", "collections", "archive"];
@@ -249,15 +273,6 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
             .await
             .map_err(|err| fail("applying an IngestSource", err.to_string()))?;
     }
-    let pods = Kubelet::start(
-        client.clone(),
-        api_server,
-        NAMESPACE,
-        "app.kubernetes.io/part-of=sluice",
-        binary.clone(),
-        logs.clone(),
-    );
-
     let get = |args: &[&str]| {
         kube.kubectl_output(args)
             .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -294,8 +309,8 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
             return Err(fail(
                 "the demo ingest",
                 format!(
-                    "not done after {DONE_TIMEOUT:?}; pod logs are in {}",
-                    logs.display()
+                    "not done after {DONE_TIMEOUT:?}:\n{}",
+                    get(&["get", "pods", "-A", "-o", "wide"])
                 ),
             ));
         }
@@ -321,13 +336,6 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
         })
         .unwrap_or_else(|err| err.to_string())
     };
-    let mut tasks = vec!["tasks".to_owned(), "--state".into(), "failed".into()];
-    for feed in &FEEDS {
-        let url = pods
-            .service_url(&format!("{}-coordinator", feed.name))
-            .unwrap_or_default();
-        tasks.extend(["--coordinator".to_owned(), url]);
-    }
     let archive_url = format!("s3://{}/sluice", buckets[2]);
     let history = |extra: &[&str]| {
         let mut args: Vec<String> = [
@@ -343,7 +351,12 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
         args
     };
     println!(
-        "$ sluice tasks --state failed --coordinator …   (the coordinators' live view)\n{}",
+        "$ kubectl get pods -n demo -o wide\n{}",
+        get(&["get", "pods", "-n", NAMESPACE, "-o", "wide"])
+    );
+    let tasks = ["tasks", "-n", NAMESPACE, "--state", "failed"].map(String::from);
+    println!(
+        "$ kubectl sluice tasks -n demo --state failed   (the coordinators' live view, through the API server)\n{}",
         sluice(&tasks)
     );
     println!(
@@ -353,6 +366,10 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
     println!(
         "$ kubectl sluice history --stats\n{}",
         sluice(&history(&["--stats"]))
+    );
+    println!(
+        "$ kubectl describe isrc -n demo orders\n{}",
+        get(&["describe", "isrc", "-n", NAMESPACE, "orders"])
     );
 
     // Check what was shown.
@@ -403,15 +420,20 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
             format!("status.recentFailures of {unexplained:?} does not name the failed objects"),
         ));
     }
-    if let Some(log) = refused(&logs) {
-        return Err(fail(
-            "the demo's checks",
-            format!("RBAC refused a request: see {}", log.display()),
-        ));
+    for namespace in [OPERATOR_NAMESPACE, NAMESPACE] {
+        let pods = get(&["get", "pods", "-n", namespace, "-o", "name"]);
+        for pod in pods.lines() {
+            let log = get(&["logs", "-n", namespace, pod]);
+            if log.to_lowercase().contains("forbidden") {
+                return Err(fail(
+                    "the demo's checks",
+                    format!("RBAC refused a request of {namespace}/{pod}:\n{log}"),
+                ));
+            }
+        }
     }
     println!(
-        "\nEverything ran under the chart's RBAC. Pod logs: {}\nS3: {} (access key {}, secret key {})",
-        logs.display(),
+        "\nEverything ran in pods under the chart's RBAC (`kubectl logs` shows each).\nS3: {} (access key {}, secret key {})",
         minio.endpoint(),
         credentials.access_key_id,
         credentials.secret_access_key
@@ -424,9 +446,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), Error> {
          Press Ctrl-C to stop and remove everything.",
         kube.kubeconfig().display()
     );
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("Stopping.");
-    Ok(())
+    std::future::pending().await
 }
 
 /// The sum over `sources` of what `count` reads from each status.
@@ -435,18 +455,6 @@ fn total(sources: &[IngestSource], count: impl Fn(&IngestSourceStatus) -> Option
         .iter()
         .filter_map(|source| count(source.status.as_ref()?))
         .sum()
-}
-
-/// The first pod log in `logs` in which the API server refused a request.
-fn refused(logs: &Path) -> Option<std::path::PathBuf> {
-    std::fs::read_dir(logs)
-        .ok()?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| {
-            std::fs::read_to_string(path)
-                .is_ok_and(|text| text.to_lowercase().contains("forbidden"))
-        })
 }
 
 fn say(what: &str) {

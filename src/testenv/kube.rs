@@ -40,23 +40,60 @@ pub struct KubeEnv {
     kubeconfig: PathBuf,
     ca_cert: PathBuf,
     kubectl: PathBuf,
+    plane: Plane,
     namespaces: AtomicU32,
     dir: tempfile::TempDir,
 }
 
+/// Where the control plane serves, and for whom.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Plane {
+    /// The address the API server binds and advertises.
+    pub(super) address: IpAddr,
+    /// A node's name: the API server then authorizes its kubelet (Node
+    /// authorizer, NodeRestriction) and reaches it, and the controller
+    /// manager runs every controller and gives the node a pod range.
+    pub(super) node: Option<&'static str>,
+}
+
+/// The ranges of a cluster with a node.
+pub(super) const SERVICE_RANGE: &str = "10.96.0.0/16";
+pub(super) const POD_RANGE: &str = "10.244.0.0/16";
+
 impl KubeEnv {
-    /// Starts etcd and kube-apiserver and waits until `/readyz` answers.
+    /// Starts etcd, kube-apiserver and kube-controller-manager on loopback
+    /// and waits until `/readyz` answers.
     pub fn start() -> Result<Self, Error> {
-        let dir = scratch_dir("sluice-kube-")?;
-        let pki = Pki::write(dir.path())?;
+        Self::start_in(
+            scratch_dir("sluice-kube-")?,
+            Plane {
+                address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                node: None,
+            },
+        )
+    }
+
+    /// The control plane of a cluster as `plane` says, its files in `dir`.
+    pub(super) fn start_in(dir: tempfile::TempDir, plane: Plane) -> Result<Self, Error> {
+        let pki = Pki::write(
+            dir.path(),
+            &PkiFor {
+                apiserver_ips: match plane.node {
+                    // The `kubernetes` Service's ClusterIP.
+                    Some(_) => vec![plane.address, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))],
+                    None => vec![],
+                },
+                node: plane.node.map(|name| (name, plane.address)),
+            },
+        )?;
         let (mut etcd, etcd_url) = with_port_retries(|| start_etcd(dir.path()))?;
         let kubectl = tools::binary("kubectl")?;
         let (apiserver, server, kubeconfig) = with_port_retries(|| {
             etcd.check_running()?;
             let port = free_port()?;
-            start_apiserver(dir.path(), &pki, &etcd_url, port, &kubectl)
+            start_apiserver(dir.path(), &pki, &etcd_url, plane, port, &kubectl)
         })?;
-        let controller_manager = start_controller_manager(dir.path(), &kubeconfig)?;
+        let controller_manager = start_controller_manager(dir.path(), &pki, plane, &kubeconfig)?;
         Ok(Self {
             controller_manager: Mutex::new(Some(controller_manager)),
             apiserver: Mutex::new(Some(apiserver)),
@@ -66,12 +103,13 @@ impl KubeEnv {
             kubeconfig,
             ca_cert: pki.ca_cert,
             kubectl,
+            plane,
             namespaces: AtomicU32::new(0),
             dir,
         })
     }
 
-    /// The API server's URL, `https://127.0.0.1:PORT`.
+    /// The API server's URL, `https://ADDRESS:PORT`.
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -173,7 +211,12 @@ impl KubeEnv {
     pub fn restart_controller_manager(&self) -> Result<(), Error> {
         let mut controller_manager = lock(&self.controller_manager);
         drop(controller_manager.take());
-        *controller_manager = Some(start_controller_manager(self.dir.path(), &self.kubeconfig)?);
+        *controller_manager = Some(start_controller_manager(
+            self.dir.path(),
+            &Pki::paths(self.dir.path()),
+            self.plane,
+            &self.kubeconfig,
+        )?);
         Ok(())
     }
 
@@ -192,7 +235,14 @@ impl KubeEnv {
         drop(apiserver.take());
         let pki = Pki::paths(self.dir.path());
         let (restarted, _, _) = with_port_retries(|| {
-            start_apiserver(self.dir.path(), &pki, &self.etcd_url, port, &self.kubectl)
+            start_apiserver(
+                self.dir.path(),
+                &pki,
+                &self.etcd_url,
+                self.plane,
+                port,
+                &self.kubectl,
+            )
         })?;
         *apiserver = Some(restarted);
         Ok(())
@@ -224,16 +274,18 @@ fn start_apiserver(
     dir: &Path,
     pki: &Pki,
     etcd_url: &str,
+    plane: Plane,
     port: u16,
     kubectl: &Path,
 ) -> Result<(Daemon, String, PathBuf), Error> {
-    let server = format!("https://127.0.0.1:{port}");
+    let address = plane.address;
+    let server = format!("https://{address}:{port}");
     let mut command = Command::new(tools::binary("kube-apiserver")?);
     command
         .arg(format!("--etcd-servers={etcd_url}"))
         .arg(format!("--secure-port={port}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--bind-address={address}"))
+        .arg(format!("--advertise-address={address}"))
         .arg(format!(
             "--cert-dir={}",
             dir.join("apiserver-certs").display()
@@ -253,15 +305,33 @@ fn start_apiserver(
             pki.sa_private.display()
         ))
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-        .arg("--service-cluster-ip-range=10.96.0.0/16")
-        .arg("--authorization-mode=RBAC")
+        .arg(format!("--service-cluster-ip-range={SERVICE_RANGE}"))
         .arg("--allow-privileged=true")
         .arg("--enable-priority-and-fairness=false")
         .arg("--profiling=false");
+    if plane.node.is_some() {
+        // The admin certificate is also how the API server authenticates to
+        // the kubelet (logs, exec, the pod proxy).
+        command
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--enable-admission-plugins=NodeRestriction")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.admin_cert.display()
+            ))
+            .arg(format!("--kubelet-client-key={}", pki.admin_key.display()))
+            .arg(format!(
+                "--kubelet-certificate-authority={}",
+                pki.ca_cert.display()
+            ))
+            .arg("--kubelet-preferred-address-types=InternalIP");
+    } else {
+        command.arg("--authorization-mode=RBAC");
+    }
     let log = dir.join("kube-apiserver.log");
     let mut apiserver = Daemon::spawn("kube-apiserver", command, &log)?;
     let kubeconfig = dir.join("kubeconfig");
-    write_kubeconfig(&kubeconfig, &server, pki)?;
+    write_kubeconfig(&kubeconfig, &server, pki, (&pki.admin_cert, &pki.admin_key))?;
     apiserver.wait_ready(STARTUP_TIMEOUT, || {
         Command::new(kubectl)
             .arg("--kubeconfig")
@@ -273,17 +343,37 @@ fn start_apiserver(
     Ok((apiserver, server, kubeconfig))
 }
 
-/// Garbage collection, namespace deletion, default ServiceAccounts and the
-/// Endpoints of Services (empty without pods, so the service proxy answers
-/// 503 as it does in a real cluster whose pods are not ready).
-fn start_controller_manager(dir: &Path, kubeconfig: &Path) -> Result<Daemon, Error> {
+/// Without a node: garbage collection, namespace deletion, default
+/// ServiceAccounts and the Endpoints of Services (empty without pods, so
+/// the service proxy answers 503 as it does in a real cluster whose pods
+/// are not ready). With one: every controller a cluster runs.
+fn start_controller_manager(
+    dir: &Path,
+    pki: &Pki,
+    plane: Plane,
+    kubeconfig: &Path,
+) -> Result<Daemon, Error> {
     let mut command = Command::new(tools::binary("kube-controller-manager")?);
     command
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,endpoints-controller")
         .arg("--leader-elect=false")
         // Serve nothing: the tests only need the controllers.
         .arg("--secure-port=0");
+    if plane.node.is_some() {
+        command
+            .arg(format!("--cluster-cidr={POD_RANGE}"))
+            .arg("--allocate-node-cidrs=true")
+            .arg("--node-cidr-mask-size=24")
+            .arg(format!("--service-cluster-ip-range={SERVICE_RANGE}"))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.sa_private.display()
+            ))
+            .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
+            .arg("--use-service-account-credentials=true");
+    } else {
+        command.arg("--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,endpoints-controller");
+    }
     let mut daemon = Daemon::spawn(
         "kube-controller-manager",
         command,
@@ -294,18 +384,32 @@ fn start_controller_manager(dir: &Path, kubeconfig: &Path) -> Result<Daemon, Err
 }
 
 /// Certificate and key files, all under the environment's directory.
-struct Pki {
-    ca_cert: PathBuf,
+pub(super) struct Pki {
+    pub(super) ca_cert: PathBuf,
     serving_cert: PathBuf,
     serving_key: PathBuf,
     admin_cert: PathBuf,
     admin_key: PathBuf,
     sa_private: PathBuf,
     sa_public: PathBuf,
+    /// A node's client certificate (`system:node:NAME` in `system:nodes`)
+    /// and its kubelet's serving certificate, when there is a node.
+    pub(super) kubelet_client: (PathBuf, PathBuf),
+    pub(super) kubelet_serving: (PathBuf, PathBuf),
+}
+
+/// Who the certificates are for, beyond the API server on loopback.
+#[derive(Default)]
+pub(super) struct PkiFor<'a> {
+    /// More addresses the API server is reached at (a node's IP, the
+    /// `kubernetes` Service's ClusterIP).
+    pub(super) apiserver_ips: Vec<IpAddr>,
+    /// A node: its name and IP, for its kubelet's certificates.
+    pub(super) node: Option<(&'a str, IpAddr)>,
 }
 
 impl Pki {
-    fn paths(dir: &Path) -> Self {
+    pub(super) fn paths(dir: &Path) -> Self {
         Self {
             ca_cert: dir.join("ca.crt"),
             serving_cert: dir.join("apiserver.crt"),
@@ -314,10 +418,15 @@ impl Pki {
             admin_key: dir.join("admin.key"),
             sa_private: dir.join("sa.key"),
             sa_public: dir.join("sa.pub"),
+            kubelet_client: (dir.join("kubelet.crt"), dir.join("kubelet.key")),
+            kubelet_serving: (
+                dir.join("kubelet-serving.crt"),
+                dir.join("kubelet-serving.key"),
+            ),
         }
     }
 
-    fn write(dir: &Path) -> Result<Self, Error> {
+    pub(super) fn write(dir: &Path, to: &PkiFor) -> Result<Self, Error> {
         let pki = Self::paths(dir);
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::new())?;
@@ -330,47 +439,92 @@ impl Pki {
         ];
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
+        let mut files = vec![(&pki.ca_cert, ca_cert.pem())];
 
+        let mut apiserver_names = vec!["localhost".to_owned()];
+        let mut apiserver_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        if !to.apiserver_ips.is_empty() {
+            // In-cluster clients name the `kubernetes` Service.
+            apiserver_names.extend(
+                [
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ]
+                .map(String::from),
+            );
+            apiserver_ips.extend(&to.apiserver_ips);
+        }
         let serving_key = KeyPair::generate()?;
-        let mut serving = CertificateParams::new(vec!["localhost".to_owned()])?;
-        serving
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        serving
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+        let serving_cert = serving(apiserver_names, &apiserver_ips, "kube-apiserver")?
+            .signed_by(&serving_key, &issuer)?;
+        files.push((&pki.serving_cert, serving_cert.pem()));
+        files.push((&pki.serving_key, serving_key.serialize_pem()));
 
         let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::new())?;
-        admin
-            .distinguished_name
-            .push(DnType::CommonName, "sluice-test-admin");
-        admin
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:masters");
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+        let admin_cert =
+            client("sluice-test-admin", "system:masters")?.signed_by(&admin_key, &issuer)?;
+        files.push((&pki.admin_cert, admin_cert.pem()));
+        files.push((&pki.admin_key, admin_key.serialize_pem()));
 
         let sa_key = KeyPair::generate()?;
+        files.push((&pki.sa_private, sa_key.serialize_pem()));
+        files.push((&pki.sa_public, sa_key.public_key_pem()));
 
-        for (path, contents) in [
-            (&pki.ca_cert, ca_cert.pem()),
-            (&pki.serving_cert, serving_cert.pem()),
-            (&pki.serving_key, serving_key.serialize_pem()),
-            (&pki.admin_cert, admin_cert.pem()),
-            (&pki.admin_key, admin_key.serialize_pem()),
-            (&pki.sa_private, sa_key.serialize_pem()),
-            (&pki.sa_public, sa_key.public_key_pem()),
-        ] {
+        if let Some((name, ip)) = to.node {
+            let user = format!("system:node:{name}");
+            let key = KeyPair::generate()?;
+            let cert = client(&user, "system:nodes")?.signed_by(&key, &issuer)?;
+            files.push((&pki.kubelet_client.0, cert.pem()));
+            files.push((&pki.kubelet_client.1, key.serialize_pem()));
+            let key = KeyPair::generate()?;
+            let cert = serving(vec![name.to_owned()], &[ip], &user)?.signed_by(&key, &issuer)?;
+            files.push((&pki.kubelet_serving.0, cert.pem()));
+            files.push((&pki.kubelet_serving.1, key.serialize_pem()));
+        }
+        for (path, contents) in files {
             write(path, &contents)?;
         }
         Ok(pki)
     }
 }
 
-fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<(), Error> {
+fn serving(
+    names: Vec<String>,
+    ips: &[IpAddr],
+    common_name: &str,
+) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::new(names)?;
+    params
+        .subject_alt_names
+        .extend(ips.iter().copied().map(SanType::IpAddress));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
+}
+
+fn client(common_name: &str, organization: &str) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::new(Vec::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, organization);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A kubeconfig for `server` with the client certificate and key `user`.
+pub(super) fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    pki: &Pki,
+    user: (&Path, &Path),
+) -> Result<(), Error> {
     let kubeconfig = format!(
         "apiVersion: v1
 kind: Config
@@ -393,13 +547,13 @@ contexts:
 current-context: sluice-test
 ",
         ca = pki.ca_cert.display(),
-        cert = pki.admin_cert.display(),
-        key = pki.admin_key.display(),
+        cert = user.0.display(),
+        key = user.1.display(),
     );
     write(path, &kubeconfig)
 }
 
-fn write(path: &Path, contents: &str) -> Result<(), Error> {
+pub(super) fn write(path: &Path, contents: &str) -> Result<(), Error> {
     std::fs::write(path, contents).map_err(|source| Error::Io {
         what: format!("writing {}", path.display()),
         source,

@@ -1,12 +1,13 @@
 //! A MinIO server on loopback, the S3 store of the test environment.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::process::{Daemon, free_port, http_ok, lock};
+use super::process::{Daemon, free_port, http_at, lock};
 use super::{Error, scratch_dir, tools, with_port_retries};
 use crate::crd::S3Location;
 use crate::s3::{self, Credentials};
@@ -20,6 +21,7 @@ const REGION: &str = "us-east-1";
 pub struct MinioEnv {
     /// None only while restarting.
     daemon: Mutex<Option<Daemon>>,
+    address: IpAddr,
     port: u16,
     endpoint: String,
     buckets: AtomicU32,
@@ -29,12 +31,19 @@ pub struct MinioEnv {
 impl MinioEnv {
     /// Starts MinIO on a free loopback port and waits until it is ready.
     pub fn start() -> Result<Self, Error> {
+        Self::start_at(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Starts MinIO on a free port of `address` (the test node's, so that
+    /// pods reach it too) and waits until it is ready.
+    pub fn start_at(address: IpAddr) -> Result<Self, Error> {
         let dir = scratch_dir("sluice-minio-")?;
-        let (daemon, port) = with_port_retries(|| start_minio(dir.path(), free_port()?))?;
+        let (daemon, port) = with_port_retries(|| start_minio(dir.path(), address, free_port()?))?;
         Ok(Self {
             daemon: Mutex::new(Some(daemon)),
+            address,
             port,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{address}:{port}"),
             buckets: AtomicU32::new(0),
             dir,
         })
@@ -122,19 +131,20 @@ impl MinioEnv {
         std::thread::sleep(downtime);
         // The port was ours a moment ago; a clash means the old process
         // had not let go of it yet.
-        let (restarted, _) = with_port_retries(|| start_minio(self.dir(), self.port))?;
+        let (restarted, _) =
+            with_port_retries(|| start_minio(self.dir(), self.address, self.port))?;
         *daemon = Some(restarted);
         Ok(())
     }
 }
 
-fn start_minio(dir: &Path, port: u16) -> Result<(Daemon, u16), Error> {
+fn start_minio(dir: &Path, address: IpAddr, port: u16) -> Result<(Daemon, u16), Error> {
     let console_port = free_port()?;
     let mut command = Command::new(tools::binary("minio")?);
     command
         .arg("server")
         .arg(dir.join("data"))
-        .arg(format!("--address=127.0.0.1:{port}"))
+        .arg(format!("--address={}", SocketAddr::new(address, port)))
         .arg(format!("--console-address=127.0.0.1:{console_port}"))
         .arg("--quiet")
         .env("MINIO_ROOT_USER", ACCESS_KEY)
@@ -144,6 +154,15 @@ fn start_minio(dir: &Path, port: u16) -> Result<(Daemon, u16), Error> {
         .env("MINIO_UPDATE", "off")
         .env("MINIO_CI_CD", "1");
     let mut daemon = Daemon::spawn("minio", command, &dir.join("minio.log"))?;
-    daemon.wait_ready(STARTUP_TIMEOUT, || http_ok(port, "/minio/health/ready"))?;
+    daemon.wait_ready(STARTUP_TIMEOUT, || {
+        http_at(
+            SocketAddr::new(address, port),
+            "GET",
+            "/minio/health/ready",
+            &[],
+            b"",
+        )
+        .is_some_and(|(status, _)| status == 200)
+    })?;
     Ok((daemon, port))
 }

@@ -1,25 +1,28 @@
 //! A local environment of real components for tests, benchmarks and
 //! `make demo`: etcd with kube-apiserver (RBAC on, client-certificate
-//! admin), and MinIO as the S3 store.
+//! admin), MinIO as the S3 store, and a real single-node Kubernetes whose
+//! pods run in containers ([`Node`]).
 //!
 //! Not part of the operator: it starts servers as local processes from the
-//! binaries `tools/build.sh` builds at pinned versions. Each server takes
-//! free loopback ports, so several test binaries can run at once.
+//! binaries `tools/build.sh` builds at pinned versions. The control planes
+//! and MinIO take free loopback ports, so several test binaries can run at
+//! once; the node is one per machine.
 
 pub mod demo;
+pub mod image;
 mod kube;
-mod kubelet;
 mod minio;
+pub mod node;
 mod process;
 pub mod tools;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::kube::KubeEnv;
-pub use self::kubelet::{ApiServer, Kubelet, service_account_kubeconfig};
 pub use self::minio::MinioEnv;
-pub use self::process::{Daemon, free_port, http, http_get};
+pub use self::node::Node;
+pub use self::process::{Daemon, free_port, http, http_at, http_get};
 
 /// Why a component of the environment could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("this machine cannot run the test node: {0}")]
+    Precondition(String),
+
     #[error("generating test certificates: {0}")]
     Certificate(#[from] rcgen::Error),
 }
@@ -79,6 +85,20 @@ fn with_port_retries<T>(mut start: impl FnMut() -> Result<T, Error>) -> Result<T
             result => return result,
         }
     }
+}
+
+/// `root` and every file and directory under it, at any depth.
+fn walk(root: &Path) -> impl Iterator<Item = PathBuf> {
+    let mut pending = vec![root.to_owned()];
+    std::iter::from_fn(move || {
+        let path = pending.pop()?;
+        if path.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            pending.extend(entries.flatten().map(|entry| entry.path()));
+        }
+        Some(path)
+    })
 }
 
 /// A fresh directory under the system temp dir, removed when the returned

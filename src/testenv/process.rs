@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -183,7 +183,24 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    http_at(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// [`http`] to any address of this machine.
+pub fn http_at(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut request = format!(
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
@@ -253,8 +270,9 @@ fn spawn_from_keeper(command: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("testenv keeper thread is gone"))?
 }
 
-/// Live children (by pid) and directories to clean up at exit.
+/// Live children (by pid), clean-ups and directories to remove at exit.
 static LIVE: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+static HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
 static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static AT_EXIT: Once = Once::new();
 
@@ -265,6 +283,13 @@ fn register(pid: u32) {
 
 fn unregister(pid: u32) {
     lock(&LIVE).remove(&pid);
+}
+
+/// Runs `hook` at exit, once the children are killed and before the
+/// directories are removed.
+pub fn run_at_exit(hook: fn()) {
+    install_exit_hook();
+    lock(&HOOKS).push(hook);
 }
 
 /// Removes `dir` at exit unless it is gone by then.
@@ -285,6 +310,9 @@ fn install_exit_hook() {
 extern "C" fn at_exit() {
     if let Ok(live) = LIVE.lock() {
         live.iter().copied().for_each(kill_group);
+    }
+    if let Ok(hooks) = HOOKS.lock() {
+        hooks.iter().for_each(|hook| hook());
     }
     if let Ok(dirs) = DIRS.lock() {
         for dir in dirs.iter() {
