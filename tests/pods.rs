@@ -93,6 +93,23 @@ fn chart() {
     });
 }
 
+/// Waits for the operator to write Deployment `name`, then for its pods to
+/// be available, as `kubectl rollout status` judges it.
+async fn rolled_out(client: &kube::Client, namespace: &str, name: &str) {
+    sources::deployment_where(client, namespace, name, "the operator's Deployment", |_| {
+        true
+    })
+    .await;
+    kubectl(&[
+        "-n",
+        namespace,
+        "rollout",
+        "status",
+        &format!("deployment/{name}"),
+        "--timeout=180s",
+    ]);
+}
+
 /// A namespace where Pod Security `restricted` is enforced.
 fn restricted_namespace(prefix: &str) -> String {
     let namespace = node().kube().namespace(prefix).unwrap();
@@ -210,14 +227,7 @@ async fn the_charts_operator_runs_a_source_in_restricted_pods_that_ingest_everyt
 
     // Ready through their real probes, as the Deployment controller sees it.
     for deployment in ["orders-coordinator", "orders-worker"] {
-        kubectl(&[
-            "-n",
-            &namespace,
-            "rollout",
-            "status",
-            &format!("deployment/{deployment}"),
-            "--timeout=180s",
-        ]);
+        rolled_out(&client, &namespace, deployment).await;
     }
     let status = eventually("every object ingested, in the status", DONE, || async {
         let status = sources::source(&client, &namespace, "orders")
@@ -261,14 +271,7 @@ async fn kubectl_sluice_tasks_answers_through_the_api_servers_service_proxy() {
     let namespace = restricted_namespace("proxy");
     let (source, _) = ingest_source(&client, &namespace, "orders", 4, 1).await;
     sources::apply(&client, &namespace, &source).await;
-    kubectl(&[
-        "-n",
-        &namespace,
-        "rollout",
-        "status",
-        "deployment/orders-coordinator",
-        "--timeout=180s",
-    ]);
+    rolled_out(&client, &namespace, "orders-coordinator").await;
 
     // No --coordinator: the CLI asks the coordinator through
     // /api/v1/namespaces/NS/services/orders-coordinator:http/proxy.
