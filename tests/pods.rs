@@ -263,31 +263,144 @@ async fn the_charts_operator_runs_a_source_in_restricted_pods_that_ingest_everyt
     assert!(root_read_only, "the coordinator's root is writable");
 }
 
+/// `sluice tasks` as the user runs it, against the node's API server,
+/// its answer as NDJSON: one task per line.
+fn sluice_tasks(args: &[&str]) -> Vec<serde_json::Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .env("KUBECONFIG", node().kube().kubeconfig())
+        .arg("tasks")
+        .args(args)
+        .args(["-o", "ndjson"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.is_empty(),
+        "sluice tasks {}: {stderr}",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn kubectl_sluice_tasks_answers_through_the_api_servers_service_proxy() {
     chart();
     let kube = node().kube();
     let client = kube.client().await;
     let namespace = restricted_namespace("proxy");
-    let (source, _) = ingest_source(&client, &namespace, "orders", 4, 1).await;
-    sources::apply(&client, &namespace, &source).await;
-    rolled_out(&client, &namespace, "orders-coordinator").await;
+    // No workers: the tasks stay pending, one per object.
+    for (name, account) in [("orders", "acme"), ("refunds", "globex")] {
+        let (mut source, _) = ingest_source(&client, &namespace, name, 3, 0).await;
+        source["spec"]["account"] = json!(account);
+        source["spec"]["tasks"] = json!({"maxObjects": 1});
+        sources::apply(&client, &namespace, &source).await;
+    }
+    for name in ["orders", "refunds"] {
+        rolled_out(&client, &namespace, &format!("{name}-coordinator")).await;
+    }
 
-    // No --coordinator: the CLI asks the coordinator through
-    // /api/v1/namespaces/NS/services/orders-coordinator:http/proxy.
-    let output = eventually("an answer through the service proxy", DONE, || async {
-        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .env("KUBECONFIG", kube.kubeconfig())
-            .args(["tasks", "-n", &namespace, "-o", "json"])
-            .output()
-            .unwrap();
-        output.status.success().then_some(output)
+    // No --coordinator: the CLI asks each coordinator through
+    // /api/v1/namespaces/NS/services/NAME-coordinator:http/proxy.
+    let every = eventually(
+        "both coordinators' tasks through the proxy",
+        DONE,
+        || async {
+            let tasks = sluice_tasks(&["-n", &namespace]);
+            (tasks.len() == 6).then_some(tasks)
+        },
+    )
+    .await;
+    assert!(
+        every.iter().all(|task| task["state"] == "pending"),
+        "{every:?}"
+    );
+    let sources_of = |tasks: &[serde_json::Value]| {
+        let mut sources: Vec<String> = tasks
+            .iter()
+            .map(|task| task["source"].as_str().unwrap().to_owned())
+            .collect();
+        sources.dedup();
+        sources
+    };
+    let globex = sluice_tasks(&["-n", &namespace, "--account", "globex"]);
+    assert_eq!(globex.len(), 3);
+    assert_eq!(sources_of(&globex), [format!("{namespace}/refunds")]);
+    let orders = sluice_tasks(&["-n", &namespace, "orders"]);
+    assert_eq!(sources_of(&orders), [format!("{namespace}/orders")]);
+    assert_eq!(
+        sluice_tasks(&["-n", &namespace, "--collection", "orders"]).len(),
+        6
+    );
+    assert_eq!(
+        sluice_tasks(&["-n", &namespace, "--state", "pending"]).len(),
+        6
+    );
+    assert!(sluice_tasks(&["-n", &namespace, "--state", "running"]).is_empty());
+}
+
+/// The real Deployment controller and kubelet act on what the operator
+/// writes: `kubectl scale isrc` changes how many worker pods run, and an
+/// edit of the spec replaces the pods (the configuration's checksum is in
+/// their template).
+#[tokio::test]
+async fn scaling_and_editing_a_source_change_the_pods_that_run() {
+    chart();
+    let kube = node().kube();
+    let client = kube.client().await;
+    let namespace = restricted_namespace("scale");
+    let (mut source, _) = ingest_source(&client, &namespace, "orders", 2, 1).await;
+    sources::apply(&client, &namespace, &source).await;
+    rolled_out(&client, &namespace, "orders-worker").await;
+    let pods = |component: &'static str| {
+        let (client, namespace) = (client.clone(), namespace.clone());
+        async move {
+            let mut names: Vec<String> = Api::<Pod>::namespaced(client, &namespace)
+                .list(&ListParams::default().labels(&format!(
+                    "app.kubernetes.io/instance=orders,app.kubernetes.io/component={component}"
+                )))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|pod| {
+                    pod.metadata.deletion_timestamp.is_none()
+                        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .filter_map(|pod| pod.metadata.name)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+
+    kubectl(&["-n", &namespace, "scale", "isrc", "orders", "--replicas=3"]);
+    eventually("three running worker pods", DONE, || async {
+        (pods("worker").await.len() == 3).then_some(())
     })
     .await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.is_empty(), "{stderr}");
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(answer.is_array() || answer.is_object(), "{answer}");
+    kubectl(&["-n", &namespace, "scale", "isrc", "orders", "--replicas=1"]);
+    eventually("one running worker pod", DONE, || async {
+        (pods("worker").await.len() == 1).then_some(())
+    })
+    .await;
+
+    let coordinator_before = pods("coordinator").await;
+    source["spec"]["workers"]["replicas"] = json!(1);
+    source["spec"]["tasks"] = json!({"maxObjects": 7});
+    sources::apply(&client, &namespace, &source).await;
+    eventually(
+        "a new coordinator pod for the new configuration",
+        DONE,
+        || async {
+            let now = pods("coordinator").await;
+            (now.len() == 1 && now != coordinator_before).then_some(())
+        },
+    )
+    .await;
+    rolled_out(&client, &namespace, "orders-coordinator").await;
 }
 
 /// The image the harness writes and the `Dockerfile` users build describe
