@@ -132,17 +132,9 @@ async fn ingest_source(
     workers: u32,
 ) -> (serde_json::Value, String) {
     let minio = minio();
-    let credentials = minio.credentials();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "acme-s3"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": credentials.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
-        }
-    }))
-    .unwrap();
+    // Two sources in one namespace share it.
     let _ = Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
+        .create(&PostParams::default(), &minio.credentials_secret("acme-s3"))
         .await;
     let mut buckets = Vec::new();
     for store in ["source", "sink", "archive"] {

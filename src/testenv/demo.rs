@@ -230,16 +230,8 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
         .await
         .map_err(|err| fail("creating namespace demo", err.to_string()))?;
     let credentials = minio.credentials();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "demo-s3"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": credentials.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
-        }
-    }))
-    .expect("a Secret");
     Api::<Secret>::namespaced(client.clone(), NAMESPACE)
-        .create(&PostParams::default(), &secret)
+        .create(&PostParams::default(), &minio.credentials_secret("demo-s3"))
         .await
         .map_err(|err| fail("creating the credentials Secret", err.to_string()))?;
     let sources: Api<IngestSource> = Api::namespaced(client.clone(), NAMESPACE);

@@ -79,6 +79,19 @@ impl MinioEnv {
         }
     }
 
+    /// A Secret `name` with the root credentials, as an IngestSource's
+    /// `credentialsSecretRef` names one.
+    pub fn credentials_secret(&self, name: &str) -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            }
+        }))
+        .expect("a Secret")
+    }
+
     /// A location in `bucket` on this server, as an IngestSource names it.
     pub fn location(&self, bucket: &str) -> S3Location {
         S3Location {
