@@ -264,11 +264,6 @@ impl Node {
         self.kube.as_ref().expect("a node has a control plane")
     }
 
-    /// The node's state directory (logs of every component are in it).
-    pub fn dir(&self) -> &Path {
-        &self.state
-    }
-
     /// `ctr` against the node's containerd, in the CRI's namespace.
     pub fn ctr(&self) -> Result<Command, Error> {
         let mut command = Command::new(tools::binary("ctr")?);
@@ -300,14 +295,6 @@ impl Node {
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
-        Ok(())
-    }
-
-    /// Restarts containerd, as an upgrade or a crash of the runtime would;
-    /// the containers keep running under their shims.
-    pub fn restart_containerd(&mut self) -> Result<(), Error> {
-        drop(self.containerd.take());
-        self.containerd = Some(spawn_containerd(&self.state)?);
         Ok(())
     }
 }
