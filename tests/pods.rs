@@ -68,28 +68,9 @@ fn kubectl(args: &[&str]) -> String {
 fn chart() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let kube = node().kube();
-        let output = Command::new(sluice::testenv::tools::binary("helm").unwrap())
-            .arg("--kubeconfig")
-            .arg(kube.kubeconfig())
-            .args(["install", "sluice"])
-            .arg(repo().join("charts/sluice"))
-            .args([
-                "--namespace",
-                "sluice-system",
-                "--create-namespace",
-                "--wait",
-                "--timeout",
-                "180s",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "helm install: {}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            kubectl(&["get", "pods", "-A", "-o", "wide"])
-        );
+        if let Err(err) = sluice::testenv::demo::install_chart(node().kube()) {
+            panic!("{err}\n{}", kubectl(&["get", "pods", "-A", "-o", "wide"]));
+        }
     });
 }
 

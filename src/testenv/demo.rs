@@ -24,7 +24,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::node::NODE_IP;
-use super::{Error, MinioEnv, Node, image, tools};
+use super::{Error, KubeEnv, MinioEnv, Node, image, tools};
 use crate::crd::{IngestSource, IngestSourceStatus};
 
 const NAMESPACE: &str = "demo";
@@ -177,27 +177,9 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
     .expect("starting the environment does not panic")?;
     let kube = node.kube();
     let client = kube.client().await;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
 
     say("helm install sluice charts/sluice --namespace sluice-system --create-namespace --wait");
-    let helm = Command::new(tools::binary("helm")?)
-        .args(["install", "sluice"])
-        .arg(repo.join("charts/sluice"))
-        .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
-        .args(["--wait", "--timeout", "180s"])
-        .arg("--kubeconfig")
-        .arg(kube.kubeconfig())
-        .output()
-        .map_err(|source| Error::Spawn {
-            name: "helm".into(),
-            source,
-        })?;
-    if !helm.status.success() {
-        return Err(fail(
-            "helm install",
-            String::from_utf8_lossy(&helm.stderr).into(),
-        ));
-    }
+    install_chart(kube)?;
 
     say("Generating sample data in MinIO");
     let [source, sink, archive] = ["raw", "collections", "archive"];
@@ -439,6 +421,31 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
         kube.kubeconfig().display()
     );
     std::future::pending().await
+}
+
+/// `helm install sluice charts/sluice` with its defaults into
+/// `sluice-system`, waiting until the operator's pod is available.
+pub fn install_chart(kube: &KubeEnv) -> Result<(), Error> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let helm = Command::new(tools::binary("helm")?)
+        .args(["install", "sluice"])
+        .arg(repo.join("charts/sluice"))
+        .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
+        .args(["--wait", "--timeout", "180s"])
+        .arg("--kubeconfig")
+        .arg(kube.kubeconfig())
+        .output()
+        .map_err(|source| Error::Spawn {
+            name: "helm".into(),
+            source,
+        })?;
+    if !helm.status.success() {
+        return Err(Error::Command {
+            what: "helm install".into(),
+            stderr: String::from_utf8_lossy(&helm.stderr).into(),
+        });
+    }
+    Ok(())
 }
 
 /// The sum over `sources` of what `count` reads from each status.

@@ -482,6 +482,15 @@ fn quietly(program: &str, args: &[&str]) {
     let _ = Command::new(program).args(args).output();
 }
 
+/// What `program args` printed on stdout; nothing when it cannot run.
+fn stdout_of(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// Notes the nftables tables, sysctls and host paths there were before the
 /// node, so that teardown removes only what the node added.
 fn record_host(state: &Path) -> Result<(), Error> {
@@ -489,12 +498,9 @@ fn record_host(state: &Path) -> Result<(), Error> {
         &state.join("nft-tables.before"),
         &run("nft", &["list", "tables"])?,
     )?;
-    let sysctls = Command::new("sysctl")
-        .args(SYSCTLS)
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-        .unwrap_or_default();
-    write(&state.join("sysctl.before"), &sysctls)?;
+    // A sysctl this kernel lacks (bridge-nf before br_netfilter loads) is
+    // left out: there is nothing to put back.
+    write(&state.join("sysctl.before"), &stdout_of("sysctl", &SYSCTLS))?;
     let present: Vec<&str> = HOST_PATHS
         .into_iter()
         .filter(|path| Path::new(path).exists())
@@ -560,33 +566,16 @@ pub fn teardown(state: &Path) {
     }
     kill_containers();
     // Shims outlive containerd; ours run the pinned binary.
-    if let Ok(shim) = tools::binary("containerd-shim-runc-v2").and_then(|shim| {
-        shim.canonicalize().map_err(|source| Error::Io {
-            what: "resolving the shim's path".into(),
-            source,
-        })
-    }) {
-        for pid in processes_running(&shim) {
-            // SAFETY: kill(2) on a shim of this node's containerd.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
+    for pid in processes_of("containerd-shim-runc-v2") {
+        // SAFETY: kill(2) on a shim of this node's containerd.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut ours: Vec<&str> = mounts
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .filter(|point| Path::new(point).starts_with(state))
-        .collect();
+    let mut ours = mounts_under(state);
     ours.sort_by_key(|point| std::cmp::Reverse(point.len()));
     for point in ours {
-        quietly("umount", &["-l", point]);
+        quietly("umount", &["-l", &point]);
     }
-    let bridged = Command::new("ip")
-        .args(["-o", "link", "show", "master", BRIDGE])
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-        .unwrap_or_default();
-    for line in bridged.lines() {
+    for line in stdout_of("ip", &["-o", "link", "show", "master", BRIDGE]).lines() {
         if let Some(name) = line.split(": ").nth(1) {
             quietly(
                 "ip",
@@ -597,11 +586,7 @@ pub fn teardown(state: &Path) {
     quietly("ip", &["link", "del", BRIDGE]);
     quietly("ip", &["link", "del", NODE_LINK]);
     let before = std::fs::read_to_string(state.join("nft-tables.before")).unwrap_or_default();
-    let now = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-        .unwrap_or_default();
+    let now = stdout_of("nft", &["list", "tables"]);
     for table in now.lines().filter_map(|line| line.strip_prefix("table ")) {
         if NODE_TABLES.contains(&table)
             && !before.lines().any(|line| line == format!("table {table}"))
@@ -610,14 +595,9 @@ pub fn teardown(state: &Path) {
             quietly("nft", &["delete", "table", family, name]);
         }
     }
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        remove_cgroups(&hierarchy.path().join("kubepods"));
+    for root in cgroup_roots() {
+        remove_cgroups(&root);
     }
-    remove_cgroups(Path::new("/sys/fs/cgroup/kubepods"));
     if let Ok(sysctls) = std::fs::read_to_string(state.join("sysctl.before")) {
         for line in sysctls.lines() {
             if let Some((key, value)) = line.split_once(" = ") {
@@ -646,20 +626,12 @@ pub fn leftovers() -> Vec<String> {
             found.push(format!("network link {link}"));
         }
     }
-    let tables = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-        .unwrap_or_default();
-    if tables.contains(GUARD_TABLE) {
+    if stdout_of("nft", &["list", "tables"]).contains(GUARD_TABLE) {
         found.push(format!("nftables table {GUARD_TABLE}"));
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     found.extend(
-        mounts
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .filter(|point| Path::new(point).starts_with(&state))
+        mounts_under(&state)
+            .into_iter()
             .map(|point| format!("mount {point}")),
     );
     for binary in [
@@ -668,18 +640,11 @@ pub fn leftovers() -> Vec<String> {
         "kubelet",
         "kube-proxy",
     ] {
-        if let Ok(path) = tools::binary(binary).and_then(|path| {
-            path.canonicalize().map_err(|source| Error::Io {
-                what: "resolving a binary's path".into(),
-                source,
-            })
-        }) {
-            found.extend(
-                processes_running(&path)
-                    .into_iter()
-                    .map(|pid| format!("{binary} process {pid}")),
-            );
-        }
+        found.extend(
+            processes_of(binary)
+                .into_iter()
+                .map(|pid| format!("{binary} process {pid}")),
+        );
     }
     for root in cgroup_roots() {
         found.push(format!("cgroup {}", root.display()));
@@ -731,8 +696,14 @@ fn remove_cgroups(root: &Path) {
     }
 }
 
-/// The pids of the processes whose executable is `binary`.
-fn processes_running(binary: &Path) -> Vec<u32> {
+/// The pids of the processes running the pinned binary `name`.
+fn processes_of(name: &str) -> Vec<u32> {
+    let Some(binary) = tools::binary(name)
+        .ok()
+        .and_then(|path| path.canonicalize().ok())
+    else {
+        return Vec::new();
+    };
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -741,6 +712,17 @@ fn processes_running(binary: &Path) -> Vec<u32> {
             let pid = entry.file_name().to_str()?.parse().ok()?;
             (std::fs::read_link(entry.path().join("exe")).ok()? == binary).then_some(pid)
         })
+        .collect()
+}
+
+/// The mount points under `state`.
+fn mounts_under(state: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(state))
+        .map(str::to_owned)
         .collect()
 }
 
