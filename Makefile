@@ -19,8 +19,8 @@ all: test
 ## test: build what is missing, then run every test (unit and integration);
 ## the release binary is the image the test node's pods run
 test: tools
-	$(CARGO) build --locked --release --bin sluice
-	$(CARGO) test --locked
+	$(CARGO) build --locked --release --workspace --bins
+	$(CARGO) test --locked --workspace
 
 ## tools: build the pinned real components into $(SLUICE_CACHE) (once)
 tools:
@@ -34,18 +34,18 @@ crds:
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 ## demo: all of sluice on this machine: a real single-node Kubernetes, helm install,
 ## the operator and its pods in containers, three IngestSources ingesting sample
 ## data, then pods, tasks, history and describe (as root: the node needs it)
 demo: tools
-	$(CARGO) build --locked --release --bin sluice
-	$(CARGO_TARGET_DIR)/release/sluice dev demo
+	$(CARGO) build --locked --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/sluice-testenv demo
 
 ## test-env: start a local API server and MinIO and print how to reach them
 test-env: tools
-	$(CARGO) run --locked --quiet -- dev env
+	$(CARGO) run --locked --quiet -p sluice-testenv -- env
 
 ## bench: measure every performance bar into BENCHMARKS.md (minutes per group);
 ## GROUP=operator|status|coordinator|workers|history runs one group

@@ -19,7 +19,7 @@ use sluice::coordinator::checkpoint::{Checkpoint, Manifest, SegmentRef};
 use sluice::coordinator::keys::{Finished, FinishedKeys, Segment};
 use sluice::coordinator::tasks::{Identity, Limits, Planned, TaskId, Tasks, Totals};
 use sluice::crd::{Compression, Format, S3Location};
-use sluice::testenv::{Daemon, MinioEnv, free_port, http};
+use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;
 use support::{Random, Table, median, seconds, verdict};

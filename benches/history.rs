@@ -28,7 +28,7 @@ use sluice::cli::history::progress::Progress;
 use sluice::cli::history::query::{Filter, Matcher};
 use sluice::cli::history::scan::{Archive, Mode};
 use sluice::coordinator::archiver;
-use sluice::testenv::MinioEnv;
+use sluice_testenv::MinioEnv;
 
 mod support;
 use support::{Random, median, ms};

@@ -28,7 +28,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice::crd::IngestSource;
-use sluice::testenv::KubeEnv;
+use sluice_testenv::KubeEnv;
 use support::{Table, Writes, apiserver_writes, percentile, verdict};
 
 /// Sequential new sources for the latency figures.

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use sluice::api::Summary;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice::crd::{Compression, Format};
-use sluice::testenv::{Daemon, MinioEnv, free_port, http};
+use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;
 use support::{Random, Table, median, seconds, verdict};

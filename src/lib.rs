@@ -1,6 +1,7 @@
 //! sluice: a Kubernetes operator that runs S3 ingest workloads and makes
-//! them easy to debug. One crate, one binary (`sluice`); each part is a
-//! module.
+//! them easy to debug. One binary (`sluice`); each part is a module. The
+//! test harness is a crate of its own (`testenv/`, `sluice-testenv`), so
+//! none of it is in the binary users run.
 
 pub mod api;
 pub mod archive;
@@ -12,5 +13,4 @@ pub mod duration;
 pub mod operator;
 pub mod s3;
 pub mod telemetry;
-pub mod testenv;
 pub mod worker;

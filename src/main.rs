@@ -2,7 +2,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// sluice runs S3 ingest workloads on Kubernetes and makes them easy to debug.
 ///
@@ -48,41 +48,6 @@ enum Command {
     Tasks(sluice::cli::tasks::TasksArgs),
 
     History(sluice::cli::history::HistoryArgs),
-
-    /// Development tools: a local environment of real components.
-    #[command(hide = true, subcommand)]
-    Dev(DevCommand),
-}
-
-#[derive(Subcommand)]
-enum DevCommand {
-    /// Start etcd, kube-apiserver and MinIO on loopback, print how to reach
-    /// them, and run until interrupted (Ctrl-C), then remove everything.
-    Env(EnvArgs),
-
-    /// Run all of sluice on this machine: the chart, the operator, three
-    /// IngestSources ingesting sample data, then `sluice tasks` and
-    /// `sluice history` answers (`make demo`).
-    Demo(sluice::testenv::demo::DemoArgs),
-
-    /// Wait until process PARENT exits, then tear down the test node it
-    /// started if it did not (the node starts this itself).
-    NodeWatchdog(WatchdogArgs),
-}
-
-#[derive(Args)]
-struct WatchdogArgs {
-    /// The process that runs the node.
-    #[arg(long)]
-    parent: u32,
-}
-
-#[derive(Args)]
-struct EnvArgs {
-    /// Manifests (files or directories) to `kubectl apply --server-side` once
-    /// the API server is ready, in order.
-    #[arg(long = "apply", value_name = "PATH")]
-    apply: Vec<PathBuf>,
 }
 
 #[tokio::main]
@@ -94,16 +59,6 @@ async fn main() -> ExitCode {
         Command::Worker(args) => exit("worker", sluice::worker::run(args).await),
         Command::Tasks(args) => exit("tasks", sluice::cli::tasks::run(args).await),
         Command::History(args) => exit("history", sluice::cli::history::run(args).await),
-        Command::Dev(DevCommand::Demo(args)) => {
-            exit("dev demo", sluice::testenv::demo::run(&args).await)
-        }
-        Command::Dev(DevCommand::Env(args)) => {
-            exit("dev env", sluice::testenv::serve(&args.apply).await)
-        }
-        Command::Dev(DevCommand::NodeWatchdog(args)) => exit(
-            "dev node-watchdog",
-            sluice::testenv::node::watch(args.parent),
-        ),
     }
 }
 

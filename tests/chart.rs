@@ -27,7 +27,7 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice::crd::IngestSource;
-use sluice::testenv::{Daemon, free_port, http_get, tools};
+use sluice_testenv::{Daemon, free_port, http_get, tools};
 use support::sources::{SETTLE, apply, create_credentials, get, orders};
 use support::{eventually, kube, kubectl, repo, succeed};
 

@@ -365,7 +365,7 @@ async fn tasks_are_given_back_without_using_attempts_while_s3_is_unreachable() {
     ingest.put((0..10).map(|i| object(i, 3)).collect()).await;
     let coordinator = ingest.coordinator(None, &[]);
     let mut cut_off = ingest.config.clone();
-    let nothing_listens = sluice::testenv::free_port().unwrap();
+    let nothing_listens = sluice_testenv::free_port().unwrap();
     cut_off.source.s3.endpoint = Some(format!("http://127.0.0.1:{nothing_listens}"));
     let mut stranded = ingest.worker_configured(coordinator.port, "stranded", &cut_off);
     eventually("the stranded worker to give up on tasks", DONE, || async {
@@ -1017,7 +1017,7 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
         }
         let shown = format!("{method} {path} {:.60}", body);
         let Some((got, answer)) =
-            sluice::testenv::http(port, method, path, &headers, body.as_bytes())
+            sluice_testenv::http(port, method, path, &headers, body.as_bytes())
         else {
             wrong.push(format!("{shown}: no answer"));
             continue;

@@ -572,7 +572,7 @@ async fn bad_input_gets_an_error_a_person_understands() {
     );
 
     // Nothing listens on this port.
-    let dead = format!("http://127.0.0.1:{}", sluice::testenv::free_port().unwrap());
+    let dead = format!("http://127.0.0.1:{}", sluice_testenv::free_port().unwrap());
     let err = fail(sluice(&[
         "--archive=s3://archive/sluice",
         "--endpoint",
@@ -811,10 +811,7 @@ async fn the_archive_is_found_through_the_ingestsource_and_its_secret() {
 async fn with_the_cluster_gone_archive_still_answers_from_s3() {
     let archive = shared().await;
     let dir = tempfile::tempdir().unwrap();
-    let dead = format!(
-        "https://127.0.0.1:{}",
-        sluice::testenv::free_port().unwrap()
-    );
+    let dead = format!("https://127.0.0.1:{}", sluice_testenv::free_port().unwrap());
     let gone = kubeconfig(dir.path(), &dead, "anyone");
 
     let err = fail(

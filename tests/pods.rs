@@ -13,12 +13,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
+use rand::RngExt;
 use serde_json::json;
-use sluice::testenv::image::{self, Image};
-use sluice::testenv::node::NODE_IP;
-use sluice::testenv::{MinioEnv, Node};
+use sluice_testenv::image::{self, Image};
+use sluice_testenv::node::NODE_IP;
+use sluice_testenv::{MinioEnv, Node};
+use support::chaos::{Chaos, DataSet, Fault, Ledger, TASK_OBJECTS, ingest_on, tail};
 use support::{eventually, repo, sources};
 
 /// How long an ingest of a few objects may take in pods.
@@ -30,10 +32,9 @@ const TAG: &str = env!("CARGO_PKG_VERSION");
 fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
     NODE.get_or_init(|| {
-        let sluice = image::release_binary(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        image::release_binary("sluice")
             .and_then(|binary| image::sluice(&binary, TAG))
-            .unwrap_or_else(|err| panic!("{err}"));
-        Node::start(&[sluice], Path::new(env!("CARGO_BIN_EXE_sluice")))
+            .and_then(|sluice| Node::start(&[sluice]))
             .unwrap_or_else(|err| panic!("{err}"))
     })
 }
@@ -68,7 +69,7 @@ fn kubectl(args: &[&str]) -> String {
 fn chart() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        if let Err(err) = sluice::testenv::demo::install_chart(node().kube()) {
+        if let Err(err) = sluice_testenv::demo::install_chart(node().kube()) {
             panic!("{err}\n{}", kubectl(&["get", "pods", "-A", "-o", "wide"]));
         }
     });
@@ -146,19 +147,7 @@ async fn ingest_source(
 /// The host's view of a pod's first container: its `/proc/PID/status`
 /// and whether its root is mounted read-only.
 fn container_process(pod: &Pod) -> (String, bool) {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|status| {
-            status
-                .container_statuses
-                .as_ref()?
-                .first()?
-                .container_id
-                .clone()
-        })
-        .and_then(|id| id.strip_prefix("containerd://").map(str::to_owned))
-        .expect("a running container has an id");
+    let id = container_id(pod);
     let tasks = node()
         .ctr()
         .unwrap()
@@ -179,6 +168,19 @@ fn container_process(pod: &Pod) -> (String, bool) {
         .find(|fields| fields.get(4) == Some(&"/"))
         .is_some_and(|fields| fields[5].split(',').any(|option| option == "ro"));
     (status, root_read_only)
+}
+
+/// The runtime's id of a pod's first container.
+fn container_id(pod: &Pod) -> String {
+    container_status(pod)
+        .and_then(|container| {
+            container
+                .container_id
+                .as_deref()?
+                .strip_prefix("containerd://")
+        })
+        .expect("a running container has an id")
+        .to_owned()
 }
 
 fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
@@ -213,7 +215,7 @@ async fn the_charts_operator_runs_a_source_in_restricted_pods_that_ingest_everyt
     assert_eq!(status.records_ingested, Some(1000));
     let workers = status.workers.unwrap();
     assert_eq!((workers.desired, workers.ready), (2, 2));
-    let records = sluice::testenv::demo::sink_records(&minio().client().await, &sink)
+    let records = sluice_testenv::demo::sink_records(&minio().client().await, &sink)
         .await
         .unwrap();
     assert_eq!(records, 1000, "the sink holds every record once");
@@ -234,6 +236,87 @@ async fn the_charts_operator_runs_a_source_in_restricted_pods_that_ingest_everyt
     assert_eq!(status_field(&process, "NoNewPrivs"), "1");
     assert_eq!(status_field(&process, "Seccomp"), "2");
     assert!(root_read_only, "the coordinator's root is writable");
+}
+
+/// The Running pods of `component` of source `instance` that are not
+/// being deleted.
+async fn running_pods(
+    client: &kube::Client,
+    namespace: &str,
+    instance: &str,
+    component: &str,
+) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={instance},app.kubernetes.io/component={component}"
+        )))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|pod| {
+            pod.metadata.deletion_timestamp.is_none()
+                && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .collect()
+}
+
+/// The coordinator merges its finished-key segments into a file in its
+/// temporary directory: in a pod with a read-only root, the emptyDir on
+/// `/tmp`. Objects arrive in waves (the source is polled every second) until
+/// a merge happened; each is counted by where it was written.
+#[tokio::test]
+async fn the_coordinator_spills_its_merges_to_the_empty_dir_on_tmp() {
+    chart();
+    let client = node().kube().client().await;
+    let namespace = restricted_namespace("spill");
+    let (mut source, _) = ingest_source(&client, &namespace, "orders", 1, 1).await;
+    source["spec"]["source"]["pollInterval"] = json!("1s");
+    let bucket = source["spec"]["source"]["s3"]["bucket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sources::apply(&client, &namespace, &source).await;
+    rolled_out(&client, &namespace, "orders-coordinator").await;
+    let s3 = minio().client().await;
+    let merges = |written_to: &str| {
+        let metrics = kubectl(&[
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/{namespace}/services/orders-coordinator:http/proxy/metrics"
+            ),
+        ]);
+        let series = format!(
+            "sluice_coordinator_finished_keys_merges_total{{written_to=\"{written_to}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // One object a second, one per poll of the source: the finished keys
+    // of each checkpoint are a segment, and segments get merged.
+    let (mut wave, mut last_wave) = (0, std::time::Instant::now());
+    eventually("a merge of finished keys written to a file", DONE, || {
+        let put = (last_wave.elapsed() >= Duration::from_secs(1)).then(|| {
+            (wave, last_wave) = (wave + 1, std::time::Instant::now());
+            s3.put_object()
+                .bucket(&bucket)
+                .key(format!("orders/wave-{wave}.ndjson"))
+                .body(b"{\"id\":1}\n".to_vec().into())
+                .send()
+        });
+        let spilled = merges("file") > 0.0;
+        async move {
+            if let Some(put) = put {
+                put.await.unwrap();
+            }
+            spilled.then_some(())
+        }
+    })
+    .await;
+    assert_eq!(merges("memory"), 0.0, "no merge fell back to memory");
 }
 
 /// `sluice tasks` as the user runs it, against the node's API server,
@@ -264,9 +347,17 @@ async fn kubectl_sluice_tasks_answers_through_the_api_servers_service_proxy() {
     let kube = node().kube();
     let client = kube.client().await;
     let namespace = restricted_namespace("proxy");
-    // No workers: the tasks stay pending, one per object.
+    // No workers: the tasks stay pending, one per object. Each account has
+    // its own credentials Secret.
     for (name, account) in [("orders", "acme"), ("refunds", "globex")] {
         let (mut source, _) = ingest_source(&client, &namespace, name, 3, 0).await;
+        let secret = format!("{account}-s3");
+        let _ = Api::<Secret>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &minio().credentials_secret(&secret))
+            .await;
+        for store in ["source", "sink", "archive"] {
+            source["spec"][store]["s3"]["credentialsSecretRef"]["name"] = json!(secret);
+        }
         source["spec"]["account"] = json!(account);
         source["spec"]["tasks"] = json!({"maxObjects": 1});
         sources::apply(&client, &namespace, &source).await;
@@ -312,6 +403,37 @@ async fn kubectl_sluice_tasks_answers_through_the_api_servers_service_proxy() {
         6
     );
     assert!(sluice_tasks(&["-n", &namespace, "--state", "running"]).is_empty());
+
+    // The refunds coordinator gone: its pod deleted, and its replacement
+    // cannot start without its Secret. The orders coordinator still
+    // answers, and the answer names the source that did not.
+    kubectl(&["-n", &namespace, "delete", "secret", "globex-s3"]);
+    kubectl(&[
+        "-n",
+        &namespace,
+        "delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/instance=refunds,app.kubernetes.io/component=coordinator",
+        "--wait",
+    ]);
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .env("KUBECONFIG", node().kube().kubeconfig())
+        .args(["tasks", "-n", &namespace, "-o", "ndjson"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "the orders tasks: {stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "error: IngestSource {namespace}/refunds: the coordinator is not available"
+        )),
+        "{stderr}"
+    );
 }
 
 /// The real Deployment controller and kubelet act on what the operator
@@ -330,18 +452,9 @@ async fn scaling_and_editing_a_source_change_the_pods_that_run() {
     let pods = |component: &'static str| {
         let (client, namespace) = (client.clone(), namespace.clone());
         async move {
-            let mut names: Vec<String> = Api::<Pod>::namespaced(client, &namespace)
-                .list(&ListParams::default().labels(&format!(
-                    "app.kubernetes.io/instance=orders,app.kubernetes.io/component={component}"
-                )))
+            let mut names: Vec<String> = running_pods(&client, &namespace, "orders", component)
                 .await
-                .unwrap()
-                .items
                 .into_iter()
-                .filter(|pod| {
-                    pod.metadata.deletion_timestamp.is_none()
-                        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                })
                 .filter_map(|pod| pod.metadata.name)
                 .collect();
             names.sort();
@@ -424,4 +537,162 @@ fn the_dockerfile_builds_the_image_the_tests_run() {
             "{path} is not in the image"
         );
     }
+}
+
+/// Containers die under a running ingest: worker pods force-deleted, the
+/// coordinator's container killed through the runtime (the kubelet
+/// restarts it, and it resumes from its checkpoint) and containerd
+/// restarted, at random moments of a seeded schedule. Afterwards the sink
+/// holds every record exactly once and the archive every task once.
+#[tokio::test]
+async fn killed_containers_and_a_restarted_runtime_lose_and_duplicate_nothing() {
+    const TEST: &str = "chaos on the node";
+    let kinds = [
+        Fault::ForceDeleteWorkerPod,
+        Fault::KillCoordinatorContainer,
+        Fault::RestartContainerd,
+    ];
+    chart();
+    let mut chaos = Chaos::new(TEST);
+    let started = std::time::Instant::now();
+    let client = node().kube().client().await;
+    let namespace = restricted_namespace("chaos");
+    let minio = minio();
+    let _ = Api::<Secret>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &minio.credentials_secret("acme-s3"))
+        .await;
+    let ingest = ingest_on(minio, "orders").await;
+    let mut source = sources::orders("orders");
+    for (store, location) in [
+        ("source", &ingest.config.source.s3),
+        ("sink", &ingest.config.sink),
+        ("archive", &ingest.config.archive),
+    ] {
+        source["spec"][store]["s3"]["bucket"] = json!(location.bucket);
+        source["spec"][store]["s3"]["prefix"] = json!(location.prefix);
+        source["spec"][store]["s3"]["endpoint"] = json!(minio.endpoint());
+    }
+    source["spec"]["source"]["pollInterval"] = json!("1s");
+    source["spec"]["tasks"] = json!({"maxObjects": TASK_OBJECTS, "leaseDuration": "5s"});
+    source["spec"]["workers"]["replicas"] = json!(2);
+    let mut data = DataSet::new(chaos.rounds);
+    data.put_wave(&ingest).await;
+    sources::apply(&client, &namespace, &source).await;
+    for deployment in ["orders-coordinator", "orders-worker"] {
+        rolled_out(&client, &namespace, deployment).await;
+    }
+
+    let mut ledger = Ledger::default();
+    let mut coordinator_kills = 0;
+    for fault in chaos.schedule(&kinds) {
+        data.put_wave(&ingest).await;
+        chaos.pause().await;
+        println!("{TEST} {:>6.1}s: {fault}", started.elapsed().as_secs_f64());
+        match fault {
+            Fault::ForceDeleteWorkerPod => {
+                let workers = running_pods(&client, &namespace, "orders", "worker").await;
+                if let Some(pod) = workers.get(chaos.rng.random_range(0..workers.len().max(1))) {
+                    let name = pod.metadata.name.as_deref().unwrap();
+                    kubectl(&[
+                        "-n",
+                        &namespace,
+                        "delete",
+                        "pod",
+                        name,
+                        "--grace-period=0",
+                        "--force",
+                    ]);
+                }
+            }
+            Fault::KillCoordinatorContainer => {
+                // The container the kubelet restarted after the last kill.
+                let pod = eventually("a running coordinator container", DONE, || async {
+                    running_pods(&client, &namespace, "orders", "coordinator")
+                        .await
+                        .into_iter()
+                        .find(|pod| restarts(pod) == coordinator_kills && container_running(pod))
+                })
+                .await;
+                let killed = node()
+                    .ctr()
+                    .unwrap()
+                    .args(["tasks", "kill", "--signal", "SIGKILL", &container_id(&pod)])
+                    .output()
+                    .unwrap();
+                assert!(
+                    killed.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&killed.stderr)
+                );
+                coordinator_kills += 1;
+            }
+            Fault::RestartContainerd => node().restart_containerd().unwrap(),
+            _ => unreachable!("not scheduled here"),
+        }
+        ledger.fault(fault);
+    }
+    while data.put < data.objects {
+        data.put_wave(&ingest).await;
+    }
+    eventually("every object ingested, in the status", DONE, || async {
+        let status = sources::source(&client, &namespace, "orders")
+            .await
+            .status?;
+        let (objects, tasks) = (status.objects?, status.tasks?);
+        (objects.ingested + objects.failed >= data.objects as u64
+            && tasks.pending == 0
+            && tasks.running == 0)
+            .then_some(())
+    })
+    .await;
+    // No container restarted but the killed ones.
+    for pod in Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        let coordinator = pod.metadata.labels.as_ref().and_then(|labels| {
+            labels
+                .get("app.kubernetes.io/component")
+                .map(|c| c == "coordinator")
+        });
+        let expected = if coordinator == Some(true) {
+            coordinator_kills
+        } else {
+            0
+        };
+        if restarts(&pod) != expected {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let log = node()
+                .kube()
+                .kubectl_output(&["-n", &namespace, "logs", &name, "--previous"])
+                .unwrap();
+            let log = String::from_utf8_lossy(&[log.stdout, log.stderr].concat()).into_owned();
+            ledger.unplanned_exits.push(format!(
+                "{name} restarted {} times:\n{}",
+                restarts(&pod),
+                tail(&log)
+            ));
+        }
+    }
+    ledger.check(&ingest, &data.ids(), data.objects).await;
+    ledger.print(TEST, &chaos, started.elapsed());
+    ledger.assert_clean(&kinds);
+}
+
+/// The status of a pod's first container.
+fn container_status(pod: &Pod) -> Option<&ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first()
+}
+
+/// How often a pod's first container was restarted.
+fn restarts(pod: &Pod) -> u32 {
+    container_status(pod).map_or(0, |container| container.restart_count as u32)
+}
+
+/// Whether a pod's first container runs now.
+fn container_running(pod: &Pod) -> bool {
+    container_status(pod)
+        .and_then(|container| container.state.as_ref()?.running.as_ref())
+        .is_some()
 }

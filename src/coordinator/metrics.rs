@@ -14,6 +14,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WrittenToLabels {
+    written_to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -31,6 +36,7 @@ pub struct Metrics {
     pub finished_keys_bytes: Gauge,
     finished: Family<StateLabels, Counter>,
     checkpoints: Family<ResultLabels, Counter>,
+    merges: Family<WrittenToLabels, Counter>,
 }
 
 impl Metrics {
@@ -49,6 +55,7 @@ impl Metrics {
             finished_keys_bytes: Gauge::default(),
             finished: Family::default(),
             checkpoints: Family::default(),
+            merges: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("sluice_coordinator");
         let counters = [
@@ -112,7 +119,20 @@ impl Metrics {
             "Memory held by the finished keys",
             metrics.finished_keys_bytes.clone(),
         );
+        registry.register(
+            "finished_keys_merges",
+            "Merges of finished-key segments, by where the merge was written: a file \
+             in the temporary directory (the pod's emptyDir on /tmp) or, when no file \
+             could be written there, memory",
+            metrics.merges.clone(),
+        );
         metrics
+    }
+
+    pub fn merged(&self, written_to: &'static str) {
+        self.merges
+            .get_or_create(&WrittenToLabels { written_to })
+            .inc();
     }
 
     pub fn finished(&self, state: &'static str) {

@@ -265,7 +265,8 @@ struct Committer {
     /// Segments merged away; deleted once a manifest without them is
     /// written.
     obsolete: Vec<String>,
-    compaction: Option<tokio::task::JoinHandle<Merged>>,
+    /// A running merge, and where it writes its output (`file` or `memory`).
+    compaction: Option<tokio::task::JoinHandle<(Merged, &'static str)>>,
     /// The last manifest written (without its time), to skip writing an
     /// unchanged one.
     last: Option<Manifest>,
@@ -450,12 +451,13 @@ impl Committer {
             // large merge does not hold its inputs and output in memory at
             // once; in memory when no file can be written.
             self.compaction = Some(tokio::task::spawn_blocking(move || {
-                compaction
-                    .spill(&std::env::temp_dir())
-                    .unwrap_or_else(|err| {
+                match compaction.spill(&std::env::temp_dir()) {
+                    Ok(merged) => (merged, "file"),
+                    Err(err) => {
                         warn!(error = %err, "cannot spill merged finished keys to a file; merging in memory");
-                        compaction.run()
-                    })
+                        (compaction.run(), "memory")
+                    }
+                }
             }));
         }
     }
@@ -467,8 +469,12 @@ impl Committer {
             return Ok(());
         };
         match running.await {
-            Ok(merged) => match self.shared.tasks().finished_keys_mut().apply(merged) {
-                Ok(replaced) => self.obsolete.extend(replaced),
+            Ok((merged, written_to)) => match self.shared.tasks().finished_keys_mut().apply(merged)
+            {
+                Ok(replaced) => {
+                    self.shared.metrics.merged(written_to);
+                    self.obsolete.extend(replaced);
+                }
                 Err(err @ ApplyError::Unreadable { .. }) => return Err(err.into()),
                 Err(err) => warn!(error = %err, "cannot use merged finished keys"),
             },

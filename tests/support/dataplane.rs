@@ -13,7 +13,7 @@ use sluice::api::Summary;
 use sluice::archive::TaskRecord;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice::crd::{Compression, Format};
-use sluice::testenv::{Daemon, MinioEnv, free_port, http};
+use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 use super::{eventually, minio};
 

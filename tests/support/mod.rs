@@ -4,6 +4,7 @@
 //! namespaces and buckets.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod chaos;
 pub mod dataplane;
 pub mod sources;
 
@@ -15,17 +16,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
-use sluice::testenv::{Daemon, KubeEnv, MinioEnv, free_port, http_get};
+use sluice_testenv::{Daemon, KubeEnv, MinioEnv, free_port, http_get};
 
 /// The repository root, where `crds/` and `examples/` are.
 pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    sluice_testenv::repo()
 }
 
 /// This binary's API server (etcd + kube-apiserver).
 pub fn kube() -> &'static KubeEnv {
-    static KUBE: OnceLock<KubeEnv> = OnceLock::new();
-    KUBE.get_or_init(|| KubeEnv::start().unwrap_or_else(|err| panic!("{err}")))
+    KubeEnv::shared()
 }
 
 /// This binary's API server with the IngestSource CRD installed and
@@ -66,8 +66,7 @@ pub fn kube_with_crd() -> &'static KubeEnv {
 
 /// This binary's MinIO server.
 pub fn minio() -> &'static MinioEnv {
-    static MINIO: OnceLock<MinioEnv> = OnceLock::new();
-    MINIO.get_or_init(|| MinioEnv::start().unwrap_or_else(|err| panic!("{err}")))
+    MinioEnv::shared()
 }
 
 /// Runs the pinned kubectl against this binary's API server, with `stdin`

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::process::{Daemon, free_port, http_at, lock};
 use super::{Error, scratch_dir, tools, with_port_retries};
-use crate::crd::S3Location;
-use crate::s3::{self, Credentials};
+use sluice::crd::S3Location;
+use sluice::s3::{self, Credentials};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const ACCESS_KEY: &str = "sluice-test";
@@ -29,6 +29,14 @@ pub struct MinioEnv {
 }
 
 impl MinioEnv {
+    /// This process's shared MinIO, started on first use; it stops when
+    /// the process exits. A failed start panics: it is for tests and
+    /// benchmarks.
+    pub fn shared() -> &'static Self {
+        static SHARED: std::sync::OnceLock<MinioEnv> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::start().unwrap_or_else(|err| panic!("{err}")))
+    }
+
     /// Starts MinIO on a free loopback port and waits until it is ready.
     pub fn start() -> Result<Self, Error> {
         Self::start_at(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -58,14 +66,14 @@ impl MinioEnv {
     /// store's access key and secret (`SOURCE_AWS_ACCESS_KEY_ID`, ...), as
     /// the operator's Deployments set them from the Secret.
     pub fn pod_credentials_env(&self) -> Vec<(String, String)> {
-        crate::config::Store::ALL
+        sluice::config::Store::ALL
             .into_iter()
             .flat_map(|store| {
                 [
                     ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
                     ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
                 ]
-                .map(|(key, value)| (crate::config::credential_env(store, key), value.to_owned()))
+                .map(|(key, value)| (sluice::config::credential_env(store, key), value.to_owned()))
             })
             .collect()
     }

@@ -87,8 +87,16 @@ fn with_port_retries<T>(mut start: impl FnMut() -> Result<T, Error>) -> Result<T
     }
 }
 
+/// The repository (the workspace root), where `tools/`, `charts/` and
+/// `crds/` are.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the harness is a crate inside the workspace")
+}
+
 /// `root` and every file and directory under it, at any depth.
-fn walk(root: &Path) -> impl Iterator<Item = PathBuf> {
+fn walk(root: &Path) -> impl Iterator<Item = PathBuf> + use<> {
     let mut pending = vec![root.to_owned()];
     std::iter::from_fn(move || {
         let path = pending.pop()?;
@@ -115,7 +123,7 @@ fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
     Ok(dir)
 }
 
-/// `sluice dev env`: starts the environment, applies `manifests`, prints how
+/// `sluice-testenv env` (`make test-env`): starts the environment, applies `manifests`, prints how
 /// to reach everything, and waits for Ctrl-C (or SIGTERM), then stops and
 /// removes it all.
 pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {

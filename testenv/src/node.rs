@@ -18,6 +18,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::image::{self, File, Image};
@@ -79,7 +80,8 @@ pub struct Node {
     // control plane.
     proxy: Option<Daemon>,
     kubelet: Option<Daemon>,
-    containerd: Option<Daemon>,
+    /// Behind a lock: a test restarts it while others use the node.
+    containerd: Mutex<Option<Daemon>>,
     scheduler: Option<Daemon>,
     kube: Option<KubeEnv>,
     state: PathBuf,
@@ -95,18 +97,18 @@ impl Node {
 
     /// Starts the node, after tearing down whatever a killed run left, and
     /// waits until it is Ready and CoreDNS answers. `images` are imported
-    /// into its runtime beside the pause and CoreDNS images. `sluice` is a
-    /// `sluice` binary: its `dev node-watchdog`, in a session of its own,
-    /// tears the node down if this process dies without doing so (killed,
-    /// or interrupted with Ctrl-C).
-    pub fn start(images: &[Image], sluice: &Path) -> Result<Self, Error> {
+    /// into its runtime beside the pause and CoreDNS images. A watchdog
+    /// (`sluice-testenv node-watchdog`), in a session of its own, tears the
+    /// node down if this process dies without doing so (killed, or
+    /// interrupted with Ctrl-C).
+    pub fn start(images: &[Image]) -> Result<Self, Error> {
         check_preconditions()?;
         let lock = lock_machine()?;
         let state = Self::state_dir();
         // What a killed run left behind.
         teardown(&state);
         run_at_exit(|| teardown(&Node::state_dir()));
-        spawn_watchdog(sluice)?;
+        spawn_watchdog()?;
         std::fs::create_dir_all(&state).map_err(|source| Error::Io {
             what: format!("creating {}", state.display()),
             source,
@@ -114,7 +116,7 @@ impl Node {
         let mut node = Self {
             proxy: None,
             kubelet: None,
-            containerd: None,
+            containerd: Mutex::new(None),
             scheduler: None,
             kube: None,
             state,
@@ -167,20 +169,9 @@ impl Node {
             &state.join("kube-scheduler.log"),
         )?);
 
-        let ctr = tools::binary("ctr")?;
-        let socket = state.join("containerd/containerd.sock");
-        let config = state.join("containerd.toml");
-        write(&config, &containerd_config(&state)?)?;
+        write(&state.join("containerd.toml"), &containerd_config(&state)?)?;
         write_cni_config(&state)?;
-        let containerd = self.containerd.insert(spawn_containerd(&state)?);
-        containerd.wait_ready(STARTUP_TIMEOUT, || {
-            Command::new(&ctr)
-                .arg("--address")
-                .arg(&socket)
-                .arg("version")
-                .output()
-                .is_ok_and(|output| output.status.success())
-        })?;
+        self.restart_containerd()?;
         for image in system_images()?.iter().chain(images) {
             self.import(image)?;
         }
@@ -264,6 +255,28 @@ impl Node {
         self.kube.as_ref().expect("a node has a control plane")
     }
 
+    /// Starts containerd, or restarts it as an upgrade or a crash of the
+    /// runtime would (the containers keep running under their shims), and
+    /// waits until it answers.
+    pub fn restart_containerd(&self) -> Result<(), Error> {
+        let mut containerd = self
+            .containerd
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        drop(containerd.take());
+        let containerd = containerd.insert(spawn_containerd(&self.state)?);
+        let ctr = tools::binary("ctr")?;
+        let socket = self.state.join("containerd/containerd.sock");
+        containerd.wait_ready(STARTUP_TIMEOUT, || {
+            Command::new(&ctr)
+                .arg("--address")
+                .arg(&socket)
+                .arg("version")
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+    }
+
     /// `ctr` against the node's containerd, in the CRI's namespace.
     pub fn ctr(&self) -> Result<Command, Error> {
         let mut command = Command::new(tools::binary("ctr")?);
@@ -307,7 +320,12 @@ impl Drop for Node {
         drop(self.kubelet.take());
         drop(self.scheduler.take());
         kill_containers();
-        drop(self.containerd.take());
+        drop(
+            self.containerd
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
         drop(self.kube.take());
         teardown(&self.state);
     }
@@ -332,14 +350,20 @@ fn spawn_containerd(state: &Path) -> Result<Daemon, Error> {
     Daemon::spawn("containerd", containerd, &state.join("containerd.log"))
 }
 
-/// `sluice dev node-watchdog --parent <this process>`, outside this
+/// `sluice-testenv node-watchdog --parent <this process>`, outside this
 /// process's session and process group, so that neither Ctrl-C nor this
-/// process's death reaches it.
-fn spawn_watchdog(sluice: &Path) -> Result<(), Error> {
+/// process's death reaches it. This binary, when it is `sluice-testenv`
+/// (`make demo`); otherwise (a test) its release build.
+fn spawn_watchdog() -> Result<(), Error> {
     use std::os::unix::process::CommandExt;
-    let mut watchdog = Command::new(sluice);
+    const NAME: &str = "sluice-testenv";
+    let binary = match std::env::current_exe() {
+        Ok(exe) if exe.file_name().is_some_and(|name| name == NAME) => exe,
+        _ => image::release_binary(NAME)?,
+    };
+    let mut watchdog = Command::new(binary);
     watchdog
-        .args(["dev", "node-watchdog", "--parent"])
+        .args(["node-watchdog", "--parent"])
         .arg(std::process::id().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -371,7 +395,7 @@ fn watchdog_log() -> Result<std::fs::File, Error> {
     })
 }
 
-/// `sluice dev node-watchdog`: waits until process `parent` is gone, then
+/// `sluice-testenv node-watchdog`: waits until process `parent` is gone, then
 /// tears down the node it may have left (once no other node runs).
 pub fn watch(parent: u32) -> Result<(), Error> {
     while running(parent) {

@@ -14,7 +14,7 @@ use std::process::Command;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{Error, walk};
+use super::{Error, repo, walk};
 
 /// The user every sluice container runs as (distroless' `nonroot`).
 pub const SLUICE_USER: &str = "65532:65532";
@@ -105,30 +105,46 @@ pub fn sluice(binary: &Path, tag: &str) -> Result<Image, Error> {
     })
 }
 
-/// The release build beside a debug build of the `sluice` binary
-/// (`CARGO_BIN_EXE_sluice` in tests), which `make test` builds first. One
-/// missing, or older than a source file of the crate, is an error, so pods
-/// never run stale code.
-pub fn release_binary(debug: &Path) -> Result<PathBuf, Error> {
-    let release = debug
-        .parent()
-        .and_then(Path::parent)
-        .map(|target| target.join("release/sluice"))
-        .unwrap_or_default();
+/// `name`'s release build (`sluice`, `sluice-testenv`) in this process's
+/// Cargo target directory, which `make test` and `make demo` build first.
+/// One missing, or older than a Rust source of a crate it is built from, is
+/// an error, so pods never run stale code.
+pub fn release_binary(name: &str) -> Result<PathBuf, Error> {
+    let release = target_dir()?.join("release").join(name);
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest_source = [crate_dir.join("Cargo.toml"), crate_dir.join("Cargo.lock")]
-        .into_iter()
-        .chain(walk(&crate_dir.join("src")))
+    // The product's sources, and the harness's for its own binary.
+    let crates: &[&str] = match name {
+        "sluice" => &["src"],
+        _ => &["src", "testenv/src"],
+    };
+    let newest_source = crates
+        .iter()
+        .flat_map(|dir| walk(&repo().join(dir)))
+        .filter(|path| path.extension().is_some_and(|extension| extension == "rs"))
         .filter_map(|path| modified(&path))
         .max();
     match (modified(&release), newest_source) {
         (Some(built), Some(source)) if built >= source => Ok(release),
         _ => Err(Error::Command {
-            what: format!("using {} for the sluice image", release.display()),
-            stderr: "it is missing or older than the sources: run `cargo build --release --locked --bin sluice` (make test does)".into(),
+            what: format!("using {}", release.display()),
+            stderr: "it is missing or older than the sources: run `cargo build --release --locked --workspace --bins` (make test does)".into(),
         }),
     }
+}
+
+/// The Cargo target directory this process was built into: its binary is
+/// `<target>/<profile>/NAME` or, for tests and benchmarks,
+/// `<target>/<profile>/deps/NAME-HASH`.
+fn target_dir() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        what: "finding this binary".into(),
+        source,
+    })?;
+    let mut profile = exe.parent();
+    if profile.is_some_and(|dir| dir.ends_with("deps")) {
+        profile = profile.and_then(Path::parent);
+    }
+    Ok(profile.and_then(Path::parent).unwrap_or(&exe).to_owned())
 }
 
 /// The shared libraries `binary` loads, the dynamic loader included, as

@@ -2,8 +2,6 @@
 //! version), real MinIO reachable with aws-sdk-s3 the way sluice reaches S3,
 //! several environments side by side, and nothing left behind.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -11,19 +9,38 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use serde_json::Value;
-use sluice::testenv::{KubeEnv, MinioEnv};
-use support::{kube, kubectl, minio, repo, succeed};
+use sluice_testenv::{KubeEnv, MinioEnv};
+
+/// This binary's shared API server and MinIO.
+fn kube() -> &'static KubeEnv {
+    KubeEnv::shared()
+}
+
+fn minio() -> &'static MinioEnv {
+    MinioEnv::shared()
+}
+
+/// The pinned kubectl's stdout against this binary's API server; a failure
+/// panics with its stderr.
+fn kubectl(args: &[&str]) -> String {
+    let output = kube().kubectl_output(args).unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("kubectl prints UTF-8")
+}
 
 #[test]
 fn api_server_reports_the_pinned_version() {
-    let go_mod = std::fs::read_to_string(repo().join("tools/kube/go.mod")).unwrap();
+    let go_mod = std::fs::read_to_string(sluice_testenv::repo().join("tools/kube/go.mod")).unwrap();
     let pinned = go_mod
         .lines()
         .find_map(|line| line.strip_prefix("require k8s.io/kubernetes "))
         .expect("tools/kube/go.mod pins k8s.io/kubernetes")
         .trim();
-    let version: Value =
-        serde_json::from_str(&succeed(kubectl(&["version", "-o", "json"], None))).unwrap();
+    let version: Value = serde_json::from_str(&kubectl(&["version", "-o", "json"])).unwrap();
     assert_eq!(version["serverVersion"]["gitVersion"], pinned);
     assert_eq!(version["clientVersion"]["gitVersion"], pinned);
 }
@@ -32,14 +49,8 @@ fn api_server_reports_the_pinned_version() {
 fn api_server_authorizes_with_rbac() {
     let kube = kube();
     let namespace = kube.namespace("rbac").unwrap();
-    succeed(kubectl(
-        &["create", "serviceaccount", "nobody", "-n", &namespace],
-        None,
-    ));
-    let token = succeed(kubectl(
-        &["create", "token", "nobody", "-n", &namespace],
-        None,
-    ));
+    kubectl(&["create", "serviceaccount", "nobody", "-n", &namespace]);
+    let token = kubectl(&["create", "token", "nobody", "-n", &namespace]);
     let as_nobody = |args: &[&str]| {
         std::process::Command::new(kube.kubectl().get_program())
             .args(["--kubeconfig=/dev/null", "--server", kube.server()])
@@ -61,31 +72,30 @@ fn api_server_authorizes_with_rbac() {
         "{stderr}"
     );
 
-    succeed(kubectl(
-        &[
-            "create",
-            "role",
-            "read-configmaps",
-            "--verb=list",
-            "--resource=configmaps",
-            "-n",
-            &namespace,
-        ],
-        None,
-    ));
-    succeed(kubectl(
-        &[
-            "create",
-            "rolebinding",
-            "nobody-reads",
-            "--role=read-configmaps",
-            &format!("--serviceaccount={namespace}:nobody"),
-            "-n",
-            &namespace,
-        ],
-        None,
-    ));
-    succeed(as_nobody(&["get", "configmaps"]));
+    kubectl(&[
+        "create",
+        "role",
+        "read-configmaps",
+        "--verb=list",
+        "--resource=configmaps",
+        "-n",
+        &namespace,
+    ]);
+    kubectl(&[
+        "create",
+        "rolebinding",
+        "nobody-reads",
+        "--role=read-configmaps",
+        &format!("--serviceaccount={namespace}:nobody"),
+        "-n",
+        &namespace,
+    ]);
+    let allowed = as_nobody(&["get", "configmaps"]);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
 }
 
 #[tokio::test]
@@ -174,17 +184,17 @@ fn environments_run_side_by_side_and_leave_nothing_behind() {
         assert!(!dir.exists(), "{} outlived its environment", dir.display());
     }
     // The shared environment is unaffected.
-    succeed(kubectl(&["get", "--raw=/readyz"], None));
+    kubectl(&["get", "--raw=/readyz"]);
 }
 
-/// `sluice dev env` (what `make test-env` runs) stops everything on Ctrl-C,
+/// `sluice-testenv env` (what `make test-env` runs) stops everything on Ctrl-C,
 /// and its servers die with it even when it is killed with SIGKILL.
 #[test]
-fn dev_env_takes_its_servers_along_however_it_ends() {
+fn the_env_command_takes_its_servers_along_however_it_ends() {
     for signal in [libc::SIGINT, libc::SIGKILL] {
         let mut env = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .args(["dev", "env"])
+            Command::new(env!("CARGO_BIN_EXE_sluice-testenv"))
+                .arg("env")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -203,7 +213,7 @@ fn dev_env_takes_its_servers_along_however_it_ends() {
         assert_eq!(
             dirs.len(),
             2,
-            "dev env names its kube and minio directories"
+            "sluice-testenv env names its kube and minio directories"
         );
         let servers = processes_under(&dirs);
         assert_eq!(
@@ -219,7 +229,7 @@ fn dev_env_takes_its_servers_along_however_it_ends() {
         while !processes_under(&dirs).is_empty() {
             assert!(
                 Instant::now() < deadline,
-                "servers outlived dev env after signal {signal}"
+                "servers outlived sluice-testenv env after signal {signal}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

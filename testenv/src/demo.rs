@@ -1,4 +1,4 @@
-//! `make demo` (`sluice dev demo`): all of sluice on one machine, as a user
+//! `make demo` (`sluice-testenv demo`): all of sluice on one machine, as a user
 //! runs it. It starts the test [`Node`] (a real single-node Kubernetes) with
 //! the sluice image and MinIO on the node's address, installs the chart
 //! with `helm install` (the operator runs as a pod under the chart's
@@ -12,7 +12,6 @@
 //! no pod's log may show an RBAC refusal.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use serde_json::json;
 
 use super::node::NODE_IP;
 use super::{Error, KubeEnv, MinioEnv, Node, image, tools};
-use crate::crd::{IngestSource, IngestSourceStatus};
+use sluice::crd::{IngestSource, IngestSourceStatus};
 
 const NAMESPACE: &str = "demo";
 const OPERATOR_NAMESPACE: &str = "sluice-system";
@@ -35,7 +34,7 @@ const RECORDS_PER_OBJECT: u64 = 20;
 const MALFORMED_EVERY: usize = 50;
 const DONE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// `sluice dev demo`.
+/// `sluice-testenv demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Source objects to generate, spread over three IngestSources.
@@ -46,11 +45,6 @@ pub struct DemoArgs {
     /// instead of running until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
-
-    /// The `sluice` binary the pods' image holds (a release build); by
-    /// default this one.
-    #[arg(long, value_name = "PATH")]
-    pub image_binary: Option<std::path::PathBuf>,
 }
 
 /// One IngestSource of the demo and the data it ingests.
@@ -155,21 +149,14 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
         what: what.to_owned(),
         stderr: why,
     };
-    let binary = std::env::current_exe().map_err(|source| Error::Io {
-        what: "finding this binary".into(),
-        source,
-    })?;
-    let sluice_image = image::sluice(
-        args.image_binary.as_deref().unwrap_or(&binary),
-        env!("CARGO_PKG_VERSION"),
-    )?;
+    let binary = image::release_binary("sluice")?;
+    let sluice_image = image::sluice(&binary, env!("CARGO_PKG_VERSION"))?;
     say(
         "Starting a single-node Kubernetes (etcd, kube-apiserver, kube-controller-manager, \
          kube-scheduler, containerd, kubelet, kube-proxy, CoreDNS) and MinIO",
     );
-    let watchdog = binary.clone();
     let (node, minio) = tokio::task::spawn_blocking(move || {
-        let node = Node::start(&[sluice_image], &watchdog)?;
+        let node = Node::start(&[sluice_image])?;
         let minio = MinioEnv::start_at(std::net::IpAddr::V4(NODE_IP))?;
         Ok::<_, Error>((node, minio))
     })
@@ -200,7 +187,7 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
             .body(body.into())
             .send()
             .await
-            .map_err(|err| fail("writing sample data", crate::s3::describe(&err)))?;
+            .map_err(|err| fail("writing sample data", sluice::s3::describe(&err)))?;
     }
 
     say("Applying three IngestSources in namespace demo");
@@ -426,7 +413,7 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
 /// `helm install sluice charts/sluice` with its defaults into
 /// `sluice-system`, waiting until the operator's pod is available.
 pub fn install_chart(kube: &KubeEnv) -> Result<(), Error> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = super::repo();
     let helm = Command::new(tools::binary("helm")?)
         .args(["install", "sluice"])
         .arg(repo.join("charts/sluice"))
@@ -469,7 +456,7 @@ pub async fn sink_records(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<u64, 
     let mut records = 0;
     let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|err| fail(crate::s3::describe(&err)))?;
+        let page = page.map_err(|err| fail(sluice::s3::describe(&err)))?;
         for object in page.contents() {
             let body = s3
                 .get_object()
@@ -477,7 +464,7 @@ pub async fn sink_records(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<u64, 
                 .key(object.key().unwrap_or_default())
                 .send()
                 .await
-                .map_err(|err| fail(crate::s3::describe(&err)))?
+                .map_err(|err| fail(sluice::s3::describe(&err)))?
                 .body
                 .collect()
                 .await

@@ -1,7 +1,7 @@
 //! Where the pinned binaries are: the directories `tools/build.sh path`
 //! prints, never whatever else is on PATH.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -26,7 +26,7 @@ fn tool_dirs() -> Result<&'static Vec<PathBuf>, Error> {
     if let Some(dirs) = DIRS.get() {
         return Ok(dirs);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/build.sh");
+    let script = super::repo().join("tools/build.sh");
     let fail = |reason: String| Error::ToolsPath {
         script: script.clone(),
         reason,

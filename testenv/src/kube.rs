@@ -61,6 +61,14 @@ pub(super) const SERVICE_RANGE: &str = "10.96.0.0/16";
 pub(super) const POD_RANGE: &str = "10.244.0.0/16";
 
 impl KubeEnv {
+    /// This process's shared API server, started on first use; it stops when
+    /// the process exits. A failed start panics: it is for tests and
+    /// benchmarks.
+    pub fn shared() -> &'static Self {
+        static SHARED: std::sync::OnceLock<KubeEnv> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::start().unwrap_or_else(|err| panic!("{err}")))
+    }
+
     /// Starts etcd, kube-apiserver and kube-controller-manager on loopback
     /// and waits until `/readyz` answers.
     pub fn start() -> Result<Self, Error> {

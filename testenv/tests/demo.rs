@@ -6,7 +6,6 @@
 //! `sluice history` and `kubectl describe`. The demo checks the sink and the
 //! archive against the data it generated and fails otherwise.
 
-use std::path::Path;
 use std::process::Command;
 
 /// One node per machine, and each test checks that the machine is clean
@@ -22,13 +21,8 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn the_demo_ingests_everything_and_answers() {
     let _alone = alone();
-    let debug = Path::new(env!("CARGO_BIN_EXE_sluice"));
-    let release =
-        sluice::testenv::image::release_binary(debug).unwrap_or_else(|err| panic!("{err}"));
-    let output = Command::new(debug)
-        .args(["dev", "demo", "--objects", "150", "--exit-when-done"])
-        .arg("--image-binary")
-        .arg(release)
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-testenv"))
+        .args(["demo", "--objects", "150", "--exit-when-done"])
         .env_remove("KUBECONFIG")
         .output()
         .unwrap();
@@ -79,16 +73,12 @@ fn section<'a>(text: &'a str, heading: &str) -> &'a str {
     &rest[..rest.find("\n\n").unwrap_or(rest.len())]
 }
 
-/// Starts `sluice dev demo` (which runs until stopped) and returns it once
+/// Starts `sluice-testenv demo` (which runs until stopped) and returns it once
 /// its node is up: it has printed the `helm install` line.
 fn demo_with_a_node() -> std::process::Child {
     use std::io::{BufRead, BufReader};
-    let debug = Path::new(env!("CARGO_BIN_EXE_sluice"));
-    let release =
-        sluice::testenv::image::release_binary(debug).unwrap_or_else(|err| panic!("{err}"));
-    let mut demo = Command::new(debug)
-        .args(["dev", "demo", "--objects", "30", "--image-binary"])
-        .arg(release)
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_sluice-testenv"))
+        .args(["demo", "--objects", "30"])
         .env_remove("KUBECONFIG")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -113,7 +103,7 @@ fn demo_with_a_node() -> std::process::Child {
 fn assert_torn_down(how: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let left = sluice::testenv::node::leftovers();
+        let left = sluice_testenv::node::leftovers();
         if left.is_empty() {
             return;
         }
