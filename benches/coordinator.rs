@@ -13,12 +13,13 @@ use std::process::Command;
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use sluice::api::{Completion, LeaseRequest, LeaseResponse, ObjectRef, Summary};
 use sluice::config::{RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env};
 use sluice::coordinator::checkpoint::{Checkpoint, Manifest, SegmentRef};
 use sluice::coordinator::keys::{Finished, FinishedKeys, Segment};
 use sluice::coordinator::tasks::{Identity, Limits, Planned, TaskId, Tasks, Totals};
 use sluice::crd::{Compression, Format, S3Location};
+use sluice_core::api::{Completion, LeaseRequest, LeaseResponse, ObjectRef, Summary};
+use sluice_core::layout;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;
@@ -344,7 +345,11 @@ async fn checkpoint(
 }
 
 async fn manifest_size(client: &aws_sdk_s3::Client, archive: &S3Location, name: &str) -> usize {
-    let key = format!("sluice/checkpoints/bench.{name}/manifest.json.zst");
+    let key = layout::checkpoint_manifest(&layout::checkpoint_dir(
+        archive.prefix.as_deref(),
+        "bench",
+        name,
+    ));
     let head = client
         .head_object()
         .bucket(&archive.bucket)
@@ -409,7 +414,7 @@ async fn main() {
             tasks: TaskLimits {
                 max_objects: OBJECTS_PER_TASK as u32,
                 max_bytes: 64 << 20,
-                lease_duration: sluice::duration::Duration(Duration::from_secs(60)),
+                lease_duration: sluice_core::duration::Duration(Duration::from_secs(60)),
                 max_attempts: 3,
             },
         };
@@ -723,7 +728,7 @@ async fn lease_run(
         tasks: TaskLimits {
             max_objects: 1,
             max_bytes: 64 << 20,
-            lease_duration: sluice::duration::Duration(Duration::from_secs(60)),
+            lease_duration: sluice_core::duration::Duration(Duration::from_secs(60)),
             max_attempts: 3,
         },
     };

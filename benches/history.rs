@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
-use sluice::api::{ObjectRef, TaskState};
-use sluice::archive::{self, Appender, Batch, Source, TaskRecord};
 use sluice::cli::history::progress::Progress;
 use sluice::cli::history::query::{Filter, Matcher};
 use sluice::cli::history::scan::{Archive, Mode};
 use sluice::coordinator::archiver;
+use sluice_core::api::{ObjectRef, TaskState};
+use sluice_core::archive::{self, Appender, Batch, Source, TaskRecord};
 use sluice_testenv::MinioEnv;
 
 mod support;

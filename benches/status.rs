@@ -21,8 +21,8 @@ use harness::{Operator, eventually, kube_with_crd, sources};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use sluice::api::{LeaseRequest, LeaseResponse, Summary};
 use sluice::crd::IngestSource;
+use sluice_core::api::{LeaseRequest, LeaseResponse, Summary};
 use support::{Table, apiserver_writes, verdict};
 
 /// How long the busy ingest is measured for (it is given more work than

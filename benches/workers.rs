@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::StreamExt;
-use sluice::api::Summary;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice::crd::{Compression, Format};
+use sluice_core::api::Summary;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;
@@ -451,7 +451,7 @@ async fn main() {
                 tasks: TaskLimits {
                     max_objects: 100,
                     max_bytes: 64 << 20,
-                    lease_duration: sluice::duration::Duration(Duration::from_secs(60)),
+                    lease_duration: sluice_core::duration::Duration(Duration::from_secs(60)),
                     max_attempts: 3,
                 },
             };

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use sluice_core::duration::Duration;
+
 use crate::crd::{Compression, Format, IngestSource, S3Location};
-use crate::duration::Duration;
 use crate::telemetry::LogFormat;
 
 /// The file name of the configuration inside the ConfigMap and the pods.

@@ -3,13 +3,10 @@
 //! test harness is a crate of its own (`testenv/`, `sluice-testenv`), so
 //! none of it is in the binary users run.
 
-pub mod api;
-pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod crd;
-pub mod duration;
 pub mod operator;
 pub mod s3;
 pub mod telemetry;

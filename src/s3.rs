@@ -59,14 +59,6 @@ pub async fn client(location: &S3Location, credentials: Option<Credentials>) -> 
     aws_sdk_s3::Client::from_conf(config.force_path_style(location.force_path_style).build())
 }
 
-/// The key `rest` under `prefix`, with exactly one `/` between them.
-pub fn join(prefix: Option<&str>, rest: &str) -> String {
-    match prefix.map(|prefix| prefix.trim_end_matches('/')) {
-        Some(prefix) if !prefix.is_empty() => format!("{prefix}/{rest}"),
-        _ => rest.to_owned(),
-    }
-}
-
 /// The credentials of `store` from the environment variables the operator
 /// sets from the IngestSource's Secret (see [`crate::config::credential_env`]),
 /// or `None` to use the SDK's default chain.

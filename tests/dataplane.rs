@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
-use sluice::api::{TaskDetail, TaskList, TaskState};
+use sluice_core::api::{TaskDetail, TaskList, TaskState};
 use support::dataplane::{Ingest, TOKEN, wait_until_done};
 use support::eventually;
 
@@ -393,7 +393,7 @@ async fn tasks_are_given_back_without_using_attempts_while_s3_is_unreachable() {
 async fn polling_picks_up_new_and_changed_objects() {
     let mut ingest = Ingest::new("polling", 10, Duration::from_secs(30), 3).await;
     ingest.config.source.poll_interval =
-        Some(sluice::duration::Duration(Duration::from_millis(300)));
+        Some(sluice_core::duration::Duration(Duration::from_millis(300)));
     ingest.write_config();
     ingest.put((0..5).map(|i| object(i, 2)).collect()).await;
     let coordinator = ingest.coordinator(None, &[]);
@@ -620,9 +620,9 @@ async fn a_large_object_streams_through_a_multipart_output() {
 }
 
 /// A task record for the archive writer tests.
-fn archived(id: &str) -> sluice::archive::TaskRecord {
+fn archived(id: &str) -> sluice_core::archive::TaskRecord {
     let at: jiff::Timestamp = "2026-11-24T13:00:00Z".parse().unwrap();
-    sluice::archive::TaskRecord {
+    sluice_core::archive::TaskRecord {
         id: id.into(),
         account: "acme".into(),
         collection: "orders".into(),
@@ -645,8 +645,8 @@ fn archived(id: &str) -> sluice::archive::TaskRecord {
 
 #[tokio::test]
 async fn an_archive_object_is_appended_to_without_losing_or_repeating_a_record() {
-    use sluice::archive::Batch;
     use sluice::coordinator::archiver::append;
+    use sluice_core::archive::Batch;
 
     let minio = support::minio();
     let bucket = minio.bucket("archive").await.unwrap();
@@ -665,7 +665,7 @@ async fn an_archive_object_is_appended_to_without_losing_or_repeating_a_record()
             .await
             .unwrap();
         let records =
-            sluice::archive::decode(&body.body.collect().await.unwrap().into_bytes()).unwrap();
+            sluice_core::archive::decode(&body.body.collect().await.unwrap().into_bytes()).unwrap();
         records.into_iter().map(|r| r.id).collect::<Vec<_>>()
     };
 

@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
-use sluice::api::{ObjectRef, TaskState};
-use sluice::archive::{Appender, Source, TaskRecord};
 use sluice::coordinator::archiver;
+use sluice_core::api::{ObjectRef, TaskState};
+use sluice_core::archive::{Appender, Source, TaskRecord};
 use support::{fail, kube_with_crd, minio, sources, succeed};
 use tokio::sync::OnceCell;
 
@@ -613,7 +613,8 @@ async fn bad_input_gets_an_error_a_person_understands() {
 #[tokio::test]
 async fn a_damaged_object_is_named_and_the_rest_still_print() {
     let archive = generate(&[("acme", "orders", "shop", "orders")], 6).await;
-    let hour = sluice::archive::partition(sluice::archive::hour_of(archive.records[0].finished));
+    let hour =
+        sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
     let key = format!(
         "{PREFIX}/tasks/{hour}/account=acme/collection=orders/shop.orders/0000000009-00000001.ndjson.zst"
     );

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice::api::{TaskList, TaskView};
+use sluice_core::api::{TaskList, TaskView};
 use support::dataplane::{Ingest, Part, TOKEN};
 use support::{eventually, fail, kube_with_crd, operator, sources, succeed};
 

@@ -3,7 +3,7 @@
 //! start, the zstd frames, the NDJSON task records, and the object keys.
 
 use libfuzzer_sys::fuzz_target;
-use sluice::archive;
+use sluice_core::archive;
 
 fuzz_target!(|data: &[u8]| {
     if let Some((_, start)) = archive::index(data) {

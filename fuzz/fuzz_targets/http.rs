@@ -13,11 +13,11 @@ use http::{Request, header};
 use jiff::Timestamp;
 use libfuzzer_sys::fuzz_target;
 use prometheus_client::registry::Registry;
-use sluice::api::ObjectRef;
 use sluice::coordinator::Shared;
 use sluice::coordinator::http::router;
 use sluice::coordinator::keys::FinishedKeys;
 use sluice::coordinator::tasks::{Identity, Limits, Listed, Tasks};
+use sluice_core::api::ObjectRef;
 use tower::ServiceExt;
 
 const TOKEN: &str = "fuzz-token";

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sluice::config::parse_bytes;
-use sluice::duration::Duration;
+use sluice_core::duration::Duration;
 
 fuzz_target!(|text: &str| {
     if let Ok(duration) = Duration::parse(text) {

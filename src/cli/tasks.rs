@@ -10,9 +10,10 @@ use clap::Args;
 use futures::{StreamExt, stream};
 use kube::ResourceExt;
 
+use sluice_core::api::{ErrorBody, TaskList, TaskQuery, TaskState, TaskView};
+
 use super::cluster::{ClusterArgs, ClusterError};
 use super::output::{self, Format, Row};
-use crate::api::{ErrorBody, TaskList, TaskQuery, TaskState, TaskView};
 use crate::crd::IngestSource;
 
 /// How long one coordinator may take to answer one page.

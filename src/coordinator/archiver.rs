@@ -6,7 +6,8 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::archive::{self, Batch, TaskRecord};
+use sluice_core::archive::{self, Batch, TaskRecord};
+
 use crate::s3;
 
 /// What an archive object holds.

@@ -24,9 +24,11 @@ use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use sluice_core::archive::Batch;
+use sluice_core::layout;
+
 use super::keys::Segment;
 use super::tasks::{Planned, Totals};
-use crate::archive::Batch;
 use crate::crd::S3Location;
 use crate::s3;
 
@@ -112,10 +114,7 @@ impl Checkpoint {
         namespace: &str,
         name: &str,
     ) -> Result<(Checkpoint, Resumed), CheckpointError> {
-        let dir = s3::join(
-            location.prefix.as_deref(),
-            &format!("checkpoints/{namespace}.{name}/"),
-        );
+        let dir = layout::checkpoint_dir(location.prefix.as_deref(), namespace, name);
         let mut checkpoint = Checkpoint {
             client,
             bucket: location.bucket.clone(),
@@ -273,7 +272,7 @@ impl Checkpoint {
     }
 
     fn manifest_key(&self) -> String {
-        format!("{}manifest.json.zst", self.dir)
+        layout::checkpoint_manifest(&self.dir)
     }
 
     fn segment_key(&self, name: &str) -> String {

@@ -1,4 +1,4 @@
-//! The coordinator's HTTP API (see [`crate::api`] for the routes and
+//! The coordinator's HTTP API (see [`sluice_core::api`] for the routes and
 //! bodies). Every refusal is a 4xx with a JSON [`ErrorBody`]; nothing a
 //! client sends can panic the coordinator.
 
@@ -13,12 +13,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
 
-use super::Shared;
-use super::tasks::Refusal;
-use crate::api::{
+use sluice_core::api::{
     Completion, ErrorBody, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
     LeaseResponse, TaskDetail, TaskList, TaskQuery,
 };
+
+use super::Shared;
+use super::tasks::Refusal;
 
 /// Request bodies larger than this are refused (413).
 pub const MAX_BODY: usize = 1 << 20;
@@ -229,6 +230,6 @@ async fn task(State(shared): State<Arc<Shared>>, id: TaskId) -> Result<Json<Task
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {id}")))
 }
 
-async fn summary(State(shared): State<Arc<Shared>>) -> Json<crate::api::Summary> {
+async fn summary(State(shared): State<Arc<Shared>>) -> Json<sluice_core::api::Summary> {
     Json(shared.summary())
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tracing::{info, warn};
 
+use sluice_core::api::ObjectRef;
+
 use super::Shared;
 use super::tasks::Listed;
-use crate::api::ObjectRef;
 use crate::config::SourceConfig;
 use crate::s3;
 

@@ -4,7 +4,7 @@
 //! leases them to workers ([`tasks`], served by [`http`]), remembers the
 //! finished keys compactly ([`keys`]), and every few seconds writes its
 //! checkpoint ([`checkpoint`]) and archives the tasks that ended
-//! ([`crate::archive`]).
+//! ([`sluice_core::archive`]).
 
 pub mod archiver;
 pub mod checkpoint;
@@ -26,8 +26,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::api::Summary;
-use crate::archive::{self, Appender, Batch};
+use sluice_core::api::Summary;
+use sluice_core::archive::{self, Appender, Batch};
+
 use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
 use crate::telemetry::{self, Readiness};
@@ -43,20 +44,20 @@ pub struct CoordinatorArgs {
     pub pod: PodArgs,
 
     /// How often the checkpoint is written and finished tasks archived.
-    #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_std)]
+    #[arg(long, env = "SLUICE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = sluice_core::duration::parse_std)]
     pub checkpoint_interval: Duration,
 
     /// How often, at most, the task counts are written into the
     /// IngestSource's status (only when they changed). The status is
     /// published when a Kubernetes configuration is found (in a pod: always).
-    #[arg(long, env = "SLUICE_STATUS_INTERVAL", default_value = "5s", value_parser = crate::duration::parse_std)]
+    #[arg(long, env = "SLUICE_STATUS_INTERVAL", default_value = "5s", value_parser = sluice_core::duration::parse_std)]
     pub status_interval: Duration,
 
     /// Write the status at least this often even when nothing changed, so
     /// the operator knows the coordinator is alive (it reports
     /// CoordinatorUnavailable after its --coordinator-timeout, 3m by
     /// default). Checked every --status-interval.
-    #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", default_value = "1m", value_parser = crate::duration::parse_std)]
+    #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", default_value = "1m", value_parser = sluice_core::duration::parse_std)]
     pub heartbeat_interval: Duration,
 
     /// At most this many objects are in tasks not yet archived; the

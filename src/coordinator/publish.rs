@@ -18,8 +18,9 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tracing::{info, warn};
 
+use sluice_core::api::{Summary, TaskView};
+
 use super::Shared;
-use crate::api::{Summary, TaskView};
 use crate::crd::{
     ActiveTask, IngestSource, IngestSourceStatus, ObjectCounts, TaskCounts, TaskFailure,
 };
@@ -165,7 +166,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::TaskState;
+    use sluice_core::api::TaskState;
 
     fn view(id: u32, state: TaskState, error: Option<String>) -> TaskView {
         TaskView {
@@ -191,7 +192,7 @@ mod tests {
     #[test]
     fn the_status_stays_small_however_many_tasks_there_are() {
         let summary = Summary {
-            tasks: crate::api::TaskTotals {
+            tasks: sluice_core::api::TaskTotals {
                 pending: 100_000,
                 running: 100_000,
                 succeeded: 5,

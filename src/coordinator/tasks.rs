@@ -19,12 +19,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::keys::{Finished, FinishedKeys, fingerprint};
-use crate::api::{
+use sluice_core::api::{
     Completion, Failure, LeasedTask, ObjectRef, Progress, Summary, TaskDetail, TaskQuery,
     TaskState, TaskTotals, TaskView,
 };
-use crate::archive::TaskRecord;
+use sluice_core::archive::TaskRecord;
+use sluice_core::layout;
+
+use super::keys::{Finished, FinishedKeys, fingerprint};
 
 /// Finished tasks kept for the live API after they were archived.
 const RECENT: usize = 500;
@@ -49,12 +51,13 @@ impl Identity {
     /// The sink object of a task: the same for every attempt.
     fn output(&self, task: &Planned) -> String {
         let date = task.created.strftime("%Y-%m-%d");
-        crate::s3::join(
+        layout::sink_object(
             self.sink_prefix.as_deref(),
-            &format!(
-                "{}/dt={date}/{}.{}-{}.ndjson.zst",
-                self.collection, self.namespace, self.name, task.id
-            ),
+            &self.collection,
+            &self.namespace,
+            &self.name,
+            &date.to_string(),
+            &task.id.to_string(),
         )
     }
 }
@@ -580,7 +583,7 @@ impl Tasks {
             task.planned.error = Some(format!(
                 "lease expired: worker {} sent no heartbeat for {}",
                 lease.worker,
-                crate::duration::Duration(self.limits.lease)
+                sluice_core::duration::Duration(self.limits.lease)
             ));
             expired += 1;
             self.retry_or_give_up(id, Some(lease), now);
@@ -868,7 +871,7 @@ impl Tasks {
                 succeeded: self.totals.tasks_succeeded,
                 failed: self.totals.tasks_failed,
             },
-            objects: crate::api::ObjectTotals {
+            objects: sluice_core::api::ObjectTotals {
                 discovered: self.totals.objects_discovered,
                 ingested: self.totals.objects_ingested,
                 failed: self.totals.objects_failed,

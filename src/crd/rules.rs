@@ -3,7 +3,7 @@
 
 use kube::core::{Message, Rule};
 
-use crate::duration;
+use sluice_core::duration;
 
 fn rule(expression: impl Into<String>, message: String) -> Rule {
     Rule::new(expression).message(Message::Message(message))

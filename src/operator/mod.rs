@@ -61,11 +61,11 @@ pub struct OperatorArgs {
 
     /// How long a leader's Lease is valid without renewal; a standby takes
     /// over at most this long after the leader dies.
-    #[arg(long, default_value = "15s", value_parser = crate::duration::parse_std)]
+    #[arg(long, default_value = "15s", value_parser = sluice_core::duration::parse_std)]
     pub lease_duration: Duration,
 
     /// How often the leader renews its Lease.
-    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_std)]
+    #[arg(long, default_value = "5s", value_parser = sluice_core::duration::parse_std)]
     pub lease_renew_interval: Duration,
 
     /// This replica's identity in the Lease (in a pod: its name).
@@ -76,18 +76,18 @@ pub struct OperatorArgs {
     /// coordinator has not written its status for this long. Coordinators
     /// write it at least every --heartbeat-interval (1m by default), so
     /// keep this a few times longer.
-    #[arg(long, env = "SLUICE_COORDINATOR_TIMEOUT", default_value = "3m", value_parser = crate::duration::parse_std)]
+    #[arg(long, env = "SLUICE_COORDINATOR_TIMEOUT", default_value = "3m", value_parser = sluice_core::duration::parse_std)]
     pub coordinator_timeout: Duration,
 
     /// Report an IngestSource Degraded (TasksFailed) while its latest task
     /// that failed for good (status.recentFailures) is younger than this.
-    #[arg(long, env = "SLUICE_FAILURE_WINDOW", default_value = "1h", value_parser = crate::duration::parse_std)]
+    #[arg(long, env = "SLUICE_FAILURE_WINDOW", default_value = "1h", value_parser = sluice_core::duration::parse_std)]
     pub failure_window: Duration,
 
     /// Shrink an autoscaled worker pool (spec.workers.autoscale) only to the
     /// largest size its backlog asked for within this long, so a brief dip
     /// does not stop workers; growing is immediate.
-    #[arg(long, env = "SLUICE_SCALE_DOWN_STABILIZATION", default_value = "5m", value_parser = crate::duration::parse_std)]
+    #[arg(long, env = "SLUICE_SCALE_DOWN_STABILIZATION", default_value = "5m", value_parser = sluice_core::duration::parse_std)]
     pub scale_down_stabilization: Duration,
 
     /// How logs are written.

@@ -283,7 +283,7 @@ pub fn compute(
                  see `kubectl logs deployment/{coordinator} -n {namespace}` \
                  and `kubectl describe deployment {coordinator} -n {namespace}`",
                 since.0,
-                crate::duration::Duration(limits.coordinator_timeout),
+                sluice_core::duration::Duration(limits.coordinator_timeout),
                 coordinator = names.coordinator,
             ),
         )),
@@ -403,7 +403,7 @@ fn tasks_failed_message(
         error = failure.last_error,
         account = source.spec.account,
         collection = source.spec.collection,
-        window = crate::duration::Duration(limits.failure_window),
+        window = sluice_core::duration::Duration(limits.failure_window),
     )
 }
 

@@ -24,10 +24,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{
+use sluice_core::api::{
     Completion, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     LeasedTask, Progress,
 };
+
 use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
 use crate::telemetry::{self, Readiness};
@@ -53,7 +54,7 @@ pub struct WorkerArgs {
 
     /// On SIGTERM, how long running tasks may take to finish before they
     /// are given back.
-    #[arg(long, env = "SLUICE_GRACE", default_value = "20s", value_parser = crate::duration::parse_std)]
+    #[arg(long, env = "SLUICE_GRACE", default_value = "20s", value_parser = sluice_core::duration::parse_std)]
     pub grace: Duration,
 }
 

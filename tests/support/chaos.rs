@@ -12,7 +12,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
-use sluice::api::TaskState;
+use sluice_core::api::TaskState;
 use sluice_testenv::MinioEnv;
 
 use super::dataplane::Ingest;
@@ -331,7 +331,8 @@ pub fn tail(log: &str) -> String {
 pub async fn ingest_on(minio: &MinioEnv, name: &str) -> Ingest {
     // The default attempts: an outage of S3 must not use them up.
     let mut ingest = Ingest::on(minio, name, TASK_OBJECTS, LEASE, 3).await;
-    ingest.config.source.poll_interval = Some(sluice::duration::Duration(Duration::from_secs(1)));
+    ingest.config.source.poll_interval =
+        Some(sluice_core::duration::Duration(Duration::from_secs(1)));
     ingest.write_config();
     ingest
 }

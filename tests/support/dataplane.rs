@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
-use sluice::api::Summary;
-use sluice::archive::TaskRecord;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice::crd::{Compression, Format};
+use sluice_core::api::Summary;
+use sluice_core::archive::TaskRecord;
+use sluice_core::layout;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 use super::{eventually, minio};
@@ -68,7 +69,7 @@ impl Ingest {
             tasks: TaskLimits {
                 max_objects,
                 max_bytes: 64 << 20,
-                lease_duration: sluice::duration::Duration(lease),
+                lease_duration: sluice_core::duration::Duration(lease),
                 max_attempts,
             },
         };
@@ -382,7 +383,7 @@ impl Ingest {
             .objects(&self.config.archive.bucket, "sluice/tasks/")
             .await
         {
-            for record in sluice::archive::decode(&body).unwrap() {
+            for record in sluice_core::archive::decode(&body).unwrap() {
                 records.push((key.clone(), record));
             }
         }
@@ -391,10 +392,11 @@ impl Ingest {
 
     /// The manifest object's key in the archive bucket.
     pub fn manifest_key(&self) -> String {
-        format!(
-            "sluice/checkpoints/{}.{}/manifest.json.zst",
-            self.config.namespace, self.config.name
-        )
+        layout::checkpoint_manifest(&layout::checkpoint_dir(
+            self.config.archive.prefix.as_deref(),
+            &self.config.namespace,
+            &self.config.name,
+        ))
     }
 }
 

@@ -18,9 +18,10 @@ use kube::{Api, ResourceExt};
 use self::progress::Progress;
 use self::query::{BadTime, Filter, Matcher};
 use self::scan::{Archive, Mode, Unreachable};
+use sluice_core::api::TaskState;
+
 use super::cluster::{Cluster, ClusterArgs, ClusterError};
 use super::output::{self, Format};
-use crate::api::TaskState;
 use crate::config::Store;
 use crate::crd::{IngestSource, S3Location};
 use crate::s3;

@@ -10,8 +10,9 @@ use jiff::{SignedDuration, Timestamp};
 use memchr::memmem::Finder;
 use serde::{Deserialize, Serialize};
 
-use crate::api::TaskState;
-use crate::archive::{self, ObjectKey, TaskRecord};
+use sluice_core::api::TaskState;
+use sluice_core::archive::{self, ObjectKey, TaskRecord};
+
 use crate::cli::output::{self, Row};
 
 /// What `sluice history` looks for. Every field set must match.
@@ -812,7 +813,7 @@ pub fn stats_tables(summary: &Summary, now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ObjectRef;
+    use sluice_core::api::ObjectRef;
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()

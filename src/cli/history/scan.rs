@@ -6,10 +6,11 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
 
+use sluice_core::api::TaskState;
+use sluice_core::archive::{self, ObjectKey};
+
 use super::progress::Progress;
 use super::query::{Collected, Matcher, Scanned, Stats};
-use crate::api::TaskState;
-use crate::archive::{self, ObjectKey};
 use crate::s3;
 
 /// Partition listings in flight at once.
@@ -169,7 +170,7 @@ impl Archive {
         };
         let (first_day, last_day) = (day_of(first), day_of(last));
         // Keys sort by date: start right before the first day's partition.
-        let start_after = format!("{tasks}{}", first_day.strftime("dt=%Y-%m-%d"));
+        let start_after = format!("{tasks}{}", archive::day_partition(first_day));
         let mut pages = self
             .client
             .list_objects_v2()
@@ -186,11 +187,7 @@ impl Archive {
                 let Some(day) = common
                     .prefix()
                     .and_then(|p| p.strip_prefix(tasks))
-                    .and_then(|p| p.strip_prefix("dt="))
-                    .and_then(|p| p.strip_suffix('/'))
-                    .and_then(|p| p.parse::<jiff::civil::Date>().ok())
-                    .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-                    .map(|zoned| zoned.timestamp())
+                    .and_then(archive::day_of_partition)
                 else {
                     continue;
                 };

@@ -87,7 +87,7 @@ const LATE: SignedDuration = SignedDuration::from_mins(10);
 
 /// Where the task records live under the archive prefix.
 pub fn tasks_prefix(prefix: Option<&str>) -> String {
-    crate::s3::join(prefix, "tasks/")
+    crate::layout::join(prefix, "tasks/")
 }
 
 /// The start of the hour `at` falls in (UTC).
@@ -98,7 +98,23 @@ pub fn hour_of(at: Timestamp) -> Timestamp {
 
 /// The time partition of the hour starting at `hour`: `dt=YYYY-MM-DD/hour=HH`.
 pub fn partition(hour: Timestamp) -> String {
-    hour.strftime("dt=%Y-%m-%d/hour=%H").to_string()
+    format!("{}/{}", day_partition(hour), hour.strftime("hour=%H"))
+}
+
+/// The day's partition `at` falls in (UTC): `dt=YYYY-MM-DD`.
+pub fn day_partition(at: Timestamp) -> String {
+    at.strftime("dt=%Y-%m-%d").to_string()
+}
+
+/// The start (UTC) of the day a partition directory (`dt=YYYY-MM-DD/`)
+/// stands for, or `None` for another name.
+pub fn day_of_partition(directory: &str) -> Option<Timestamp> {
+    let date: jiff::civil::Date = directory
+        .strip_prefix("dt=")?
+        .strip_suffix('/')?
+        .parse()
+        .ok()?;
+    Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
 }
 
 /// The source whose records an [`Appender`] archives.
@@ -447,6 +463,17 @@ impl<'a> ObjectKey<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_day_partition_reads_back_as_the_start_of_its_day() {
+        let at: Timestamp = "2026-11-24T13:45:00Z".parse().unwrap();
+        assert_eq!(day_partition(at), "dt=2026-11-24");
+        assert_eq!(partition(hour_of(at)), "dt=2026-11-24/hour=13");
+        let day = day_of_partition(&format!("{}/", day_partition(at)));
+        assert_eq!(day, Some("2026-11-24T00:00:00Z".parse().unwrap()));
+        assert_eq!(day_of_partition("dt=2026-13-01/"), None);
+        assert_eq!(day_of_partition("hour=13/"), None);
+    }
 
     #[test]
     fn a_frame_gets_the_room_its_header_states_only_when_it_can_hold_that() {

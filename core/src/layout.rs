@@ -1,0 +1,74 @@
+//! Where sluice puts things in S3: one function per key layout, used by
+//! whoever writes there and whoever reads it back. The archive's own
+//! layout (time partitions, object names) is in [`crate::archive`].
+
+/// The key `rest` under `prefix`, with exactly one `/` between them.
+pub fn join(prefix: Option<&str>, rest: &str) -> String {
+    match prefix.map(|prefix| prefix.trim_end_matches('/')) {
+        Some(prefix) if !prefix.is_empty() => format!("{prefix}/{rest}"),
+        _ => rest.to_owned(),
+    }
+}
+
+/// The sink object task `task` of source `namespace/name` writes, on the
+/// day (`YYYY-MM-DD`) the task was created: the same for every attempt.
+pub fn sink_object(
+    prefix: Option<&str>,
+    collection: &str,
+    namespace: &str,
+    name: &str,
+    date: &str,
+    task: &str,
+) -> String {
+    join(
+        prefix,
+        &format!("{collection}/dt={date}/{namespace}.{name}-{task}.ndjson.zst"),
+    )
+}
+
+/// The directory (ending in `/`) of source `namespace/name`'s checkpoint
+/// under the archive prefix: its manifest and finished-key segments.
+pub fn checkpoint_dir(prefix: Option<&str>, namespace: &str, name: &str) -> String {
+    join(prefix, &format!("checkpoints/{namespace}.{name}/"))
+}
+
+/// The manifest object in a checkpoint directory ([`checkpoint_dir`]):
+/// the one object a coordinator writes conditionally to fence others out.
+pub fn checkpoint_manifest(dir: &str) -> String {
+    format!("{dir}manifest.json.zst")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_puts_exactly_one_slash_between_prefix_and_key() {
+        assert_eq!(join(None, "a/b"), "a/b");
+        assert_eq!(join(Some(""), "a/b"), "a/b");
+        assert_eq!(join(Some("/"), "a/b"), "a/b");
+        assert_eq!(join(Some("p"), "a/b"), "p/a/b");
+        assert_eq!(join(Some("p/"), "a/b"), "p/a/b");
+        assert_eq!(join(Some("p//"), "a/b"), "p/a/b");
+    }
+
+    #[test]
+    fn a_tasks_sink_object_is_under_its_collection_and_day() {
+        assert_eq!(
+            sink_object(Some("out/"), "orders", "shop", "feed", "2026-12-02", "t-7"),
+            "out/orders/dt=2026-12-02/shop.feed-t-7.ndjson.zst"
+        );
+    }
+
+    #[test]
+    fn a_sources_checkpoint_is_a_directory_of_its_own() {
+        assert_eq!(
+            checkpoint_dir(Some("sluice/"), "shop", "feed"),
+            "sluice/checkpoints/shop.feed/"
+        );
+        assert_eq!(
+            checkpoint_manifest(&checkpoint_dir(None, "shop", "feed")),
+            "checkpoints/shop.feed/manifest.json.zst"
+        );
+    }
+}
