@@ -17,9 +17,10 @@ use sluice::config::{RuntimeConfig, SourceConfig, Store, TaskLimits, credential_
 use sluice::coordinator::checkpoint::{Checkpoint, Manifest, SegmentRef};
 use sluice::coordinator::keys::{Finished, FinishedKeys, Segment};
 use sluice::coordinator::tasks::{Identity, Limits, Planned, TaskId, Tasks, Totals};
-use sluice::crd::{Compression, Format, S3Location};
 use sluice_core::api::{Completion, LeaseRequest, LeaseResponse, ObjectRef, Summary};
+use sluice_core::encoding::{Compression, Format};
 use sluice_core::layout;
+use sluice_core::location::S3Location;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;

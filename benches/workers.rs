@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::StreamExt;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
-use sluice::crd::{Compression, Format};
 use sluice_core::api::Summary;
+use sluice_core::encoding::{Compression, Format};
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;

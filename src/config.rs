@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use sluice_core::duration::Duration;
+use sluice_core::encoding::{Compression, Format};
+use sluice_core::location::S3Location;
 
-use crate::crd::{Compression, Format, IngestSource, S3Location};
+use crate::crd::{IngestSource, S3Spec};
 use crate::telemetry::LogFormat;
 
 /// The file name of the configuration inside the ConfigMap and the pods.
@@ -82,7 +84,7 @@ impl Store {
     }
 
     /// This location in an IngestSource.
-    pub fn location(self, source: &IngestSource) -> &S3Location {
+    pub fn spec(self, source: &IngestSource) -> &S3Spec {
         match self {
             Store::Source => &source.spec.source.s3,
             Store::Sink => &source.spec.sink.s3,
@@ -126,13 +128,13 @@ impl RuntimeConfig {
             account: spec.account.clone(),
             collection: spec.collection.clone(),
             source: SourceConfig {
-                s3: spec.source.s3.clone(),
+                s3: spec.source.s3.location(),
                 format: spec.source.format,
                 compression: spec.source.compression,
                 poll_interval: spec.source.poll_interval,
             },
-            sink: spec.sink.s3.clone(),
-            archive: spec.archive.s3.clone(),
+            sink: spec.sink.s3.location(),
+            archive: spec.archive.s3.location(),
             tasks: TaskLimits {
                 max_objects: spec.tasks.max_objects,
                 max_bytes,

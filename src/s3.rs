@@ -4,8 +4,9 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use sluice_core::location::S3Location;
+
 use crate::config::{Store, credential_env};
-use crate::crd::S3Location;
 
 /// The region used when neither the location nor the environment names one.
 const DEFAULT_REGION: &str = "us-east-1";

@@ -1,10 +1,13 @@
 //! What every part of sluice shares, and none of it Kubernetes or AWS: the
 //! task API's JSON bodies ([`api`]), the archive's task records and their
-//! codec ([`archive`]), where things go in S3 ([`layout`]) and the
-//! durations users write ([`duration`]). The compiler keeps it so: this
+//! codec ([`archive`]), where stores are ([`location`]) and where things
+//! go in them ([`layout`]), how source objects are encoded ([`encoding`])
+//! and the durations users write ([`duration`]). The compiler keeps it so: this
 //! crate does not depend on kube, k8s-openapi or the AWS SDK.
 
 pub mod api;
 pub mod archive;
 pub mod duration;
+pub mod encoding;
 pub mod layout;
+pub mod location;

@@ -7,8 +7,8 @@
 //! written exactly one JSON object per record, each starting with the
 //! `_sluice` metadata.
 
-use sluice::crd::{Compression, Format};
 use sluice::worker::decode::{Decoded, Limits, Origin, decode};
+use sluice_core::encoding::{Compression, Format};
 
 pub fn run(format: Format, extension: &str, data: &[u8]) {
     let Some((&choice, object)) = data.split_first() else {

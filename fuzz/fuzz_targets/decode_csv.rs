@@ -2,7 +2,7 @@
 //! The csv decoder with each compression: see `decode.rs`.
 
 use libfuzzer_sys::fuzz_target;
-use sluice::crd::Format;
+use sluice_core::encoding::Format;
 
 mod decode;
 

@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use sluice_core::archive::Batch;
 use sluice_core::layout;
+use sluice_core::location::S3Location;
 
 use super::keys::Segment;
 use super::tasks::{Planned, Totals};
-use crate::crd::S3Location;
 use crate::s3;
 
 /// Segment downloads in flight while resuming.

@@ -16,6 +16,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use sluice_core::duration::Duration;
+use sluice_core::encoding::{Compression, Format};
+use sluice_core::location::S3Location;
 
 pub use status::{
     ActiveTask, IngestSourceStatus, MAX_ACTIVE_TASKS, MAX_RECENT_FAILURES, ObjectCounts, Phase,
@@ -135,7 +137,7 @@ pub struct IngestSourceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
     /// The S3 bucket and prefix to list.
-    pub s3: S3Location,
+    pub s3: S3Spec,
 
     /// How the objects are encoded: ndjson (one JSON document per line), json
     /// (an array or a single document), csv (with a header row), or auto (by
@@ -162,13 +164,13 @@ pub struct SourceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct StoreSpec {
     /// The S3 bucket and prefix to write under.
-    pub s3: S3Location,
+    pub s3: S3Spec,
 }
 
 /// A bucket and prefix in S3 or an S3-compatible store, and how to reach it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct S3Location {
+pub struct S3Spec {
     /// The bucket name: 3 to 63 characters of a-z, 0-9, '.' and '-',
     /// starting and ending with a letter or digit.
     #[x_kube(validation = rules::bucket())]
@@ -204,34 +206,25 @@ pub struct S3Location {
     pub credentials_secret_ref: Option<SecretRef>,
 }
 
+impl S3Spec {
+    /// Where the store is, without which Secret holds its credentials.
+    pub fn location(&self) -> S3Location {
+        S3Location {
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            force_path_style: self.force_path_style,
+        }
+    }
+}
+
 /// A reference to a Secret in the same namespace.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SecretRef {
     /// The Secret's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-}
-
-/// How the source objects are encoded.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Ndjson,
-    Json,
-    Csv,
-    #[default]
-    Auto,
-}
-
-/// How the source objects are compressed.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    #[default]
-    Auto,
-    None,
-    Gzip,
-    Zstd,
 }
 
 /// The pool of workers.

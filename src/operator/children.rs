@@ -240,7 +240,7 @@ pub fn new_token() -> String {
 pub fn credential_secrets(source: &IngestSource) -> Vec<(Store, String)> {
     let mut seen = Vec::<(Store, String)>::new();
     for store in Store::ALL {
-        if let Some(secret) = &store.location(source).credentials_secret_ref
+        if let Some(secret) = &store.spec(source).credentials_secret_ref
             && !seen.iter().any(|(_, name)| *name == secret.name)
         {
             seen.push((store, secret.name.clone()));
@@ -397,7 +397,7 @@ fn pod(
         field_env("POD_NAMESPACE", "metadata.namespace"),
     ];
     for store in parts.stores {
-        let Some(secret) = &store.location(source).credentials_secret_ref else {
+        let Some(secret) = &store.spec(source).credentials_secret_ref else {
             continue;
         };
         for (key, required) in CREDENTIAL_KEYS {

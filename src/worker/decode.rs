@@ -20,7 +20,7 @@ use memchr::memmem;
 use serde::de::{self, Deserialize, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::crd::{Compression, Format};
+use sluice_core::encoding::{Compression, Format};
 
 /// Key under which each record carries its origin; sluice owns it.
 const META_KEY: &str = "_sluice";

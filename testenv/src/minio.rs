@@ -7,9 +7,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use sluice_core::location::S3Location;
+
 use super::process::{Daemon, free_port, http_at, lock};
 use super::{Error, scratch_dir, tools, with_port_retries};
-use sluice::crd::S3Location;
 use sluice::s3::{self, Credentials};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);

@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
-use sluice::crd::{Compression, Format};
 use sluice_core::api::Summary;
 use sluice_core::archive::TaskRecord;
+use sluice_core::encoding::{Compression, Format};
 use sluice_core::layout;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 

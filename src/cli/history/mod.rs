@@ -15,15 +15,17 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
+use sluice_core::api::TaskState;
+use sluice_core::location::S3Location;
+
 use self::progress::Progress;
 use self::query::{BadTime, Filter, Matcher};
 use self::scan::{Archive, Mode, Unreachable};
-use sluice_core::api::TaskState;
 
 use super::cluster::{Cluster, ClusterArgs, ClusterError};
 use super::output::{self, Format};
 use crate::config::Store;
-use crate::crd::{IngestSource, S3Location};
+use crate::crd::IngestSource;
 use crate::s3;
 
 /// The window when `--since` is not given.
@@ -404,7 +406,7 @@ async fn from_cluster(
     }
     let mut archives = Vec::new();
     for sources in locations.values() {
-        let mut location = sources[0].spec.archive.s3.clone();
+        let mut location = sources[0].spec.archive.s3.location();
         override_location(&mut location, args);
         let (credentials, note) = credentials(&cluster, sources).await;
         archives.push(archive_for(location, credentials, note).await);
