@@ -947,12 +947,15 @@ async fn a_state_filter_fetches_only_that_states_frames_of_large_objects() {
         name: "orders".into(),
     };
     let template = archive.records[0].clone();
+    // All in the hour before this one (27 minutes of it), so that they make
+    // one large object whatever the time of day.
+    let hour = sluice_core::archive::hour_of(archive.t0) - SignedDuration::from_hours(1);
     let records: Vec<TaskRecord> = (0..4000u64)
         .rev()
         .map(|i| {
             let mut record = template.clone();
             record.id = format!("5-{}", 4000 - i);
-            record.finished = archive.t0 - SignedDuration::from_millis(i as i64 * 400);
+            record.finished = hour + SignedDuration::from_millis((4000 - i as i64) * 400);
             record.state = if i % 9 == 0 {
                 TaskState::Failed
             } else {
