@@ -187,7 +187,7 @@ async fn coordinators(args: &TasksArgs) -> Result<(Vec<Coordinator>, String), Ta
         .filter(|source| wanted(source))
         .map(|source| {
             let namespace = source.namespace().unwrap_or_default();
-            let names = crate::operator::children::Names::of(source);
+            let names = crate::crd::Names::of(source);
             Coordinator {
                 label: format!("IngestSource {namespace}/{}", source.name_any()),
                 endpoint: Endpoint::Proxy {

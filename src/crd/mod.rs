@@ -5,6 +5,7 @@
 //! `sluice crd` prints the generated CustomResourceDefinition; `crds/` holds a
 //! copy that a test keeps in sync.
 
+mod names;
 mod rules;
 mod status;
 
@@ -19,6 +20,7 @@ use sluice_core::duration::Duration;
 use sluice_core::encoding::{Compression, Format};
 use sluice_core::location::S3Location;
 
+pub use names::Names;
 pub use status::{
     ActiveTask, IngestSourceStatus, MAX_ACTIVE_TASKS, MAX_RECENT_FAILURES, ObjectCounts, Phase,
     TaskCounts, TaskFailure, WorkersStatus,

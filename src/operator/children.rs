@@ -27,7 +27,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, CREDENTIAL_KEYS, RuntimeConfig, Store};
-use crate::crd::IngestSource;
+use crate::crd::{IngestSource, Names};
 
 /// The HTTP port of the coordinator (task API, health, metrics) and of the
 /// workers (health, metrics).
@@ -51,27 +51,6 @@ pub struct PodDefaults {
     /// The `sluice` image the coordinator and the workers run.
     pub image: String,
     pub image_pull_policy: Option<String>,
-}
-
-/// The names of an IngestSource's children.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Names {
-    pub coordinator: String,
-    pub worker: String,
-    pub config: String,
-    pub token: String,
-}
-
-impl Names {
-    pub fn of(source: &IngestSource) -> Self {
-        let name = source.name_any();
-        Self {
-            coordinator: format!("{name}-coordinator"),
-            worker: format!("{name}-worker"),
-            config: format!("{name}-config"),
-            token: format!("{name}-token"),
-        }
-    }
 }
 
 /// Every child except the token Secret, in the order they are applied.

@@ -25,12 +25,12 @@ use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::autoscale::{self, History};
-use super::children::{self, Children, MANAGED_BY, Names, PodDefaults, TOKEN_KEY};
+use super::children::{self, Children, MANAGED_BY, PodDefaults, TOKEN_KEY};
 use super::events::{EventType, Recorder};
 use super::metrics::Metrics;
 use super::status::{self, Limits, Observed, Problem, Rollout};
 use crate::config::RuntimeConfig;
-use crate::crd::{IngestSource, IngestSourceStatus, Phase};
+use crate::crd::{IngestSource, IngestSourceStatus, Names, Phase};
 
 /// The field manager of everything the operator writes.
 pub const MANAGER: &str = "sluice-operator";

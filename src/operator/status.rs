@@ -229,7 +229,7 @@ pub fn compute(
     };
     let coordinator = observed.coordinator.unwrap_or_default();
     let workers = observed.workers.unwrap_or_default();
-    let names = super::children::Names::of(source);
+    let names = crate::crd::Names::of(source);
     let namespace = source.namespace().unwrap_or_default();
     let settled = observed.coordinator.is_some_and(Rollout::settled)
         && observed.workers.is_some_and(Rollout::settled);
