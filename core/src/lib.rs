@@ -2,7 +2,8 @@
 //! task API's JSON bodies ([`api`]), the archive's task records and their
 //! codec ([`archive`]), where stores are ([`location`]) and where things
 //! go in them ([`layout`]), how source objects are encoded ([`encoding`])
-//! and the durations users write ([`duration`]). The compiler keeps it so: this
+//! the durations users write ([`duration`]) and the one way to take a
+//! lock ([`sync`]). The compiler keeps it so: this
 //! crate does not depend on kube, k8s-openapi or the AWS SDK.
 
 pub mod api;
@@ -11,3 +12,4 @@ pub mod duration;
 pub mod encoding;
 pub mod layout;
 pub mod location;
+pub mod sync;

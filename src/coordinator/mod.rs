@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use sluice_core::api::Summary;
 use sluice_core::archive::{self, Appender, Batch};
+use sluice_core::sync::lock;
 
 use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
@@ -117,18 +118,13 @@ impl Shared {
     }
 
     fn tasks(&self) -> MutexGuard<'_, Tasks> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.tasks)
     }
 
     fn summary(&self) -> Summary {
         let mut summary = self.tasks().summary(Timestamp::now());
         summary.listing_passes = self.listing_passes.load(Ordering::Relaxed);
-        summary.last_checkpoint = *self
-            .last_checkpoint
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        summary.last_checkpoint = *lock(&self.last_checkpoint);
         summary
     }
 }
@@ -383,11 +379,7 @@ impl Committer {
         self.shared.tasks().committed(&snapshot);
         manifest.written = None;
         self.last = Some(manifest);
-        *self
-            .shared
-            .last_checkpoint
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
+        *lock(&self.shared.last_checkpoint) = Some(now);
         let obsolete = std::mem::take(&mut self.obsolete);
         self.checkpoint.delete_segments(&obsolete).await;
         self.write_outbox().await;

@@ -24,6 +24,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
+use sluice_core::sync::lock;
+
 use super::autoscale::{self, History};
 use super::children::{self, Children, MANAGED_BY, PodDefaults, TOKEN_KEY};
 use super::events::{EventType, Recorder};
@@ -929,12 +931,6 @@ fn contains(live: &Value, desired: &Value) -> bool {
         }
         (live, desired) => live == desired,
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

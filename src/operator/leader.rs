@@ -14,7 +14,7 @@
 //! as the standby's clock is not ahead of the leader's by more than a renew
 //! interval.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -23,6 +23,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use sluice_core::sync::lock;
 
 /// Which Lease to compete for, as whom, and how long a lease lasts.
 #[derive(Clone, Debug)]
@@ -388,11 +390,11 @@ impl LeaderElector {
     }
 
     fn renewed_at(&self) -> Option<Instant> {
-        *self.renewed.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.renewed)
     }
 
     fn set_renewed(&self, at: Option<Instant>) {
-        *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = at;
+        *lock(&self.renewed) = at;
     }
 
     fn api_error(&self, action: &'static str, source: kube::Error) -> Error {

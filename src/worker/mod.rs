@@ -28,6 +28,7 @@ use sluice_core::api::{
     Completion, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     LeasedTask, Progress,
 };
+use sluice_core::sync::lock;
 
 use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::s3;
@@ -174,9 +175,7 @@ fn default_name() -> String {
 
 impl Worker {
     fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
-        self.active
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.active)
     }
 
     /// Leases and executes tasks until SIGTERM, then drains.

@@ -15,7 +15,9 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use super::process::{Daemon, free_port, http_ok, lock};
+use sluice_core::sync::lock;
+
+use super::process::{Daemon, free_port, http_ok};
 use super::{Error, scratch_dir, tools, with_port_retries};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sluice_core::location::S3Location;
+use sluice_core::sync::lock;
 
-use super::process::{Daemon, free_port, http_at, lock};
+use super::process::{Daemon, free_port, http_at};
 use super::{Error, scratch_dir, tools, with_port_retries};
 use sluice::s3::{self, Credentials};
 

@@ -21,6 +21,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sluice_core::sync::lock;
+
 use super::image::{self, File, Image};
 use super::kube::{POD_RANGE, Pki, Plane, SERVICE_RANGE, write, write_kubeconfig};
 use super::process::{Daemon, free_port, http_ok, run_at_exit};
@@ -259,10 +261,7 @@ impl Node {
     /// runtime would (the containers keep running under their shims), and
     /// waits until it answers.
     pub fn restart_containerd(&self) -> Result<(), Error> {
-        let mut containerd = self
-            .containerd
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut containerd = lock(&self.containerd);
         drop(containerd.take());
         let containerd = containerd.insert(spawn_containerd(&self.state)?);
         let ctr = tools::binary("ctr")?;
@@ -320,12 +319,7 @@ impl Drop for Node {
         drop(self.kubelet.take());
         drop(self.scheduler.take());
         kill_containers();
-        drop(
-            self.containerd
-                .get_mut()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take(),
-        );
+        drop(lock(&self.containerd).take());
         drop(self.kube.take());
         teardown(&self.state);
     }

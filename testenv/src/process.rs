@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, Once, mpsc};
 use std::time::{Duration, Instant};
 
+use sluice_core::sync::lock;
+
 use super::Error;
 
 /// A running child process whose output goes to a log file.
@@ -327,12 +329,4 @@ fn kill_group(pid: u32) {
     unsafe {
         libc::kill(-(pid as i32), libc::SIGKILL);
     }
-}
-
-/// A poisoned lock still guards sound data here: a panicking test thread
-/// cannot leave these sets half-updated.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
