@@ -15,6 +15,7 @@
 //! Every error is a status code with an [`ErrorBody`].
 
 use jiff::Timestamp;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One source object of a task.
@@ -234,8 +235,8 @@ pub struct Summary {
     pub source: String,
     /// Raised by every coordinator start; the checkpoint is fenced by it.
     pub epoch: u64,
-    pub tasks: TaskTotals,
-    pub objects: ObjectTotals,
+    pub tasks: TaskCounts,
+    pub objects: ObjectCounts,
     pub records_ingested: u64,
     pub bytes_ingested: u64,
     /// Age in seconds of the oldest object not yet ingested.
@@ -246,20 +247,32 @@ pub struct Summary {
     pub last_checkpoint: Option<Timestamp>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+/// Tasks by state.
+///
+/// One type from the task table to the IngestSource's status: the doc
+/// comments are what `kubectl explain` shows.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct TaskTotals {
+pub struct TaskCounts {
+    /// Tasks waiting for a worker.
     pub pending: u64,
+    /// Tasks leased to a worker now.
     pub running: u64,
+    /// Tasks finished successfully.
     pub succeeded: u64,
+    /// Tasks failed for good after their last attempt.
     pub failed: u64,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+/// Source objects by state.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct ObjectTotals {
+pub struct ObjectCounts {
+    /// Objects found by listing the source.
     pub discovered: u64,
+    /// Objects whose records are all in the sink.
     pub ingested: u64,
+    /// Objects in tasks that failed for good.
     pub failed: u64,
 }
 

@@ -20,8 +20,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use sluice_core::api::{
-    Completion, Failure, LeasedTask, ObjectRef, Progress, Summary, TaskDetail, TaskQuery,
-    TaskState, TaskTotals, TaskView,
+    Completion, Failure, LeasedTask, ObjectRef, Progress, Summary, TaskCounts, TaskDetail,
+    TaskQuery, TaskState, TaskView,
 };
 use sluice_core::archive::TaskRecord;
 use sluice_core::layout;
@@ -865,13 +865,13 @@ impl Tasks {
             collection: self.identity.collection.clone(),
             source: self.identity.source(),
             epoch: self.epoch,
-            tasks: TaskTotals {
+            tasks: TaskCounts {
                 pending,
                 running,
                 succeeded: self.totals.tasks_succeeded,
                 failed: self.totals.tasks_failed,
             },
-            objects: sluice_core::api::ObjectTotals {
+            objects: sluice_core::api::ObjectCounts {
                 discovered: self.totals.objects_discovered,
                 ingested: self.totals.objects_ingested,
                 failed: self.totals.objects_failed,

@@ -22,8 +22,8 @@ use sluice_core::location::S3Location;
 
 pub use names::Names;
 pub use status::{
-    ActiveTask, IngestSourceStatus, MAX_ACTIVE_TASKS, MAX_RECENT_FAILURES, ObjectCounts, Phase,
-    TaskCounts, TaskFailure, WorkersStatus,
+    ActiveTask, IngestSourceStatus, MAX_ACTIVE_TASKS, MAX_RECENT_FAILURES, Phase, TaskFailure,
+    WorkersStatus,
 };
 
 /// An S3 prefix to ingest into a collection, with the pool of workers that

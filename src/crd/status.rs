@@ -11,6 +11,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use sluice_core::api::{ObjectCounts, TaskCounts};
+
 /// The most entries `status.activeTasks` holds; `kubectl sluice tasks` lists
 /// them all.
 pub const MAX_ACTIVE_TASKS: usize = 20;
@@ -117,32 +119,6 @@ pub struct WorkersStatus {
     /// HorizontalPodAutoscaler or KEDA reads it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selector: String,
-}
-
-/// Tasks by state.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskCounts {
-    /// Tasks waiting for a worker.
-    pub pending: u64,
-    /// Tasks leased to a worker now.
-    pub running: u64,
-    /// Tasks finished successfully.
-    pub succeeded: u64,
-    /// Tasks failed for good after their last attempt.
-    pub failed: u64,
-}
-
-/// Source objects by state.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectCounts {
-    /// Objects found by listing the source.
-    pub discovered: u64,
-    /// Objects whose records are all in the sink.
-    pub ingested: u64,
-    /// Objects in tasks that failed for good.
-    pub failed: u64,
 }
 
 /// A task leased to a worker. (Field names sort with `id` first, the order

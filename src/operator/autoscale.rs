@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::crd::{AutoscaleSpec, TaskCounts};
+use sluice_core::api::TaskCounts;
+
+use crate::crd::AutoscaleSpec;
 
 /// What the backlog alone asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

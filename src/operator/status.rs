@@ -509,7 +509,8 @@ pub fn coordinator_inputs(source: &IngestSource) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AutoscaleSpec, TaskCounts};
+    use crate::crd::AutoscaleSpec;
+    use sluice_core::api::TaskCounts;
 
     const LIMITS: Limits = Limits {
         coordinator_timeout: Duration::from_secs(180),
