@@ -229,11 +229,17 @@ pub fn operator() -> &'static Operator {
     OPERATOR.get_or_init(|| Operator::start(kube_with_crd(), "shared", &[]))
 }
 
-/// Stands in for the Deployment controller and the kubelet: reports every
-/// wanted pod of Deployment `name` as updated and ready.
+/// Stands in for the Deployment controller and the kubelet: once the
+/// operator has written Deployment `name` (it applies the coordinator's and
+/// the workers' at once, in either order), reports every wanted pod of it
+/// as updated and ready.
 pub async fn mark_ready(client: &kube::Client, namespace: &str, name: &str) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let deployment = api.get(name).await.unwrap();
+    let deployment = eventually(&format!("Deployment {name}"), sources::SETTLE, || {
+        let api = api.clone();
+        async move { api.get_opt(name).await.unwrap() }
+    })
+    .await;
     let replicas = deployment
         .spec
         .as_ref()
