@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use rand::RngExt;
 use serde_json::json;
@@ -104,6 +105,14 @@ fn restricted_namespace(prefix: &str) -> String {
     namespace
 }
 
+/// MinIO's credentials as Secret `name` in `namespace`, unless it is
+/// there already (sources in one namespace share it).
+async fn credentials(client: &kube::Client, namespace: &str, name: &str) {
+    let _ = Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &minio().credentials_secret(name))
+        .await;
+}
+
 /// Buckets for a source, `count` objects of 25 NDJSON records in its
 /// source, and the IngestSource `name` reading them with `workers`.
 async fn ingest_source(
@@ -114,10 +123,7 @@ async fn ingest_source(
     workers: u32,
 ) -> (serde_json::Value, String) {
     let minio = minio();
-    // Two sources in one namespace share it.
-    let _ = Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &minio.credentials_secret("acme-s3"))
-        .await;
+    credentials(client, namespace, "acme-s3").await;
     let mut buckets = Vec::new();
     for store in ["source", "sink", "archive"] {
         buckets.push(minio.bucket(store).await.unwrap());
@@ -359,9 +365,7 @@ async fn kubectl_sluice_tasks_answers_through_the_api_servers_service_proxy() {
     for (name, account) in [("orders", "acme"), ("refunds", "globex")] {
         let (mut source, _) = ingest_source(&client, &namespace, name, 3, 0).await;
         let secret = format!("{account}-s3");
-        let _ = Api::<Secret>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &minio().credentials_secret(&secret))
-            .await;
+        credentials(&client, &namespace, &secret).await;
         for store in ["source", "sink", "archive"] {
             source["spec"][store]["s3"]["credentialsSecretRef"]["name"] = json!(secret);
         }
@@ -565,9 +569,7 @@ async fn killed_containers_and_a_restarted_runtime_lose_and_duplicate_nothing() 
     let client = node().kube().client().await;
     let namespace = restricted_namespace("chaos");
     let minio = minio();
-    let _ = Api::<Secret>::namespaced(client.clone(), &namespace)
-        .create(&PostParams::default(), &minio.credentials_secret("acme-s3"))
-        .await;
+    credentials(&client, &namespace, "acme-s3").await;
     let ingest = ingest_on(minio, "orders").await;
     let mut source = sources::orders("orders");
     for (store, location) in [
@@ -658,16 +660,11 @@ async fn killed_containers_and_a_restarted_runtime_lose_and_duplicate_nothing() 
         .await
         .unwrap()
     {
-        let coordinator = pod.metadata.labels.as_ref().and_then(|labels| {
-            labels
-                .get("app.kubernetes.io/component")
-                .map(|c| c == "coordinator")
-        });
-        let expected = if coordinator == Some(true) {
-            coordinator_kills
-        } else {
-            0
-        };
+        let coordinator = pod
+            .labels()
+            .get("app.kubernetes.io/component")
+            .is_some_and(|component| component == "coordinator");
+        let expected = if coordinator { coordinator_kills } else { 0 };
         if restarts(&pod) != expected {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let log = node()

@@ -2,6 +2,8 @@
 //! whoever writes there and whoever reads it back. The archive's own
 //! layout (time partitions, object names) is in [`crate::archive`].
 
+use std::fmt::Display;
+
 /// The key `rest` under `prefix`, with exactly one `/` between them.
 pub fn join(prefix: Option<&str>, rest: &str) -> String {
     match prefix.map(|prefix| prefix.trim_end_matches('/')) {
@@ -17,8 +19,8 @@ pub fn sink_object(
     collection: &str,
     namespace: &str,
     name: &str,
-    date: &str,
-    task: &str,
+    date: impl Display,
+    task: impl Display,
 ) -> String {
     join(
         prefix,

@@ -1,10 +1,10 @@
 //! What every part of sluice shares, and none of it Kubernetes or AWS: the
 //! task API's JSON bodies ([`api`]), the archive's task records and their
-//! codec ([`archive`]), where stores are ([`location`]) and where things
-//! go in them ([`layout`]), how source objects are encoded ([`encoding`])
-//! the durations users write ([`duration`]) and the one way to take a
-//! lock ([`sync`]). The compiler keeps it so: this
-//! crate does not depend on kube, k8s-openapi or the AWS SDK.
+//! codec ([`archive`]), where stores are ([`location`]) and where things go
+//! in them ([`layout`]), how source objects are encoded ([`encoding`]), the
+//! durations users write ([`duration`]) and the one way to take a lock
+//! ([`sync`]). The compiler keeps it so: this crate does not depend on
+//! kube, k8s-openapi or the AWS SDK.
 
 pub mod api;
 pub mod archive;

@@ -20,8 +20,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use sluice_core::api::{
-    Completion, Failure, LeasedTask, ObjectRef, Progress, Summary, TaskCounts, TaskDetail,
-    TaskQuery, TaskState, TaskView,
+    Completion, Failure, LeasedTask, ObjectCounts, ObjectRef, Progress, Summary, TaskCounts,
+    TaskDetail, TaskQuery, TaskState, TaskView,
 };
 use sluice_core::archive::TaskRecord;
 use sluice_core::layout;
@@ -56,8 +56,8 @@ impl Identity {
             &self.collection,
             &self.namespace,
             &self.name,
-            &date.to_string(),
-            &task.id.to_string(),
+            date,
+            task.id,
         )
     }
 }
@@ -871,7 +871,7 @@ impl Tasks {
                 succeeded: self.totals.tasks_succeeded,
                 failed: self.totals.tasks_failed,
             },
-            objects: sluice_core::api::ObjectCounts {
+            objects: ObjectCounts {
                 discovered: self.totals.objects_discovered,
                 ingested: self.totals.objects_ingested,
                 failed: self.totals.objects_failed,

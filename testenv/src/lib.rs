@@ -123,9 +123,9 @@ fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
     Ok(dir)
 }
 
-/// `sluice-testenv env` (`make test-env`): starts the environment, applies `manifests`, prints how
-/// to reach everything, and waits for Ctrl-C (or SIGTERM), then stops and
-/// removes it all.
+/// `sluice-testenv env` (`make test-env`): starts the environment, applies
+/// `manifests`, prints how to reach everything, and waits for Ctrl-C (or
+/// SIGTERM), then stops and removes it all.
 pub async fn serve(manifests: &[std::path::PathBuf]) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
 
