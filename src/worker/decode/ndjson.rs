@@ -1,0 +1,106 @@
+//! NDJSON: each line validated without building a tree, then copied with its metadata.
+
+use std::io::{BufRead, BufReader, Read, Write};
+
+use serde::de::IgnoredAny;
+
+use super::input::{Ctx, READ_BUFFER, Shift, UTF8_BOM};
+use super::json::kind_of;
+use super::sink::Sink;
+use super::{DecodeError, Position};
+
+pub(super) fn records<W: Write>(
+    input: impl Read,
+    ctx: &Ctx,
+    sink: &mut Sink<W>,
+) -> Result<u64, DecodeError> {
+    let mut reader = BufReader::with_capacity(READ_BUFFER, input);
+    // Only a line that straddles two buffer fills is copied, into `long`.
+    let mut long = Vec::new();
+    let mut line_no = 0u64;
+    let mut records = 0u64;
+    loop {
+        let buf = reader
+            .fill_buf()
+            .map_err(|err| ctx.io(err, Position::Line(line_no + 1)))?;
+        if buf.is_empty() {
+            if !long.is_empty() {
+                records += ndjson_line(&long, line_no + 1, ctx, sink)?;
+            }
+            return Ok(records);
+        }
+        let newline = memchr::memchr(b'\n', buf);
+        // Checked before copying, so a huge line is never held whole.
+        if long.len() + newline.unwrap_or(buf.len()) > ctx.max {
+            return Err(ctx.too_long(Position::Line(line_no + 1)));
+        }
+        let consumed = match newline {
+            Some(end) if long.is_empty() => {
+                line_no += 1;
+                records += ndjson_line(&buf[..end], line_no, ctx, sink)?;
+                end + 1
+            }
+            Some(end) => {
+                line_no += 1;
+                long.extend_from_slice(&buf[..end]);
+                records += ndjson_line(&long, line_no, ctx, sink)?;
+                long.clear();
+                end + 1
+            }
+            None => {
+                long.extend_from_slice(buf);
+                buf.len()
+            }
+        };
+        reader.consume(consumed);
+    }
+}
+
+/// Handles one NDJSON line; returns the number of records written (0 for a blank line).
+fn ndjson_line<W: Write>(
+    full: &[u8],
+    n: u64,
+    ctx: &Ctx,
+    sink: &mut Sink<W>,
+) -> Result<u64, DecodeError> {
+    let line = if n == 1 {
+        full.strip_prefix(UTF8_BOM).unwrap_or(full)
+    } else {
+        full
+    };
+    let shift = Shift {
+        lines: n - 1,
+        columns: if line.len() < full.len() {
+            UTF8_BOM.len() as u64
+        } else {
+            0
+        },
+    };
+    let text = std::str::from_utf8(line).map_err(|err| {
+        ctx.data(
+            Position::Line(n),
+            format!(
+                "invalid UTF-8 at column {}",
+                shift.columns + err.valid_up_to() as u64 + 1
+            ),
+        )
+    })?;
+    let object = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'));
+    if object.is_empty() {
+        return Ok(0);
+    }
+    // Validating without building anything is what makes this path fast. The untrimmed
+    // text is parsed so that columns count from the start of the line.
+    serde_json::from_str::<IgnoredAny>(text).map_err(|err| ctx.json(err, shift, None))?;
+    if !object.starts_with('{') {
+        return Err(ctx.data(
+            Position::Line(n),
+            format!(
+                "not a JSON object (found {})",
+                kind_of(object.as_bytes()[0])
+            ),
+        ));
+    }
+    sink.object(object, n, Position::Line(n))?;
+    Ok(1)
+}
