@@ -16,9 +16,10 @@ use jiff::Timestamp;
 use sluice::config::{RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env};
 use sluice::coordinator::checkpoint::{Checkpoint, Manifest, SegmentRef};
 use sluice::coordinator::keys::{Finished, FinishedKeys, Segment};
-use sluice::coordinator::tasks::{Identity, Limits, Planned, TaskId, Tasks, Totals};
+use sluice::coordinator::tasks::{Limits, Planned, Tasks, Totals};
 use sluice_core::api::{Completion, LeaseRequest, LeaseResponse, ObjectRef, Summary};
 use sluice_core::encoding::{Compression, Format};
+use sluice_core::id::{SourceId, TaskId};
 use sluice_core::layout;
 use sluice_core::location::S3Location;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
@@ -215,13 +216,12 @@ const CHECKPOINT_BAR: Duration = Duration::from_secs(5);
 const LIVE_OBJECTS: usize = 100_000;
 const OBJECTS_PER_TASK: usize = 100;
 
-fn identity() -> Identity {
-    Identity {
+fn source_id(name: impl Into<String>) -> SourceId {
+    SourceId {
+        namespace: "bench".into(),
+        name: name.into(),
         account: "acme".into(),
         collection: "logs".into(),
-        namespace: "bench".into(),
-        name: "keys".into(),
-        sink_prefix: None,
     }
 }
 
@@ -319,7 +319,8 @@ async fn checkpoint(
             .await
             .expect("resume from the checkpoint");
         let table = Tasks::new(
-            identity(),
+            source_id("keys"),
+            None,
             Limits {
                 max_objects: OBJECTS_PER_TASK as u32,
                 max_bytes: 64 << 20,
@@ -400,10 +401,7 @@ async fn main() {
     let mut processes = Vec::new();
     for location in locations {
         let config = RuntimeConfig {
-            namespace: "bench".into(),
-            name: "keys-0".into(),
-            account: "acme".into(),
-            collection: "logs".into(),
+            id: source_id("keys-0"),
             source: SourceConfig {
                 s3: empty.clone(),
                 format: Format::Auto,
@@ -714,10 +712,7 @@ async fn lease_run(
     batch: u32,
 ) -> LeaseRun {
     let config = RuntimeConfig {
-        namespace: "bench".into(),
-        name: format!("lease-{run}"),
-        account: "acme".into(),
-        collection: "logs".into(),
+        id: source_id(format!("lease-{run}")),
         source: SourceConfig {
             s3: source.clone(),
             format: Format::Auto,

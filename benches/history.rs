@@ -27,7 +27,8 @@ use sluice::cli::history::query::{Filter, Matcher};
 use sluice::cli::history::scan::{Archive, Mode};
 use sluice::coordinator::archiver;
 use sluice_core::api::{ObjectRef, TaskState};
-use sluice_core::archive::{self, Appender, Batch, Source, TaskRecord};
+use sluice_core::archive::{self, Appender, Batch, TaskRecord};
+use sluice_core::id::{SourceId, TaskId};
 use sluice_testenv::MinioEnv;
 
 mod support;
@@ -45,11 +46,11 @@ const RUNS: usize = 7;
 
 /// One source's share of the day: a few sources are busy, most are not
 /// (weights 1/rank).
-fn shares() -> Vec<(Source, usize)> {
-    let sources: Vec<Source> = ACCOUNTS
+fn shares() -> Vec<(SourceId, usize)> {
+    let sources: Vec<SourceId> = ACCOUNTS
         .iter()
         .flat_map(|account| {
-            COLLECTIONS.iter().map(move |collection| Source {
+            COLLECTIONS.iter().map(move |collection| SourceId {
                 account: (*account).into(),
                 collection: (*collection).into(),
                 namespace: (*account).into(),
@@ -69,7 +70,7 @@ fn shares() -> Vec<(Source, usize)> {
 
 /// `count` records of `source` finishing over the 24 hours before `end`,
 /// busier in the afternoon, oldest first.
-fn day_of(source: &Source, count: usize, end: Timestamp, random: &mut Random) -> Vec<TaskRecord> {
+fn day_of(source: &SourceId, count: usize, end: Timestamp, random: &mut Random) -> Vec<TaskRecord> {
     let start = end - SignedDuration::from_hours(24);
     // Load by hour: a daily curve from 0.4 to 1.6.
     let load: Vec<f64> = (0..24)
@@ -101,7 +102,7 @@ fn day_of(source: &Source, count: usize, end: Timestamp, random: &mut Random) ->
         .into_iter()
         .map(|finished| {
             seq += 1;
-            let id = format!("3-{seq}");
+            let id = TaskId { epoch: 3, seq };
             let failed = random.chance(1);
             let objects: Vec<ObjectRef> = (0..1 + random.below(6))
                 .map(|_| ObjectRef {
@@ -134,7 +135,7 @@ fn day_of(source: &Source, count: usize, end: Timestamp, random: &mut Random) ->
                     .to_owned(),
             });
             TaskRecord {
-                id: id.clone(),
+                id,
                 account: source.account.clone(),
                 collection: source.collection.clone(),
                 source: format!("{}/{}", source.namespace, source.name),
@@ -184,7 +185,7 @@ struct Written {
     objects_per_flush: usize,
     /// A source of a few hundred tasks an hour, and an object key of one
     /// task, for the queries.
-    quiet: Source,
+    quiet: SourceId,
     needle: String,
 }
 

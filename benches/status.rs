@@ -157,7 +157,7 @@ fn coordinator_writes(coordinator: &Part) -> f64 {
 
 /// A source in `namespace` over `ingest`'s buckets, known to the operator.
 async fn source(client: &kube::Client, namespace: &str, ingest: &mut Ingest, name: &str) {
-    ingest.config.namespace = namespace.to_owned();
+    ingest.config.id.namespace = namespace.to_owned();
     ingest.write_config();
     ingest.use_kubeconfig(harness::kube().kubeconfig());
     sources::create_credentials(client, namespace).await;

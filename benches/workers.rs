@@ -23,6 +23,7 @@ use futures::StreamExt;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice_core::api::Summary;
 use sluice_core::encoding::{Compression, Format};
+use sluice_core::id::SourceId;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;
@@ -436,10 +437,12 @@ async fn main() {
             // The sink and archive of every run are new, so each ingest
             // starts from nothing (no checkpoint, no outputs).
             let config = RuntimeConfig {
-                namespace: "bench".into(),
-                name: format!("{}-{run}", workload.name),
-                account: "acme".into(),
-                collection: "orders".into(),
+                id: SourceId {
+                    namespace: "bench".into(),
+                    name: format!("{}-{run}", workload.name),
+                    account: "acme".into(),
+                    collection: "orders".into(),
+                },
                 source: SourceConfig {
                     s3: location(&source, format!("{}/", workload.name)),
                     format: Format::Auto,

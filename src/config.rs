@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use sluice_core::duration::Duration;
 use sluice_core::encoding::{Compression, Format};
+use sluice_core::id::SourceId;
 use sluice_core::location::S3Location;
 
 use crate::crd::{IngestSource, S3Spec};
@@ -25,11 +26,9 @@ pub const FILE_NAME: &str = "config.json";
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
-    /// The IngestSource's namespace and name.
-    pub namespace: String,
-    pub name: String,
-    pub account: String,
-    pub collection: String,
+    /// The IngestSource, and the account and collection it ingests for.
+    #[serde(flatten)]
+    pub id: SourceId,
     pub source: SourceConfig,
     pub sink: S3Location,
     pub archive: S3Location,
@@ -123,10 +122,12 @@ impl RuntimeConfig {
             reason,
         })?;
         Ok(Self {
-            namespace: source.metadata.namespace.clone().unwrap_or_default(),
-            name: source.metadata.name.clone().unwrap_or_default(),
-            account: spec.account.clone(),
-            collection: spec.collection.clone(),
+            id: SourceId {
+                namespace: source.metadata.namespace.clone().unwrap_or_default(),
+                name: source.metadata.name.clone().unwrap_or_default(),
+                account: spec.account.clone(),
+                collection: spec.collection.clone(),
+            },
             source: SourceConfig {
                 s3: spec.source.s3.location(),
                 format: spec.source.format,

@@ -67,7 +67,7 @@ async fn random_crashes_and_restarts_lose_and_duplicate_nothing() {
     let namespace = kube.namespace("chaos").unwrap();
     let minio = minio();
     let mut ingest = ingest_on(minio, "orders").await;
-    ingest.config.namespace = namespace.clone();
+    ingest.config.id.namespace = namespace.clone();
     ingest.write_config();
     // The coordinator publishes its status: restarts of the API server
     // must not stop it.

@@ -15,7 +15,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use sluice::coordinator::archiver;
 use sluice_core::api::{ObjectRef, TaskState};
-use sluice_core::archive::{Appender, Source, TaskRecord};
+use sluice_core::archive::{Appender, TaskRecord};
+use sluice_core::id::{SourceId, TaskId};
 use support::{fail, kube_with_crd, minio, sources, succeed};
 use tokio::sync::OnceCell;
 
@@ -53,7 +54,7 @@ async fn generate(of: &[Of<'_>], per_source: usize) -> Archive {
             let epoch = if j == 0 && i < per_source / 2 { 2 } else { 1 };
             let seq = seqs.entry(epoch).or_insert(0u64);
             *seq += 1;
-            let id = format!("{epoch}-{seq}");
+            let id = TaskId { epoch, seq: *seq };
             let finished = t0
                 - SignedDuration::from_mins(i as i64 * 10 + 5)
                 - SignedDuration::from_secs(j as i64);
@@ -67,7 +68,7 @@ async fn generate(of: &[Of<'_>], per_source: usize) -> Archive {
                 _ => format!("worker {name}-worker-{} lost its lease after 60s", i % 3),
             });
             records.push(TaskRecord {
-                id: id.clone(),
+                id,
                 account: account.into(),
                 collection: collection.into(),
                 source: format!("{namespace}/{name}"),
@@ -102,7 +103,7 @@ async fn generate(of: &[Of<'_>], per_source: usize) -> Archive {
                 error,
             });
         }
-        let source = Source {
+        let source = SourceId {
             account: account.into(),
             collection: collection.into(),
             namespace: namespace.into(),
@@ -125,14 +126,14 @@ async fn generate(of: &[Of<'_>], per_source: usize) -> Archive {
 async fn write(
     client: &aws_sdk_s3::Client,
     bucket: &str,
-    source: &Source,
+    source: &SourceId,
     records: &[TaskRecord],
     per_flush: usize,
 ) {
     let mut appender: Option<(u64, Appender)> = None;
     let mut written = HashMap::new();
     for flush in records.chunks(per_flush) {
-        let epoch: u64 = flush[0].id.split('-').next().unwrap().parse().unwrap();
+        let epoch = flush[0].id.epoch;
         if appender
             .as_ref()
             .is_none_or(|(current, _)| *current != epoch)
@@ -302,11 +303,13 @@ async fn each_filter_returns_exactly_the_matching_tasks() {
         ),
         (
             vec!["--task=1-5", "--since=40h"],
-            expected(archive, |r| r.id == "1-5"),
+            expected(archive, |r| r.id.to_string() == "1-5"),
         ),
         (
             vec!["--task=2-5", "--source=shop/orders", "--since=40h"],
-            expected(archive, |r| r.id == "2-5" && r.source == "shop/orders"),
+            expected(archive, |r| {
+                r.id.to_string() == "2-5" && r.source == "shop/orders"
+            }),
         ),
         (
             vec!["--since=5h", "--until=2h"],
@@ -940,7 +943,7 @@ fn as_a_kubectl_plugin_the_help_says_kubectl_sluice_history() {
 async fn a_state_filter_fetches_only_that_states_frames_of_large_objects() {
     let archive = generate(&[("acme", "orders", "shop", "orders")], 1).await;
     let client = minio().client().await;
-    let source = Source {
+    let source = SourceId {
         account: "acme".into(),
         collection: "orders".into(),
         namespace: "shop".into(),
@@ -954,7 +957,10 @@ async fn a_state_filter_fetches_only_that_states_frames_of_large_objects() {
         .rev()
         .map(|i| {
             let mut record = template.clone();
-            record.id = format!("5-{}", 4000 - i);
+            record.id = TaskId {
+                epoch: 5,
+                seq: 4000 - i,
+            };
             record.finished = hour + SignedDuration::from_millis((4000 - i as i64) * 400);
             record.state = if i % 9 == 0 {
                 TaskState::Failed

@@ -19,7 +19,7 @@ async fn the_status_follows_the_coordinator_within_its_write_budget() {
     let client = kube.client().await;
     let namespace = kube.namespace("status").unwrap();
     let mut ingest = Ingest::new("orders", 5, Duration::from_secs(30), 3).await;
-    ingest.config.namespace = namespace.clone();
+    ingest.config.id.namespace = namespace.clone();
     ingest.write_config();
     ingest.use_kubeconfig(kube.kubeconfig());
     let mut source = sources::orders("orders");
@@ -132,7 +132,7 @@ async fn the_phase_follows_a_real_ingest() {
         &["--watch-namespace", &namespace, "--leader-election=false"],
     );
     let mut ingest = Ingest::new("orders", 5, Duration::from_secs(30), 3).await;
-    ingest.config.namespace = namespace.clone();
+    ingest.config.id.namespace = namespace.clone();
     ingest.write_config();
     ingest.use_kubeconfig(kube.kubeconfig());
     sources::create_credentials(&client, &namespace).await;

@@ -48,8 +48,8 @@ async fn coordinator(
     objects: usize,
 ) -> (Ingest, Part) {
     let mut ingest = Ingest::new(name, 1, Duration::from_secs(60), 3).await;
-    ingest.config.account = account.into();
-    ingest.config.collection = collection.into();
+    ingest.config.id.account = account.into();
+    ingest.config.id.collection = collection.into();
     ingest.write_config();
     ingest
         .put(
@@ -106,8 +106,8 @@ async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
     let running = with(&["--state", "running"]);
     assert_eq!(running.len(), 1);
     assert_eq!(
-        (running[0].id.as_str(), running[0].worker.as_deref()),
-        (leased_id.as_str(), Some("w-1"))
+        (running[0].id.to_string(), running[0].worker.as_deref()),
+        (leased_id.clone(), Some("w-1"))
     );
     assert_eq!(ids(&with(&["--worker", "w-1"])), ids(&running));
     assert_eq!(with(&["--worker", "w-2"]).len(), 0);

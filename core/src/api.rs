@@ -18,6 +18,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::id::TaskId;
+
 /// One source object of a task.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -49,7 +51,7 @@ pub struct LeaseResponse {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeasedTask {
-    pub id: String,
+    pub id: TaskId,
     /// 1 for the first lease of the task, raised by every new lease.
     pub attempt: u32,
     pub objects: Vec<ObjectRef>,
@@ -69,7 +71,7 @@ pub struct HeartbeatRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
-    pub id: String,
+    pub id: TaskId,
     pub attempt: u32,
     /// Records written so far.
     pub records: u64,
@@ -81,7 +83,7 @@ pub struct Progress {
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatResponse {
     /// Tasks whose lease this worker no longer holds: it must stop them.
-    pub lost: Vec<String>,
+    pub lost: Vec<TaskId>,
 }
 
 /// A task done.
@@ -165,7 +167,7 @@ impl std::str::FromStr for TaskState {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
-    pub id: String,
+    pub id: TaskId,
     pub account: String,
     pub collection: String,
     /// The IngestSource, as `namespace/name`.
@@ -207,7 +209,7 @@ pub struct TaskList {
     pub items: Vec<TaskView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
+    pub next: Option<TaskId>,
 }
 
 /// The filters of `GET /v1/tasks`.
@@ -223,7 +225,7 @@ pub struct TaskQuery {
     /// At most this many items (default 100, at most 1000).
     pub limit: Option<u32>,
     /// The `next` of the previous page.
-    pub cursor: Option<String>,
+    pub cursor: Option<TaskId>,
 }
 
 /// The counts of one source, as the coordinator knows them.

@@ -31,12 +31,13 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ObjectRef, TaskState};
+use crate::id::{SourceId, TaskId};
 
 /// Everything known about one task once it ended.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
-    pub id: String,
+    pub id: TaskId,
     pub account: String,
     pub collection: String,
     /// The IngestSource, as `namespace/name`.
@@ -117,24 +118,13 @@ pub fn day_of_partition(directory: &str) -> Option<Timestamp> {
     Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
 }
 
-/// The source whose records an [`Appender`] archives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Source {
-    pub account: String,
-    pub collection: String,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl Source {
-    /// `account=A/collection=C/NAMESPACE.NAME`: the source's directory
-    /// below a time partition.
-    pub fn dir(&self) -> String {
-        format!(
-            "account={}/collection={}/{}.{}",
-            self.account, self.collection, self.namespace, self.name
-        )
-    }
+/// `account=A/collection=C/NAMESPACE.NAME`: the directory of `source`'s
+/// objects below a time partition.
+fn source_dir(source: &SourceId) -> String {
+    format!(
+        "account={}/collection={}/{}.{}",
+        source.account, source.collection, source.namespace, source.name
+    )
 }
 
 /// Decides which archive object each finished task's record goes to: one
@@ -162,10 +152,10 @@ impl Appender {
     /// An appender of `source`'s records for the coordinator of `epoch`,
     /// under the archive `prefix`. Objects of earlier epochs are never
     /// appended to.
-    pub fn new(prefix: Option<&str>, source: &Source, epoch: u64) -> Self {
+    pub fn new(prefix: Option<&str>, source: &SourceId, epoch: u64) -> Self {
         Self {
             tasks_prefix: tasks_prefix(prefix),
-            source_dir: source.dir(),
+            source_dir: source_dir(source),
             epoch,
             next_seq: 1,
             open: BTreeMap::new(),
@@ -394,11 +384,10 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<TaskRecord>, String> {
 }
 
 /// The task ids in an archive object's NDJSON lines.
-pub fn ids(lines: &[u8]) -> std::collections::HashSet<&str> {
+pub fn ids(lines: &[u8]) -> std::collections::HashSet<TaskId> {
     #[derive(Deserialize)]
-    struct Id<'a> {
-        #[serde(borrow)]
-        id: &'a str,
+    struct Id {
+        id: TaskId,
     }
     lines
         .split(|byte| *byte == b'\n')
@@ -501,7 +490,7 @@ mod tests {
 
     fn record(id: &str, finished: &str) -> TaskRecord {
         TaskRecord {
-            id: id.into(),
+            id: id.parse().unwrap(),
             account: "acme".into(),
             collection: "orders".into(),
             source: "shop/orders".into(),
@@ -525,8 +514,8 @@ mod tests {
         }
     }
 
-    fn source() -> Source {
-        Source {
+    fn source() -> SourceId {
+        SourceId {
             account: "acme".into(),
             collection: "orders".into(),
             namespace: "shop".into(),
@@ -576,7 +565,7 @@ mod tests {
             at("2026-11-24T14:00:03Z"),
         );
         assert_eq!(keys(&first), keys(&second));
-        assert_eq!(second[0].records[0].id, "1-2");
+        assert_eq!(second[0].records[0].id.to_string(), "1-2");
     }
 
     #[test]
@@ -601,10 +590,10 @@ mod tests {
     #[test]
     fn a_full_object_is_closed_and_the_next_records_start_another() {
         let mut appender = Appender::new(None, &source(), 1);
-        let size = line_len(&record("1-0000000", "2026-11-24T13:00:01Z"));
+        let size = line_len(&record("1-1000000", "2026-11-24T13:00:01Z"));
         let per_object = MAX_OBJECT_BYTES / size;
         let records: Vec<_> = (0..per_object + 1)
-            .map(|i| record(&format!("1-{i:07}"), "2026-11-24T13:00:01Z"))
+            .map(|i| record(&format!("1-{}", 1_000_000 + i), "2026-11-24T13:00:01Z"))
             .collect();
         let batches = appender.append(records, at("2026-11-24T13:00:05Z"));
         assert_eq!(batches.len(), 2);
@@ -698,8 +687,8 @@ mod tests {
         let plain = zstd::decode_all(&bytes[..]).unwrap();
         assert_eq!(plain, decompress(&bytes).unwrap());
         let mut all = decode(&bytes).unwrap();
-        all.sort_by_key(|r| r.id.clone());
-        records.sort_by_key(|r| r.id.clone());
+        all.sort_by_key(|r| r.id);
+        records.sort_by_key(|r| r.id);
         assert_eq!(all, records);
         assert_eq!(super::index(&bytes[..start - 1]), None, "cut short");
     }

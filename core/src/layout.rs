@@ -4,6 +4,8 @@
 
 use std::fmt::Display;
 
+use crate::id::{SourceId, TaskId};
+
 /// The key `rest` under `prefix`, with exactly one `/` between them.
 pub fn join(prefix: Option<&str>, rest: &str) -> String {
     match prefix.map(|prefix| prefix.trim_end_matches('/')) {
@@ -12,16 +14,20 @@ pub fn join(prefix: Option<&str>, rest: &str) -> String {
     }
 }
 
-/// The sink object task `task` of source `namespace/name` writes, on the
-/// day (`YYYY-MM-DD`) the task was created: the same for every attempt.
+/// The sink object task `task` of `source` writes, on the day
+/// (`YYYY-MM-DD`) the task was created: the same for every attempt.
 pub fn sink_object(
     prefix: Option<&str>,
-    collection: &str,
-    namespace: &str,
-    name: &str,
+    source: &SourceId,
     date: impl Display,
-    task: impl Display,
+    task: TaskId,
 ) -> String {
+    let SourceId {
+        namespace,
+        name,
+        collection,
+        ..
+    } = source;
     join(
         prefix,
         &format!("{collection}/dt={date}/{namespace}.{name}-{task}.ndjson.zst"),
@@ -56,9 +62,20 @@ mod tests {
 
     #[test]
     fn a_tasks_sink_object_is_under_its_collection_and_day() {
+        let source = SourceId {
+            namespace: "shop".into(),
+            name: "feed".into(),
+            account: "acme".into(),
+            collection: "orders".into(),
+        };
         assert_eq!(
-            sink_object(Some("out/"), "orders", "shop", "feed", "2026-12-02", "t-7"),
-            "out/orders/dt=2026-12-02/shop.feed-t-7.ndjson.zst"
+            sink_object(
+                Some("out/"),
+                &source,
+                "2026-12-02",
+                TaskId { epoch: 3, seq: 7 }
+            ),
+            "out/orders/dt=2026-12-02/shop.feed-3-7.ndjson.zst"
         );
     }
 

@@ -1,5 +1,5 @@
-//! What every part of sluice shares, and none of it Kubernetes or AWS: the
-//! task API's JSON bodies ([`api`]), the archive's task records and their
+//! What every part of sluice shares, and none of it Kubernetes or AWS: what
+//! names a task and a source ([`id`]), the task API's JSON bodies ([`api`]), the archive's task records and their
 //! codec ([`archive`]), where stores are ([`location`]) and where things go
 //! in them ([`layout`]), how source objects are encoded ([`encoding`]), the
 //! durations users write ([`duration`]) and the one way to take a lock
@@ -10,6 +10,7 @@ pub mod api;
 pub mod archive;
 pub mod duration;
 pub mod encoding;
+pub mod id;
 pub mod layout;
 pub mod location;
 pub mod sync;

@@ -16,8 +16,9 @@ use prometheus_client::registry::Registry;
 use sluice::coordinator::Shared;
 use sluice::coordinator::http::router;
 use sluice::coordinator::keys::FinishedKeys;
-use sluice::coordinator::tasks::{Identity, Limits, Listed, Tasks};
+use sluice::coordinator::tasks::{Limits, Listed, Tasks};
 use sluice_core::api::ObjectRef;
+use sluice_core::id::SourceId;
 use tower::ServiceExt;
 
 const TOKEN: &str = "fuzz-token";
@@ -48,12 +49,11 @@ struct Call {
 }
 
 fn shared() -> Arc<Shared> {
-    let identity = Identity {
-        account: "acme".into(),
-        collection: "orders".into(),
+    let source = SourceId {
         namespace: "shop".into(),
         name: "orders".into(),
-        sink_prefix: None,
+        account: "acme".into(),
+        collection: "orders".into(),
     };
     let limits = Limits {
         max_objects: 1,
@@ -62,7 +62,8 @@ fn shared() -> Arc<Shared> {
         max_attempts: 2,
     };
     let mut tasks = Tasks::new(
-        identity,
+        source,
+        None,
         limits,
         1,
         FinishedKeys::default(),

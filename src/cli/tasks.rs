@@ -382,7 +382,7 @@ impl Row for TaskView {
         };
         let mut cells = vec![
             self.source.clone(),
-            self.id.clone(),
+            self.id.to_string(),
             self.state.as_str().to_owned(),
             self.worker.clone().unwrap_or_else(|| "-".into()),
             self.attempt.to_string(),
@@ -419,7 +419,7 @@ mod tests {
 
     fn task(source: &str, id: &str, state: TaskState, created: i64) -> TaskView {
         TaskView {
-            id: id.into(),
+            id: id.parse().unwrap(),
             account: "acme".into(),
             collection: "orders".into(),
             source: source.into(),
@@ -449,7 +449,7 @@ mod tests {
             task("a/x", "1-6", TaskState::Running, 7),
         ];
         sort(&mut tasks);
-        let order: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let order: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
         assert_eq!(order, ["1-6", "1-2", "1-3", "1-5", "1-4", "1-1"]);
     }
 

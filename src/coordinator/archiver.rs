@@ -51,7 +51,7 @@ pub async fn append(
             let fresh: Vec<_> = batch
                 .records
                 .iter()
-                .filter(|record| !held.contains(record.id.as_str()))
+                .filter(|record| !held.contains(&record.id))
                 .collect();
             if fresh.is_empty() {
                 return Ok(object);

@@ -17,6 +17,7 @@ use sluice_core::api::{
     Completion, ErrorBody, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
     LeaseResponse, TaskDetail, TaskList, TaskQuery,
 };
+use sluice_core::id::TaskId;
 
 use super::Shared;
 use super::tasks::Refusal;
@@ -70,8 +71,9 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 type Body<T> = Result<Json<T>, JsonRejection>;
-/// A task id from the path; one that is not UTF-8 is refused with a JSON error.
-type TaskId = Result<Path<String>, PathRejection>;
+/// A task id from the path; one that is not `EPOCH-SEQ` is refused with a
+/// JSON error.
+type PathId = Result<Path<TaskId>, PathRejection>;
 
 /// The routes of the task API.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -177,19 +179,19 @@ async fn heartbeat(
 
 async fn complete(
     State(shared): State<Arc<Shared>>,
-    id: TaskId,
+    id: PathId,
     body: Body<Completion>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
     let Json(completion) = body?;
     worker_name(&completion.worker)?;
-    shared.tasks().complete(&id, completion, Timestamp::now())?;
+    shared.tasks().complete(id, completion, Timestamp::now())?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn fail(
     State(shared): State<Arc<Shared>>,
-    id: TaskId,
+    id: PathId,
     body: Body<Failure>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
@@ -198,7 +200,7 @@ async fn fail(
     if failure.error.len() > MAX_BODY / 2 {
         return Err(bad_request("error: too long"));
     }
-    shared.tasks().fail(&id, failure, Timestamp::now())?;
+    shared.tasks().fail(id, failure, Timestamp::now())?;
     shared.metrics.failed_attempts.inc();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -215,17 +217,15 @@ async fn list(
         )));
     }
     let (items, more) = shared.tasks().list(&query, limit as usize);
-    let next = more
-        .then(|| items.last().map(|item| item.id.clone()))
-        .flatten();
+    let next = more.then(|| items.last().map(|item| item.id)).flatten();
     Ok(Json(TaskList { items, next }))
 }
 
-async fn task(State(shared): State<Arc<Shared>>, id: TaskId) -> Result<Json<TaskDetail>, ApiError> {
+async fn task(State(shared): State<Arc<Shared>>, id: PathId) -> Result<Json<TaskDetail>, ApiError> {
     let Path(id) = id?;
     shared
         .tasks()
-        .get(&id)
+        .get(id)
         .map(Json)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {id}")))
 }

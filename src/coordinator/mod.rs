@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use sluice_core::api::Summary;
-use sluice_core::archive::{self, Appender, Batch};
+use sluice_core::archive::{Appender, Batch};
 use sluice_core::sync::lock;
 
 use crate::config::{PodArgs, RuntimeConfig, Store};
@@ -36,7 +36,7 @@ use crate::telemetry::{self, Readiness};
 use archiver::{Unwritten, Written, append};
 use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
 use keys::{ApplyError, FinishedKeys, Merged};
-use tasks::{Identity, Limits, Tasks};
+use tasks::{Limits, Tasks};
 
 /// `sluice coordinator`: track one source's keys and lease its tasks.
 #[derive(clap::Args, Debug)]
@@ -138,8 +138,8 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
     let (checkpoint, resumed) = Checkpoint::claim(
         archive_client.clone(),
         &config.archive,
-        &config.namespace,
-        &config.name,
+        &config.id.namespace,
+        &config.id.name,
     )
     .await?;
     let manifest = resumed.manifest;
@@ -150,13 +150,8 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         "claimed the checkpoint"
     );
     let tasks = Tasks::new(
-        Identity {
-            account: config.account.clone(),
-            collection: config.collection.clone(),
-            namespace: config.namespace.clone(),
-            name: config.name.clone(),
-            sink_prefix: config.sink.prefix.clone(),
-        },
+        config.id.clone(),
+        config.sink.prefix.clone(),
         Limits {
             max_objects: config.tasks.max_objects,
             max_bytes: config.tasks.max_bytes,
@@ -199,8 +194,8 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
             tokio::spawn(publish::run(
                 shared.clone(),
                 client,
-                config.namespace.clone(),
-                config.name.clone(),
+                config.id.namespace.clone(),
+                config.id.name.clone(),
                 args.status_interval,
                 args.heartbeat_interval,
             ));
@@ -209,12 +204,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
     }
     let appender = Appender::new(
         config.archive.prefix.as_deref(),
-        &archive::Source {
-            account: config.account.clone(),
-            collection: config.collection.clone(),
-            namespace: config.namespace.clone(),
-            name: config.name.clone(),
-        },
+        &config.id,
         checkpoint.epoch(),
     );
     let mut committer = Committer {

@@ -43,7 +43,7 @@ pub fn status(summary: &Summary, running: &[TaskView], failed: &[TaskView]) -> I
                 .iter()
                 .take(MAX_ACTIVE_TASKS)
                 .map(|task| ActiveTask {
-                    id: task.id.clone(),
+                    id: task.id.to_string(),
                     worker: task.worker.clone().unwrap_or_default(),
                     objects: task.objects,
                     tries: task.attempt,
@@ -58,7 +58,7 @@ pub fn status(summary: &Summary, running: &[TaskView], failed: &[TaskView]) -> I
                 .iter()
                 .take(MAX_RECENT_FAILURES)
                 .map(|task| TaskFailure {
-                    id: task.id.clone(),
+                    id: task.id.to_string(),
                     key: task.first_key.clone(),
                     last_error: cut(task.error.as_deref().unwrap_or_default(), MAX_ERROR),
                     tries: task.attempt,
@@ -156,10 +156,14 @@ pub async fn run(
 mod tests {
     use super::*;
     use sluice_core::api::TaskState;
+    use sluice_core::id::TaskId;
 
     fn view(id: u32, state: TaskState, error: Option<String>) -> TaskView {
         TaskView {
-            id: format!("1-{id}"),
+            id: TaskId {
+                epoch: 1,
+                seq: id.into(),
+            },
             account: "acme".into(),
             collection: "orders".into(),
             source: "shop/orders".into(),

@@ -13,7 +13,6 @@
 //! that a restart could pack differently would write its records twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fmt;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -24,6 +23,7 @@ use sluice_core::api::{
     TaskDetail, TaskQuery, TaskState, TaskView,
 };
 use sluice_core::archive::TaskRecord;
+use sluice_core::id::{SourceId, TaskId};
 use sluice_core::layout;
 
 use super::keys::{Finished, FinishedKeys, fingerprint};
@@ -31,83 +31,12 @@ use super::keys::{Finished, FinishedKeys, fingerprint};
 /// Finished tasks kept for the live API after they were archived.
 const RECENT: usize = 500;
 
-/// Which source this is, and where its records go.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    pub account: String,
-    pub collection: String,
-    pub namespace: String,
-    pub name: String,
-    /// The sink location's prefix.
-    pub sink_prefix: Option<String>,
-}
-
-impl Identity {
-    /// `namespace/name`.
-    pub fn source(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    /// The sink object of a task: the same for every attempt.
-    fn output(&self, task: &Planned) -> String {
-        let date = task.created.strftime("%Y-%m-%d");
-        layout::sink_object(
-            self.sink_prefix.as_deref(),
-            &self.collection,
-            &self.namespace,
-            &self.name,
-            date,
-            task.id,
-        )
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_objects: u32,
     pub max_bytes: u64,
     pub lease: Duration,
     pub max_attempts: u32,
-}
-
-/// A task's identity: the coordinator epoch that planned it and a sequence
-/// number, written `EPOCH-SEQ`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId {
-    pub epoch: u64,
-    pub seq: u64,
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.epoch, self.seq)
-    }
-}
-
-impl std::str::FromStr for TaskId {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let invalid = || format!("{text:?} is not a task id (EPOCH-SEQ, for example 3-1042)");
-        let (epoch, seq) = text.split_once('-').ok_or_else(invalid)?;
-        Ok(TaskId {
-            epoch: epoch.parse().map_err(|_| invalid())?,
-            seq: seq.parse().map_err(|_| invalid())?,
-        })
-    }
-}
-
-impl Serialize for TaskId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// An object as the listing found it.
@@ -207,7 +136,7 @@ impl Task {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("no task {0}")]
-    NotFound(String),
+    NotFound(TaskId),
     #[error("{0}")]
     Conflict(String),
 }
@@ -221,7 +150,9 @@ pub struct Snapshot {
 
 /// The task table of one source.
 pub struct Tasks {
-    identity: Identity,
+    source: SourceId,
+    /// The sink location's prefix, which every task's output is under.
+    sink_prefix: Option<String>,
     limits: Limits,
     epoch: u64,
     next_seq: u64,
@@ -241,7 +172,8 @@ impl Tasks {
     /// The table of a coordinator of `epoch`, resuming from what a
     /// checkpoint kept: finished keys, tasks not yet archived, totals.
     pub fn new(
-        identity: Identity,
+        source: SourceId,
+        sink_prefix: Option<String>,
         limits: Limits,
         epoch: u64,
         finished: FinishedKeys,
@@ -249,7 +181,8 @@ impl Tasks {
         totals: Totals,
     ) -> Self {
         let mut tasks = Tasks {
-            identity,
+            source,
+            sink_prefix,
             limits,
             epoch,
             next_seq: 1,
@@ -270,8 +203,14 @@ impl Tasks {
         tasks
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    pub fn source(&self) -> &SourceId {
+        &self.source
+    }
+
+    /// The sink object of a task: the same for every attempt.
+    fn output(&self, task: &Planned) -> String {
+        let date = task.created.strftime("%Y-%m-%d");
+        layout::sink_object(self.sink_prefix.as_deref(), &self.source, date, task.id)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -409,11 +348,12 @@ impl Tasks {
                 bytes: 0,
             });
             self.deadlines.insert((deadline, id));
+            let planned = &self.live[&id].planned;
             leased.push(LeasedTask {
-                id: id.to_string(),
-                attempt: task.planned.attempt,
-                objects: task.planned.objects.clone(),
-                output: self.identity.output(&task.planned),
+                id,
+                attempt: planned.attempt,
+                objects: planned.objects.clone(),
+                output: self.output(planned),
             });
         }
         leased
@@ -428,21 +368,17 @@ impl Tasks {
         worker: &str,
         progress: &[Progress],
         now: Timestamp,
-    ) -> Vec<String> {
+    ) -> Vec<TaskId> {
         let deadline = now + self.limits.lease;
         let mut lost = Vec::new();
         for report in progress {
-            let Some((id, task)) = report
-                .id
-                .parse::<TaskId>()
-                .ok()
-                .and_then(|id| Some(id).zip(self.live.get_mut(&id)))
-            else {
-                lost.push(report.id.clone());
+            let id = report.id;
+            let Some(task) = self.live.get_mut(&id) else {
+                lost.push(id);
                 continue;
             };
             if task.planned.attempt != report.attempt || task.outcome.is_some() {
-                lost.push(report.id.clone());
+                lost.push(id);
                 continue;
             }
             match &mut task.lease {
@@ -462,7 +398,7 @@ impl Tasks {
                     });
                 }
                 _ => {
-                    lost.push(report.id.clone());
+                    lost.push(id);
                     continue;
                 }
             }
@@ -474,8 +410,13 @@ impl Tasks {
     /// Records a task done. Accepted from whichever worker finished it
     /// first: every attempt writes the same output, so a late duplicate
     /// attempt changes nothing.
-    pub fn complete(&mut self, id: &str, done: Completion, now: Timestamp) -> Result<(), Refusal> {
-        let id = self.find_live(id)?;
+    pub fn complete(
+        &mut self,
+        id: TaskId,
+        done: Completion,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        self.find_live(id)?;
         let task = self.live.get_mut(&id).expect("found");
         if task.outcome.is_some() {
             return Err(Refusal::Conflict(format!("task {id} has already finished")));
@@ -508,8 +449,8 @@ impl Tasks {
     /// Records a failed attempt. The task is retried until it has had
     /// `maxAttempts`; an object named as the fault is split off into a task
     /// of its own so the other objects go on.
-    pub fn fail(&mut self, id: &str, failure: Failure, now: Timestamp) -> Result<(), Refusal> {
-        let id = self.find_live(id)?;
+    pub fn fail(&mut self, id: TaskId, failure: Failure, now: Timestamp) -> Result<(), Refusal> {
+        self.find_live(id)?;
         let task = self.live.get_mut(&id).expect("found");
         let holds = task.outcome.is_none()
             && task.planned.attempt == failure.attempt
@@ -624,15 +565,14 @@ impl Tasks {
     }
 
     /// The id of a live task, or why there is none.
-    fn find_live(&self, id: &str) -> Result<TaskId, Refusal> {
-        let parsed: TaskId = id.parse().map_err(Refusal::NotFound)?;
-        if self.live.contains_key(&parsed) {
-            return Ok(parsed);
+    fn find_live(&self, id: TaskId) -> Result<(), Refusal> {
+        if self.live.contains_key(&id) {
+            return Ok(());
         }
         if self.recent.iter().any(|detail| detail.task.id == id) {
             return Err(Refusal::Conflict(format!("task {id} has already finished")));
         }
-        Err(Refusal::NotFound(id.to_owned()))
+        Err(Refusal::NotFound(id))
     }
 
     /// Takes the finished tasks out of the table, folds their keys into the
@@ -675,10 +615,10 @@ impl Tasks {
             .map(|started| outcome.finished.duration_since(started))
             .unwrap_or_default();
         TaskRecord {
-            id: task.planned.id.to_string(),
-            account: self.identity.account.clone(),
-            collection: self.identity.collection.clone(),
-            source: self.identity.source(),
+            id: task.planned.id,
+            account: self.source.account.clone(),
+            collection: self.source.collection.clone(),
+            source: self.source.to_string(),
             state: outcome.state,
             worker: outcome.worker.clone(),
             attempt: task.planned.attempt,
@@ -714,10 +654,10 @@ impl Tasks {
             (None, None) => (None, None, None, 0, 0),
         };
         TaskView {
-            id: task.planned.id.to_string(),
-            account: self.identity.account.clone(),
-            collection: self.identity.collection.clone(),
-            source: self.identity.source(),
+            id: task.planned.id,
+            account: self.source.account.clone(),
+            collection: self.source.collection.clone(),
+            source: self.source.to_string(),
             state: task.state(),
             worker,
             attempt: task.planned.attempt,
@@ -743,7 +683,7 @@ impl Tasks {
         TaskDetail {
             task: self.view(task),
             keys: task.planned.objects.clone(),
-            output: self.identity.output(&task.planned),
+            output: self.output(&task.planned),
         }
     }
 
@@ -780,10 +720,9 @@ impl Tasks {
     }
 
     /// One task, live or recently finished.
-    pub fn get(&self, id: &str) -> Option<TaskDetail> {
-        let parsed: TaskId = id.parse().ok()?;
-        match self.live.get(&parsed) {
-            Some(task) => Some(self.detail(parsed, task)),
+    pub fn get(&self, id: TaskId) -> Option<TaskDetail> {
+        match self.live.get(&id) {
+            Some(task) => Some(self.detail(id, task)),
             None => self
                 .recent
                 .iter()
@@ -795,26 +734,20 @@ impl Tasks {
     /// The tasks matching `query`, in id order, from after `query.cursor`.
     /// Returns the page and whether more follow.
     pub fn list(&self, query: &TaskQuery, limit: usize) -> (Vec<TaskView>, bool) {
-        let identity = &self.identity;
-        let mine = query
-            .account
-            .as_ref()
-            .is_none_or(|a| *a == identity.account)
+        let source = &self.source;
+        let mine = query.account.as_ref().is_none_or(|a| *a == source.account)
             && query
                 .collection
                 .as_ref()
-                .is_none_or(|c| *c == identity.collection)
+                .is_none_or(|c| *c == source.collection)
             && query
                 .source
                 .as_ref()
-                .is_none_or(|s| *s == identity.source());
+                .is_none_or(|s| *s == source.to_string());
         if !mine {
             return (Vec::new(), false);
         }
-        let after = query
-            .cursor
-            .as_deref()
-            .and_then(|cursor| cursor.parse::<TaskId>().ok());
+        let after = query.cursor;
         let matches = |view: &TaskView| {
             query.state.is_none_or(|state| view.state == state)
                 && query
@@ -822,11 +755,12 @@ impl Tasks {
                     .as_ref()
                     .is_none_or(|worker| view.worker.as_ref() == Some(worker))
         };
-        let mut views: Vec<(TaskId, TaskView)> = self
+        let mut views: Vec<TaskView> = self
             .recent
             .iter()
-            .filter_map(|detail| Some((detail.task.id.parse().ok()?, detail.task.clone())))
-            .filter(|(id, view)| after.is_none_or(|after| *id > after) && matches(view))
+            .map(|detail| &detail.task)
+            .filter(|view| after.is_none_or(|after| view.id > after) && matches(view))
+            .cloned()
             .collect();
         let live = match after {
             Some(after) => self
@@ -834,14 +768,11 @@ impl Tasks {
                 .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.live.range(..),
         };
-        views.extend(
-            live.map(|(id, task)| (*id, self.view(task)))
-                .filter(|(_, view)| matches(view)),
-        );
-        views.sort_by_key(|(id, _)| *id);
+        views.extend(live.map(|(_, task)| self.view(task)).filter(matches));
+        views.sort_by_key(|view| view.id);
         let more = views.len() > limit;
         views.truncate(limit);
-        (views.into_iter().map(|(_, view)| view).collect(), more)
+        (views, more)
     }
 
     /// The counts the live API and the status report.
@@ -861,9 +792,9 @@ impl Tasks {
             .map(|oldest| now.duration_since(oldest).as_secs().max(0) as u64)
             .unwrap_or(0);
         Summary {
-            account: self.identity.account.clone(),
-            collection: self.identity.collection.clone(),
-            source: self.identity.source(),
+            account: self.source.account.clone(),
+            collection: self.source.collection.clone(),
+            source: self.source.to_string(),
             epoch: self.epoch,
             tasks: TaskCounts {
                 pending,
@@ -911,6 +842,10 @@ pub fn pack(objects: Vec<Listed>, max_objects: u32, max_bytes: u64) -> Vec<Vec<L
 mod tests {
     use super::*;
 
+    fn id(text: &str) -> TaskId {
+        text.parse().unwrap()
+    }
+
     const T0: &str = "2026-11-24T13:00:00Z";
 
     fn at(seconds: i64) -> Timestamp {
@@ -939,13 +874,13 @@ mod tests {
 
     fn table() -> Tasks {
         Tasks::new(
-            Identity {
-                account: "acme".into(),
-                collection: "orders".into(),
+            SourceId {
                 namespace: "shop".into(),
                 name: "orders".into(),
-                sink_prefix: Some("sink/".into()),
+                account: "acme".into(),
+                collection: "orders".into(),
             },
+            Some("sink/".into()),
             limits(),
             7,
             FinishedKeys::default(),
@@ -1026,7 +961,7 @@ mod tests {
         assert!(!tasks.has_uncommitted());
         let leased = tasks.lease("w1", 10, at(1));
         assert_eq!(leased.len(), 1);
-        assert_eq!(leased[0].id, "7-1");
+        assert_eq!(leased[0].id, id("7-1"));
         assert_eq!(leased[0].attempt, 1);
         assert_eq!(keys(&leased[0]), ["a", "b"]);
         assert_eq!(
@@ -1040,7 +975,7 @@ mod tests {
         let mut tasks = committed(&["a", "b"]);
         tasks.lease("w1", 1, at(1));
         tasks
-            .fail("7-1", failure("w1", 1, Some("b")), at(2))
+            .fail(id("7-1"), failure("w1", 1, Some("b")), at(2))
             .unwrap();
         let stale = tasks.snapshot();
         // The split task 7-2 and the shrunk 7-1 are uncommitted now.
@@ -1055,7 +990,7 @@ mod tests {
         let mut tasks = committed(&["a", "b", "c", "d", "e"]);
         let leased = tasks.lease("w1", 2, at(1));
         assert_eq!(
-            leased.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            leased.iter().map(|t| t.id.to_string()).collect::<Vec<_>>(),
             ["7-1", "7-2"]
         );
         let rest = tasks.lease("w2", 10, at(1));
@@ -1070,7 +1005,7 @@ mod tests {
         // In a live task: not planned again.
         assert_eq!(tasks.plan(vec![listed("a", 10)], at(1)), 0);
         let leased = tasks.lease("w1", 1, at(1));
-        tasks.complete(&leased[0].id, done("w1", 1), at(2)).unwrap();
+        tasks.complete(leased[0].id, done("w1", 1), at(2)).unwrap();
         tasks.drain_finished();
         // Finished with the same ETag and size: skipped.
         assert_eq!(tasks.plan(vec![listed("a", 10), listed("b", 10)], at(3)), 0);
@@ -1085,8 +1020,8 @@ mod tests {
     fn heartbeats_renew_leases_and_report_lost_ones() {
         let mut tasks = committed(&["a", "b", "c"]);
         let leased = tasks.lease("w1", 1, at(0));
-        let progress = |id: &str, attempt| Progress {
-            id: id.into(),
+        let progress = |id: TaskId, attempt| Progress {
+            id,
             attempt,
             records: 3,
             bytes: 30,
@@ -1094,27 +1029,26 @@ mod tests {
         // Renewed at 8 s: still held at 15 s (deadline 18 s).
         assert!(
             tasks
-                .heartbeat("w1", &[progress(&leased[0].id, 1)], at(8))
+                .heartbeat("w1", &[progress(leased[0].id, 1)], at(8))
                 .is_empty()
         );
         assert_eq!(tasks.expire(at(15)), 0);
-        let view = tasks.get(&leased[0].id).unwrap().task;
+        let view = tasks.get(leased[0].id).unwrap().task;
         assert_eq!(
             (view.state, view.records, view.bytes),
             (TaskState::Running, 3, 30)
         );
-        // Another worker, a wrong attempt, an unknown or garbage id: lost.
+        // Another worker, a wrong attempt, an unknown id: lost.
         let lost = tasks.heartbeat(
             "w2",
             &[
-                progress(&leased[0].id, 1),
-                progress("7-1", 2),
-                progress("9-9", 1),
-                progress("nonsense", 1),
+                progress(leased[0].id, 1),
+                progress(id("7-1"), 2),
+                progress(id("9-9"), 1),
             ],
             at(9),
         );
-        assert_eq!(lost, ["7-1", "7-1", "9-9", "nonsense"]);
+        assert_eq!(lost, [id("7-1"), id("7-1"), id("9-9")]);
         assert_eq!(tasks.expire(at(18)), 1);
     }
 
@@ -1128,7 +1062,7 @@ mod tests {
             assert_eq!(tasks.expire(at(attempt * 100 + 10)), 1);
         }
         assert!(tasks.lease("w1", 1, at(400)).is_empty());
-        let view = tasks.get("7-1").unwrap().task;
+        let view = tasks.get(id("7-1")).unwrap().task;
         assert_eq!(view.state, TaskState::Failed);
         assert_eq!(
             view.error.as_deref(),
@@ -1140,7 +1074,7 @@ mod tests {
         // It stays visible after it is archived, and its key is not retried.
         let records = tasks.drain_finished();
         assert_eq!(records[0].state, TaskState::Failed);
-        assert_eq!(tasks.get("7-1").unwrap().task.state, TaskState::Failed);
+        assert_eq!(tasks.get(id("7-1")).unwrap().task.state, TaskState::Failed);
         assert_eq!(tasks.plan(vec![listed("a", 10)], at(500)), 0);
     }
 
@@ -1148,14 +1082,14 @@ mod tests {
     fn a_completed_task_is_archived_once_and_leaves_memory() {
         let mut tasks = committed(&["a", "b"]);
         let leased = tasks.lease("w1", 1, at(0));
-        tasks.complete("7-1", done("w1", 1), at(4)).unwrap();
+        tasks.complete(id("7-1"), done("w1", 1), at(4)).unwrap();
         assert_eq!(
-            tasks.complete("7-1", done("w1", 1), at(5)),
+            tasks.complete(id("7-1"), done("w1", 1), at(5)),
             Err(Refusal::Conflict("task 7-1 has already finished".into()))
         );
         assert_eq!(
-            tasks.complete("7-99", done("w1", 1), at(5)),
-            Err(Refusal::NotFound("7-99".into()))
+            tasks.complete(id("7-99"), done("w1", 1), at(5)),
+            Err(Refusal::NotFound(id("7-99")))
         );
         let records = tasks.drain_finished();
         assert_eq!(records.len(), 1);
@@ -1171,7 +1105,7 @@ mod tests {
         assert_eq!(tasks.live_objects(), 0);
         assert!(tasks.finished_keys().get("a").is_some());
         assert_eq!(
-            tasks.complete("7-1", done("w1", 1), at(6)),
+            tasks.complete(id("7-1"), done("w1", 1), at(6)),
             Err(Refusal::Conflict("task 7-1 has already finished".into()))
         );
         let summary = tasks.summary(at(6));
@@ -1191,13 +1125,13 @@ mod tests {
         tasks.lease("w1", 1, at(0));
         tasks.expire(at(10));
         tasks.lease("w2", 1, at(11));
-        tasks.complete("7-1", done("w1", 1), at(12)).unwrap();
+        tasks.complete(id("7-1"), done("w1", 1), at(12)).unwrap();
         assert!(
             !tasks
                 .heartbeat(
                     "w2",
                     &[Progress {
-                        id: "7-1".into(),
+                        id: id("7-1"),
                         attempt: 2,
                         records: 0,
                         bytes: 0
@@ -1214,7 +1148,7 @@ mod tests {
         let mut tasks = committed(&["a", "b"]);
         tasks.lease("w1", 1, at(0));
         tasks
-            .fail("7-1", failure("w1", 1, Some("b")), at(1))
+            .fail(id("7-1"), failure("w1", 1, Some("b")), at(1))
             .unwrap();
         let commit = |tasks: &mut Tasks| {
             let snapshot = tasks.snapshot();
@@ -1226,17 +1160,17 @@ mod tests {
         let (good, poison) = (&leased[0], &leased[1]);
         assert_eq!((keys(good), good.attempt), (vec!["a"], 1));
         assert_eq!((keys(poison), poison.attempt), (vec!["b"], 2));
-        tasks.complete(&good.id, done("w1", 1), at(3)).unwrap();
+        tasks.complete(good.id, done("w1", 1), at(3)).unwrap();
         tasks
-            .fail(&poison.id, failure("w1", 2, Some("b")), at(3))
+            .fail(poison.id, failure("w1", 2, Some("b")), at(3))
             .unwrap();
         let again = tasks.lease("w1", 10, at(4));
         assert_eq!(again[0].attempt, 3);
         tasks
-            .fail(&poison.id, failure("w1", 3, Some("b")), at(5))
+            .fail(poison.id, failure("w1", 3, Some("b")), at(5))
             .unwrap();
         assert!(tasks.lease("w1", 10, at(6)).is_empty());
-        let view = tasks.get(&poison.id).unwrap().task;
+        let view = tasks.get(poison.id).unwrap().task;
         assert_eq!(view.state, TaskState::Failed);
         assert_eq!(view.first_key, "b");
         assert!(view.error.unwrap().contains("line 3"));
@@ -1249,18 +1183,20 @@ mod tests {
         let mut tasks = committed(&["a"]);
         tasks.lease("w1", 1, at(0));
         assert!(matches!(
-            tasks.fail("7-1", failure("w2", 1, None), at(1)),
+            tasks.fail(id("7-1"), failure("w2", 1, None), at(1)),
             Err(Refusal::Conflict(_))
         ));
         assert!(matches!(
-            tasks.fail("7-1", failure("w1", 2, None), at(1)),
+            tasks.fail(id("7-1"), failure("w1", 2, None), at(1)),
             Err(Refusal::Conflict(_))
         ));
         assert!(matches!(
-            tasks.fail("bogus", failure("w1", 1, None), at(1)),
+            tasks.fail(id("9-1"), failure("w1", 1, None), at(1)),
             Err(Refusal::NotFound(_))
         ));
-        tasks.fail("7-1", failure("w1", 1, None), at(1)).unwrap();
+        tasks
+            .fail(id("7-1"), failure("w1", 1, None), at(1))
+            .unwrap();
         assert_eq!(tasks.lease("w2", 1, at(2))[0].attempt, 2);
     }
 
@@ -1272,9 +1208,9 @@ mod tests {
             assert_eq!(leased[0].attempt, 1);
             let mut given_back = failure("w1", 1, None);
             given_back.released = true;
-            tasks.fail("7-1", given_back, at(1)).unwrap();
+            tasks.fail(id("7-1"), given_back, at(1)).unwrap();
         }
-        assert_eq!(tasks.get("7-1").unwrap().task.state, TaskState::Pending);
+        assert_eq!(tasks.get(id("7-1")).unwrap().task.state, TaskState::Pending);
     }
 
     #[test]
@@ -1283,7 +1219,8 @@ mod tests {
         let leased = before.lease("w1", 2, at(0));
         let restored = before.snapshot().tasks;
         let mut after = Tasks::new(
-            before.identity().clone(),
+            before.source().clone(),
+            Some("sink/".into()),
             limits(),
             8,
             FinishedKeys::default(),
@@ -1294,7 +1231,7 @@ mod tests {
         let lost = after.heartbeat(
             "w1",
             &[Progress {
-                id: leased[0].id.clone(),
+                id: leased[0].id,
                 attempt: 1,
                 records: 1,
                 bytes: 1,
@@ -1330,7 +1267,12 @@ mod tests {
             worker: worker.map(Into::into),
             ..TaskQuery::default()
         };
-        let ids = |views: Vec<TaskView>| views.into_iter().map(|v| v.id).collect::<Vec<_>>();
+        let ids = |views: Vec<TaskView>| {
+            views
+                .into_iter()
+                .map(|v| v.id.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             ids(tasks.list(&query(Some(TaskState::Running), None), 10).0),
             ["7-1", "7-2"]
@@ -1343,7 +1285,7 @@ mod tests {
         let (page, more) = tasks.list(&query(None, None), 2);
         assert!(more);
         let mut next = query(None, None);
-        next.cursor = Some(page[1].id.clone());
+        next.cursor = Some(page[1].id);
         let (rest, more) = tasks.list(&next, 2);
         assert_eq!((ids(rest), more), (vec!["7-3".to_owned()], false));
         let other = TaskQuery {
@@ -1375,24 +1317,5 @@ mod tests {
         );
         assert_eq!(summary.objects.discovered, 3);
         assert_eq!(summary.epoch, 7);
-    }
-
-    #[test]
-    fn task_ids_parse_and_print() {
-        let id: TaskId = "12-345".parse().unwrap();
-        assert_eq!(
-            id,
-            TaskId {
-                epoch: 12,
-                seq: 345
-            }
-        );
-        assert_eq!(id.to_string(), "12-345");
-        for bad in ["", "12", "a-1", "1-", "-1", "1-2-3"] {
-            assert!(
-                bad.parse::<TaskId>().unwrap_err().contains("not a task id"),
-                "{bad}"
-            );
-        }
     }
 }

@@ -795,8 +795,8 @@ mod tests {
         assert_eq!(config.tasks.max_objects, 200);
         assert_eq!(config.tasks.lease_duration.0.as_secs(), 120);
         assert_eq!(config.source.s3.prefix.as_deref(), Some("clicks/2026/"));
-        assert_eq!(config.name, "clickstream");
-        assert_eq!(config.namespace, "shop");
+        assert_eq!(config.id.name, "clickstream");
+        assert_eq!(config.id.namespace, "shop");
     }
 
     #[test]

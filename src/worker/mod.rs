@@ -28,6 +28,7 @@ use sluice_core::api::{
     Completion, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     LeasedTask, Progress,
 };
+use sluice_core::id::TaskId;
 use sluice_core::sync::lock;
 
 use crate::config::{PodArgs, RuntimeConfig, Store};
@@ -95,7 +96,7 @@ struct Worker {
     http: reqwest::Client,
     source: aws_sdk_s3::Client,
     sink: aws_sdk_s3::Client,
-    active: Mutex<HashMap<String, Active>>,
+    active: Mutex<HashMap<TaskId, Active>>,
     /// Learned from the coordinator's lease responses.
     lease_ms: AtomicU64,
     metrics: Metrics,
@@ -174,7 +175,7 @@ fn default_name() -> String {
 }
 
 impl Worker {
-    fn active(&self) -> MutexGuard<'_, HashMap<String, Active>> {
+    fn active(&self) -> MutexGuard<'_, HashMap<TaskId, Active>> {
         lock(&self.active)
     }
 
@@ -259,7 +260,7 @@ impl Worker {
                 .active()
                 .iter()
                 .map(|(id, active)| Progress {
-                    id: id.clone(),
+                    id: *id,
                     attempt: active.attempt,
                     records: active.records.load(Ordering::Relaxed),
                     bytes: active.bytes.load(Ordering::Relaxed),
@@ -304,7 +305,7 @@ impl Worker {
             active.cancel.clone(),
             active.release.clone(),
         );
-        self.active().insert(task.id.clone(), active);
+        self.active().insert(task.id, active);
         let outcome = self.ingest(&task, &records, &bytes, &cancel).await;
         self.active().remove(&task.id);
         let given_back = release.load(Ordering::Relaxed);
@@ -414,7 +415,7 @@ impl Worker {
             let origin = (
                 object.key.clone(),
                 object.etag.clone(),
-                task.id.clone(),
+                task.id.to_string(),
                 ingested.clone(),
             );
             let (format, compression) = (self.config.source.format, self.config.source.compression);

@@ -13,6 +13,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use sluice_core::api::TaskState;
+use sluice_core::id::TaskId;
 use sluice_testenv::MinioEnv;
 
 use super::dataplane::Ingest;
@@ -224,10 +225,10 @@ impl Ledger {
         })
         .await;
         self.tasks_archived = archived.len();
-        let mut tasks = BTreeMap::<&str, u32>::new();
+        let mut tasks = BTreeMap::<TaskId, u32>::new();
         let mut objects_seen = BTreeMap::<&str, u32>::new();
         for (_, record) in &archived {
-            *tasks.entry(&record.id).or_default() += 1;
+            *tasks.entry(record.id).or_default() += 1;
             if record.state == TaskState::Succeeded {
                 for object in &record.objects {
                     *objects_seen.entry(&object.key).or_default() += 1;

@@ -13,6 +13,7 @@ use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
 use sluice_core::api::Summary;
 use sluice_core::archive::TaskRecord;
 use sluice_core::encoding::{Compression, Format};
+use sluice_core::id::SourceId;
 use sluice_core::layout;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
@@ -54,10 +55,12 @@ impl Ingest {
             location
         };
         let config = RuntimeConfig {
-            namespace: "shop".into(),
-            name: name.into(),
-            account: "acme".into(),
-            collection: "orders".into(),
+            id: SourceId {
+                namespace: "shop".into(),
+                name: name.into(),
+                account: "acme".into(),
+                collection: "orders".into(),
+            },
             source: SourceConfig {
                 s3: location(&source, "in/"),
                 format: Format::Auto,
@@ -394,8 +397,8 @@ impl Ingest {
     pub fn manifest_key(&self) -> String {
         layout::checkpoint_manifest(&layout::checkpoint_dir(
             self.config.archive.prefix.as_deref(),
-            &self.config.namespace,
-            &self.config.name,
+            &self.config.id.namespace,
+            &self.config.id.name,
         ))
     }
 }

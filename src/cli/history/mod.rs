@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use sluice_core::api::TaskState;
+use sluice_core::id::TaskId;
 use sluice_core::location::S3Location;
 
 use self::progress::Progress;
@@ -84,7 +85,7 @@ pub struct HistoryArgs {
 
     /// Only the task with this id (EPOCH-SEQ, as `sluice tasks` shows it).
     #[arg(long, value_name = "ID", help_heading = "Filters")]
-    pub task: Option<String>,
+    pub task: Option<TaskId>,
 
     /// Only tasks that finished at or after this time: a duration before now
     /// (90m, 24h, 7d, 2w), an RFC 3339 time (2026-11-24T13:00:00Z), or a
@@ -270,7 +271,7 @@ fn filter(args: &HistoryArgs, now: Timestamp) -> Result<Filter, HistoryError> {
     filter.collection = args.collection.clone();
     filter.state = args.state;
     filter.worker = args.worker.clone();
-    filter.task = args.task.clone();
+    filter.task = args.task;
     filter.grep = args.grep.clone().filter(|grep| !grep.is_empty());
     if !args.cluster.all_namespaces {
         filter.namespace = args.cluster.namespace.clone();

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use sluice_core::api::TaskState;
 use sluice_core::archive::{self, ObjectKey, TaskRecord};
+use sluice_core::id::TaskId;
 
 use crate::cli::output::{self, Row};
 
@@ -26,7 +27,7 @@ pub struct Filter {
     pub name: Option<String>,
     pub state: Option<TaskState>,
     pub worker: Option<String>,
-    pub task: Option<String>,
+    pub task: Option<TaskId>,
     /// Text in the task's error, id, worker, source, objects or outputs.
     pub grep: Option<String>,
     /// Tasks that finished at or after this time...
@@ -92,17 +93,12 @@ impl Filter {
         };
         // A task is archived by the coordinator that planned it or a later
         // one: never in an object of an earlier epoch.
-        let task_epoch = self
-            .task
-            .as_deref()
-            .and_then(|task| task.split_once('-'))
-            .and_then(|(epoch, _)| epoch.parse::<u64>().ok());
         (first..=last).contains(&key.hour)
             && same(&self.account, Some(key.account))
             && same(&self.collection, Some(key.collection))
             && same(&self.namespace, Some(key.namespace))
             && same(&self.name, Some(key.name))
-            && task_epoch.is_none_or(|epoch| epoch <= key.epoch)
+            && self.task.is_none_or(|task| task.epoch <= key.epoch)
     }
 }
 
@@ -174,8 +170,7 @@ fn parse_ago(text: &str) -> Option<SignedDuration> {
 #[derive(Deserialize, Debug)]
 #[serde(rename_all = "camelCase")]
 pub struct Probe<'a> {
-    #[serde(borrow)]
-    pub id: Cow<'a, str>,
+    pub id: TaskId,
     #[serde(borrow)]
     pub account: Cow<'a, str>,
     #[serde(borrow)]
@@ -234,8 +229,8 @@ impl Matcher {
         // The most selective first: it alone is searched for in a whole
         // object.
         let mut needles = Vec::new();
-        if let Some(task) = &filter.task {
-            needles.push(field("id", task));
+        if let Some(task) = filter.task {
+            needles.push(field("id", &task.to_string()));
         }
         if let Some(grep) = &filter.grep {
             needles.push(Finder::new(json_escaped(grep).as_bytes()).into_owned());
@@ -376,16 +371,17 @@ impl Matcher {
                 .worker
                 .as_deref()
                 .is_none_or(|worker| probe.worker.as_deref() == Some(worker))
-            && same(&filter.task, &probe.id)
+            && filter.task.is_none_or(|task| task == probe.id)
     }
 }
 
 /// Whether `text` occurs in one of the record's values a person would
 /// search: its error, id, worker, source, object keys and outputs.
 pub fn contains(record: &TaskRecord, text: &str) -> bool {
+    let id = record.id.to_string();
     let values = [
         record.error.as_deref(),
-        Some(record.id.as_str()),
+        Some(id.as_str()),
         record.worker.as_deref(),
         Some(record.source.as_str()),
     ];
@@ -401,14 +397,9 @@ pub fn contains(record: &TaskRecord, text: &str) -> bool {
 }
 
 /// The order results print in: by the time they finished, then by source
-/// and task (numerically).
-pub fn order_key(record: &TaskRecord) -> (Timestamp, &str, (u64, u64), &str) {
-    let numeric = record
-        .id
-        .split_once('-')
-        .and_then(|(epoch, seq)| Some((epoch.parse().ok()?, seq.parse().ok()?)))
-        .unwrap_or((u64::MAX, u64::MAX));
-    (record.finished, &record.source, numeric, &record.id)
+/// and task.
+pub fn order_key(record: &TaskRecord) -> (Timestamp, &str, TaskId) {
+    (record.finished, &record.source, record.id)
 }
 
 /// Matching records to print; with a limit, only the latest.
@@ -728,7 +719,7 @@ impl Row for TaskRecord {
                 self.account.clone(),
                 self.collection.clone(),
                 self.source.clone(),
-                self.id.clone(),
+                self.id.to_string(),
                 self.state.as_str().into(),
                 worker,
                 self.attempt.to_string(),
@@ -747,7 +738,7 @@ impl Row for TaskRecord {
             vec![
                 time(self.finished),
                 self.source.clone(),
-                self.id.clone(),
+                self.id.to_string(),
                 self.state.as_str().into(),
                 worker,
                 self.objects.len().to_string(),
@@ -829,7 +820,7 @@ mod tests {
         finished: &str,
     ) -> TaskRecord {
         TaskRecord {
-            id: id.into(),
+            id: id.parse().unwrap(),
             account: "acme".into(),
             collection: "orders".into(),
             source: source.into(),
@@ -907,7 +898,11 @@ mod tests {
         let mut found = Collected::new(None);
         let scanned = matcher.scan(&lines(&sample()), &mut found);
         assert!(scanned.damaged.is_empty());
-        found.into_sorted().into_iter().map(|r| r.id).collect()
+        found
+            .into_sorted()
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect()
     }
 
     fn day() -> Filter {
@@ -1027,7 +1022,7 @@ mod tests {
                 "collection" => filter.collection = value,
                 "namespace" => filter.namespace = value,
                 "name" => filter.name = value,
-                _ => filter.task = value,
+                _ => filter.task = value.map(|id| id.parse().unwrap()),
             }
             assert_eq!(filter.may_hold(&object, now), holds, "{field}={wanted}");
         }
@@ -1043,7 +1038,7 @@ mod tests {
         assert_eq!(with(&|_| {}), ["1-1", "1-2", "1-10", "1-3", "2-1"]);
         assert_eq!(with(&|f| f.state = Some(TaskState::Failed)), ["1-2", "1-3"]);
         assert_eq!(with(&|f| f.worker = Some("w1".into())), ["1-1", "1-2"]);
-        assert_eq!(with(&|f| f.task = Some("1-1".into())), ["1-1"]);
+        assert_eq!(with(&|f| f.task = Some("1-1".parse().unwrap())), ["1-1"]);
         assert_eq!(with(&|f| f.name = Some("refunds".into())), ["1-3", "2-1"]);
         assert_eq!(
             with(&|f| f.namespace = Some("other".into())),
@@ -1138,7 +1133,7 @@ mod tests {
             ),
         ];
         records.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
-        let ids: Vec<_> = records.iter().map(|r| r.id.as_str()).collect();
+        let ids: Vec<_> = records.iter().map(|r| r.id.to_string()).collect();
         assert_eq!(ids, ["9-9", "1-9", "1-10", "1-1"]);
     }
 
@@ -1151,7 +1146,11 @@ mod tests {
             total.merge(part);
         }
         assert_eq!(total.seen, 5);
-        let ids: Vec<_> = total.into_sorted().into_iter().map(|r| r.id).collect();
+        let ids: Vec<_> = total
+            .into_sorted()
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect();
         assert_eq!(ids, ["1-3", "2-1"]);
     }
 
@@ -1172,7 +1171,11 @@ mod tests {
         let mut found = Collected::new(Some(10));
         Matcher::new(day()).scan(&lines(&records), &mut found);
         assert!(found.records.len() < 2 * 512);
-        let ids: Vec<_> = found.into_sorted().into_iter().map(|r| r.id).collect();
+        let ids: Vec<_> = found
+            .into_sorted()
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect();
         assert_eq!(ids.first().map(String::as_str), Some("1-2990"));
         assert_eq!(ids.len(), 10);
     }
