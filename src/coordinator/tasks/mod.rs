@@ -1,0 +1,639 @@
+//! The coordinator's task table: packing listed objects into tasks, leasing
+//! them to workers, lease expiry, retries, the dead letter, and folding
+//! finished tasks into the finished keys.
+//!
+//! Plain state, no I/O: every method takes the current time, so the lease
+//! logic is tested without clocks or servers.
+//!
+//! A task's life: planned (its objects fixed) → committed (written to the
+//! checkpoint, so a restart recreates exactly this task and its output name)
+//! → leased (attempt raised) → succeeded, or back to pending on failure or
+//! lease expiry, or failed for good after `maxAttempts`. Only committed
+//! tasks are leased: a worker's output is named after its task, and a task
+//! that a restart could pack differently would write its records twice.
+//!
+//! This file holds the table and its state machine; `views.rs` what is read
+//! from it (archive records, the live API's views, the summary).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use sluice_core::api::{
+    Completion, Failure, LeasedTask, ObjectRef, Progress, TaskDetail, TaskState,
+};
+use sluice_core::archive::TaskRecord;
+use sluice_core::id::{SourceId, TaskId};
+use sluice_core::layout;
+
+use super::keys::{Finished, FinishedKeys, fingerprint};
+
+/// Finished tasks kept for the live API after they were archived.
+const RECENT: usize = 500;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_objects: u32,
+    pub max_bytes: u64,
+    pub lease: Duration,
+    pub max_attempts: u32,
+}
+
+/// An object as the listing found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub object: ObjectRef,
+    pub modified: Timestamp,
+}
+
+/// What the checkpoint keeps of a task that has not been archived yet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Planned {
+    pub id: TaskId,
+    pub created: Timestamp,
+    /// Leases so far.
+    pub attempt: u32,
+    pub objects: Vec<ObjectRef>,
+    /// The oldest object's last-modified time, for the lag.
+    pub oldest: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Counts that outlive the tasks they count; kept in the checkpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+    pub objects_discovered: u64,
+    pub objects_ingested: u64,
+    pub objects_failed: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    worker: String,
+    started: Timestamp,
+    deadline: Timestamp,
+    records: u64,
+    bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Outcome {
+    state: TaskState,
+    worker: Option<String>,
+    started: Option<Timestamp>,
+    finished: Timestamp,
+    records: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+    outputs: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    planned: Planned,
+    size: u64,
+    /// Raised whenever the planned part changes, so a checkpoint taken
+    /// before the change does not commit it.
+    revision: u64,
+    committed: bool,
+    lease: Option<Lease>,
+    outcome: Option<Outcome>,
+}
+
+impl Task {
+    fn new(planned: Planned) -> Self {
+        Task {
+            size: planned.objects.iter().map(|o| o.size).sum(),
+            planned,
+            revision: 0,
+            committed: false,
+            lease: None,
+            outcome: None,
+        }
+    }
+
+    fn state(&self) -> TaskState {
+        match (&self.outcome, &self.lease) {
+            (Some(outcome), _) => outcome.state,
+            (None, Some(_)) => TaskState::Running,
+            (None, None) => TaskState::Pending,
+        }
+    }
+
+    fn leasable(&self) -> bool {
+        self.committed && self.lease.is_none() && self.outcome.is_none()
+    }
+}
+
+/// Why the coordinator refused a worker's report.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no task {0}")]
+    NotFound(TaskId),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A snapshot of the live tasks for a checkpoint, and what to mark
+/// committed once it is written.
+pub struct Snapshot {
+    pub tasks: Vec<Planned>,
+    revisions: Vec<(TaskId, u64)>,
+}
+
+/// The task table of one source.
+pub struct Tasks {
+    source: SourceId,
+    /// The sink location's prefix, which every task's output is under.
+    sink_prefix: Option<String>,
+    limits: Limits,
+    epoch: u64,
+    next_seq: u64,
+    finished: FinishedKeys,
+    live: BTreeMap<TaskId, Task>,
+    /// Which live task holds each key, so a relisting does not plan it again.
+    by_key: HashMap<String, TaskId>,
+    /// Committed pending tasks in lease order; may hold ids that were leased
+    /// or finished since (skipped when popped).
+    queue: VecDeque<TaskId>,
+    deadlines: BTreeSet<(Timestamp, TaskId)>,
+    recent: VecDeque<TaskDetail>,
+    totals: Totals,
+}
+
+impl Tasks {
+    /// The table of a coordinator of `epoch`, resuming from what a
+    /// checkpoint kept: finished keys, tasks not yet archived, totals.
+    pub fn new(
+        source: SourceId,
+        sink_prefix: Option<String>,
+        limits: Limits,
+        epoch: u64,
+        finished: FinishedKeys,
+        restored: Vec<Planned>,
+        totals: Totals,
+    ) -> Self {
+        let mut tasks = Tasks {
+            source,
+            sink_prefix,
+            limits,
+            epoch,
+            next_seq: 1,
+            finished,
+            live: BTreeMap::new(),
+            by_key: HashMap::new(),
+            queue: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            recent: VecDeque::new(),
+            totals,
+        };
+        for planned in restored {
+            let id = planned.id;
+            tasks.add(planned);
+            tasks.live.get_mut(&id).expect("just added").committed = true;
+            tasks.queue.push_back(id);
+        }
+        tasks
+    }
+
+    pub fn source(&self) -> &SourceId {
+        &self.source
+    }
+
+    /// The sink object of a task: the same for every attempt.
+    fn output(&self, task: &Planned) -> String {
+        let date = task.created.strftime("%Y-%m-%d");
+        layout::sink_object(self.sink_prefix.as_deref(), &self.source, date, task.id)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn finished_keys(&self) -> &FinishedKeys {
+        &self.finished
+    }
+
+    pub fn finished_keys_mut(&mut self) -> &mut FinishedKeys {
+        &mut self.finished
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Objects in tasks not yet archived: what the listing must wait on
+    /// before it plans more.
+    pub fn live_objects(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Plans tasks for the objects of one listing page that are neither
+    /// finished with the same ETag and size nor in a live task. Returns how
+    /// many tasks it planned; they are leased once committed.
+    pub fn plan(&mut self, page: Vec<Listed>, now: Timestamp) -> usize {
+        let new: Vec<Listed> = page
+            .into_iter()
+            .filter(|listed| {
+                let object = &listed.object;
+                !self.by_key.contains_key(&object.key)
+                    && self.finished.get(&object.key).is_none_or(|finished| {
+                        finished.fingerprint != fingerprint(&object.etag, object.size)
+                    })
+            })
+            .collect();
+        self.totals.objects_discovered += new.len() as u64;
+        let groups = pack(new, self.limits.max_objects, self.limits.max_bytes);
+        let planned = groups.len();
+        for group in groups {
+            let id = self.next_id();
+            let oldest = group
+                .iter()
+                .map(|listed| listed.modified)
+                .min()
+                .unwrap_or(now);
+            self.add(Planned {
+                id,
+                created: now,
+                attempt: 0,
+                objects: group.into_iter().map(|listed| listed.object).collect(),
+                oldest,
+                error: None,
+            });
+        }
+        planned
+    }
+
+    fn next_id(&mut self) -> TaskId {
+        let id = TaskId {
+            epoch: self.epoch,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        id
+    }
+
+    fn add(&mut self, planned: Planned) {
+        for object in &planned.objects {
+            self.by_key.insert(object.key.clone(), planned.id);
+        }
+        self.live.insert(planned.id, Task::new(planned));
+    }
+
+    /// Whether some planned task waits for a checkpoint before it can be
+    /// leased.
+    pub fn has_uncommitted(&self) -> bool {
+        self.live
+            .values()
+            .any(|task| !task.committed && task.outcome.is_none())
+    }
+
+    /// Every live task, for the checkpoint.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            tasks: self
+                .live
+                .values()
+                .map(|task| task.planned.clone())
+                .collect(),
+            revisions: self
+                .live
+                .values()
+                .filter(|task| !task.committed)
+                .map(|task| (task.planned.id, task.revision))
+                .collect(),
+        }
+    }
+
+    /// Marks the tasks of a written checkpoint committed, unless they
+    /// changed since the snapshot.
+    pub fn committed(&mut self, snapshot: &Snapshot) {
+        for (id, revision) in &snapshot.revisions {
+            if let Some(task) = self.live.get_mut(id)
+                && task.revision == *revision
+                && !task.committed
+            {
+                task.committed = true;
+                if task.outcome.is_none() {
+                    self.queue.push_back(*id);
+                }
+            }
+        }
+    }
+
+    /// Leases up to `max` pending tasks to `worker`.
+    pub fn lease(&mut self, worker: &str, max: u32, now: Timestamp) -> Vec<LeasedTask> {
+        let mut leased = Vec::new();
+        while leased.len() < max as usize {
+            let Some(id) = self.queue.pop_front() else {
+                break;
+            };
+            let deadline = now + self.limits.lease;
+            let Some(task) = self.live.get_mut(&id).filter(|task| task.leasable()) else {
+                continue;
+            };
+            task.planned.attempt += 1;
+            task.lease = Some(Lease {
+                worker: worker.to_owned(),
+                started: now,
+                deadline,
+                records: 0,
+                bytes: 0,
+            });
+            self.deadlines.insert((deadline, id));
+            let planned = &self.live[&id].planned;
+            leased.push(LeasedTask {
+                id,
+                attempt: planned.attempt,
+                objects: planned.objects.clone(),
+                output: self.output(planned),
+            });
+        }
+        leased
+    }
+
+    /// Renews the leases `worker` reports progress on. Returns the tasks it
+    /// no longer holds. A pending task reported with the attempt it was last
+    /// leased for (a worker that outlived a coordinator restart) is leased
+    /// to it again rather than redone.
+    pub fn heartbeat(
+        &mut self,
+        worker: &str,
+        progress: &[Progress],
+        now: Timestamp,
+    ) -> Vec<TaskId> {
+        let deadline = now + self.limits.lease;
+        let mut lost = Vec::new();
+        for report in progress {
+            let id = report.id;
+            let Some(task) = self.live.get_mut(&id) else {
+                lost.push(id);
+                continue;
+            };
+            if task.planned.attempt != report.attempt || task.outcome.is_some() {
+                lost.push(id);
+                continue;
+            }
+            match &mut task.lease {
+                Some(lease) if lease.worker == worker => {
+                    self.deadlines.remove(&(lease.deadline, id));
+                    lease.deadline = deadline;
+                    lease.records = report.records;
+                    lease.bytes = report.bytes;
+                }
+                None if task.committed => {
+                    task.lease = Some(Lease {
+                        worker: worker.to_owned(),
+                        started: now,
+                        deadline,
+                        records: report.records,
+                        bytes: report.bytes,
+                    });
+                }
+                _ => {
+                    lost.push(id);
+                    continue;
+                }
+            }
+            self.deadlines.insert((deadline, id));
+        }
+        lost
+    }
+
+    /// Records a task done. Accepted from whichever worker finished it
+    /// first: every attempt writes the same output, so a late duplicate
+    /// attempt changes nothing.
+    pub fn complete(
+        &mut self,
+        id: TaskId,
+        done: Completion,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        self.find_live(id)?;
+        let task = self.live.get_mut(&id).expect("found");
+        if task.outcome.is_some() {
+            return Err(Refusal::Conflict(format!("task {id} has already finished")));
+        }
+        if task.planned.attempt == 0 {
+            return Err(Refusal::Conflict(format!("task {id} was never leased")));
+        }
+        let started = task.lease.take().map(|lease| {
+            self.deadlines.remove(&(lease.deadline, id));
+            lease.started
+        });
+        task.planned.error = None;
+        task.outcome = Some(Outcome {
+            state: TaskState::Succeeded,
+            worker: Some(done.worker),
+            started,
+            finished: now,
+            records: done.records,
+            bytes_read: done.bytes_read,
+            bytes_written: done.bytes_written,
+            outputs: done.outputs,
+        });
+        self.totals.tasks_succeeded += 1;
+        self.totals.objects_ingested += task.planned.objects.len() as u64;
+        self.totals.records += done.records;
+        self.totals.bytes += done.bytes_read;
+        Ok(())
+    }
+
+    /// Records a failed attempt. The task is retried until it has had
+    /// `maxAttempts`; an object named as the fault is split off into a task
+    /// of its own so the other objects go on.
+    pub fn fail(&mut self, id: TaskId, failure: Failure, now: Timestamp) -> Result<(), Refusal> {
+        self.find_live(id)?;
+        let task = self.live.get_mut(&id).expect("found");
+        let holds = task.outcome.is_none()
+            && task.planned.attempt == failure.attempt
+            && task
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.worker == failure.worker);
+        if !holds {
+            return Err(Refusal::Conflict(format!(
+                "worker {} does not hold attempt {} of task {id}",
+                failure.worker, failure.attempt
+            )));
+        }
+        let lease = task.lease.take().expect("held");
+        self.deadlines.remove(&(lease.deadline, id));
+        if failure.released {
+            task.planned.attempt -= 1;
+            if task.committed {
+                self.queue.push_front(id);
+            }
+            return Ok(());
+        }
+        task.planned.error = Some(failure.error.clone());
+        let culprit = failure.key.as_deref().and_then(|key| {
+            task.planned
+                .objects
+                .iter()
+                .position(|object| object.key == key)
+        });
+        match culprit {
+            Some(index) if task.planned.objects.len() > 1 => {
+                let object = task.planned.objects.remove(index);
+                let oldest = task.planned.oldest;
+                // The others did nothing wrong: they start over.
+                task.planned.attempt = 0;
+                task.planned.error = None;
+                task.size -= object.size;
+                task.revision += 1;
+                task.committed = false;
+                let split = Planned {
+                    id: self.next_id(),
+                    created: now,
+                    attempt: failure.attempt,
+                    objects: vec![object],
+                    oldest,
+                    error: Some(failure.error),
+                };
+                let split_id = split.id;
+                self.add(split);
+                self.retry_or_give_up(split_id, Some(lease), now);
+            }
+            _ => self.retry_or_give_up(id, Some(lease), now),
+        }
+        Ok(())
+    }
+
+    /// Expires the leases whose deadline passed: their tasks are retried
+    /// or, after `maxAttempts`, failed for good. Returns how many expired.
+    pub fn expire(&mut self, now: Timestamp) -> usize {
+        let mut expired = 0;
+        while let Some(&(deadline, id)) = self.deadlines.first()
+            && deadline <= now
+        {
+            self.deadlines.pop_first();
+            let Some(task) = self.live.get_mut(&id) else {
+                continue;
+            };
+            let Some(lease) = task.lease.take_if(|lease| lease.deadline == deadline) else {
+                continue;
+            };
+            task.planned.error = Some(format!(
+                "lease expired: worker {} sent no heartbeat for {}",
+                lease.worker,
+                sluice_core::duration::Duration(self.limits.lease)
+            ));
+            expired += 1;
+            self.retry_or_give_up(id, Some(lease), now);
+        }
+        expired
+    }
+
+    fn retry_or_give_up(&mut self, id: TaskId, lease: Option<Lease>, now: Timestamp) {
+        let max_attempts = self.limits.max_attempts;
+        let task = self.live.get_mut(&id).expect("a live task");
+        if task.planned.attempt < max_attempts {
+            if task.committed {
+                self.queue.push_back(id);
+            }
+            return;
+        }
+        let (records, bytes, worker, started) = match lease {
+            Some(lease) => (
+                lease.records,
+                lease.bytes,
+                Some(lease.worker),
+                Some(lease.started),
+            ),
+            None => (0, 0, None, None),
+        };
+        task.outcome = Some(Outcome {
+            state: TaskState::Failed,
+            worker,
+            started,
+            finished: now,
+            records,
+            bytes_read: bytes,
+            bytes_written: 0,
+            outputs: Vec::new(),
+        });
+        self.totals.tasks_failed += 1;
+        self.totals.objects_failed += task.planned.objects.len() as u64;
+    }
+
+    /// The id of a live task, or why there is none.
+    fn find_live(&self, id: TaskId) -> Result<(), Refusal> {
+        if self.live.contains_key(&id) {
+            return Ok(());
+        }
+        if self.recent.iter().any(|detail| detail.task.id == id) {
+            return Err(Refusal::Conflict(format!("task {id} has already finished")));
+        }
+        Err(Refusal::NotFound(id))
+    }
+
+    /// Takes the finished tasks out of the table, folds their keys into the
+    /// finished keys, and returns their archive records.
+    pub fn drain_finished(&mut self) -> Vec<TaskRecord> {
+        let done: Vec<TaskId> = self
+            .live
+            .iter()
+            .filter(|(_, task)| task.outcome.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut records = Vec::with_capacity(done.len());
+        for id in done {
+            let task = self.live.remove(&id).expect("listed above");
+            let outcome = task.outcome.as_ref().expect("finished");
+            let failed = outcome.state == TaskState::Failed;
+            for object in &task.planned.objects {
+                self.by_key.remove(&object.key);
+                self.finished.insert(
+                    &object.key,
+                    Finished {
+                        fingerprint: fingerprint(&object.etag, object.size),
+                        failed,
+                    },
+                );
+            }
+            records.push(self.record(&task));
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(self.detail(id, &task));
+        }
+        records
+    }
+}
+
+/// Packs objects, in order, into groups of at most `max_objects` objects
+/// and `max_bytes` bytes; an object larger than `max_bytes` is a group of
+/// its own.
+pub fn pack(objects: Vec<Listed>, max_objects: u32, max_bytes: u64) -> Vec<Vec<Listed>> {
+    let mut groups: Vec<Vec<Listed>> = Vec::new();
+    let mut bytes = 0u64;
+    for listed in objects {
+        let size = listed.object.size;
+        let fits = groups.last().is_some_and(|group| {
+            group.len() < max_objects as usize && bytes.saturating_add(size) <= max_bytes
+        });
+        if fits {
+            bytes += size;
+            groups.last_mut().expect("fits").push(listed);
+        } else {
+            bytes = size;
+            groups.push(vec![listed]);
+        }
+    }
+    groups
+}
+
+mod views;
+
+#[cfg(test)]
+mod tests;
