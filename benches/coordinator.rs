@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use sluice::config::{RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env};
 use sluice::coordinator::checkpoint::{Checkpoint, Manifest, SegmentRef};
-use sluice::coordinator::keys::{Finished, FinishedKeys, Segment};
+use sluice::coordinator::finished::{Finished, FinishedKeys, Segment};
 use sluice::coordinator::tasks::{Limits, Planned, Tasks, Totals};
 use sluice_core::api::{Completion, LeaseRequest, LeaseResponse, ObjectRef, Summary};
 use sluice_core::encoding::{Compression, Format};

@@ -90,11 +90,7 @@ async fn assert_archived_once(ingest: &Ingest, objects: usize) {
     .await;
     let mut ids = BTreeSet::new();
     for (_, record) in &records {
-        assert!(
-            ids.insert(record.id),
-            "task {} archived twice",
-            record.id
-        );
+        assert!(ids.insert(record.id), "task {} archived twice", record.id);
     }
     let keys: BTreeSet<_> = records
         .iter()

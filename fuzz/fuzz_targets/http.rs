@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use prometheus_client::registry::Registry;
 use sluice::coordinator::Shared;
 use sluice::coordinator::http::router;
-use sluice::coordinator::keys::FinishedKeys;
+use sluice::coordinator::finished::FinishedKeys;
 use sluice::coordinator::tasks::{Limits, Listed, Tasks};
 use sluice_core::api::ObjectRef;
 use sluice_core::id::SourceId;

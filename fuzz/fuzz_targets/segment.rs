@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use sluice::coordinator::keys::{FinishedKeys, Segment};
+use sluice::coordinator::finished::{FinishedKeys, Segment};
 
 fuzz_target!(|data: &[u8]| {
     let name: String = Sha256::digest(data)

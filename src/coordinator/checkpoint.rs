@@ -28,7 +28,7 @@ use sluice_core::archive::Batch;
 use sluice_core::layout;
 use sluice_core::location::S3Location;
 
-use super::keys::Segment;
+use super::finished::Segment;
 use super::tasks::{Planned, Totals};
 use crate::s3;
 
@@ -434,10 +434,10 @@ mod tests {
 
     #[test]
     fn an_uploaded_segment_is_its_own_bytes() {
-        let mut keys = super::super::keys::FinishedKeys::default();
+        let mut keys = super::super::finished::FinishedKeys::default();
         keys.insert(
             "logs/a",
-            super::super::keys::Finished {
+            super::super::finished::Finished {
                 fingerprint: 7,
                 failed: false,
             },

@@ -8,8 +8,8 @@
 
 pub mod archiver;
 pub mod checkpoint;
+pub mod finished;
 pub mod http;
-pub mod keys;
 pub mod listing;
 pub mod metrics;
 pub mod publish;
@@ -35,7 +35,7 @@ use crate::s3;
 use crate::telemetry::{self, Readiness};
 use archiver::{Unwritten, Written, append};
 use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
-use keys::{ApplyError, FinishedKeys, Merged};
+use finished::{ApplyError, FinishedKeys, Merged};
 use tasks::{Limits, Tasks};
 
 /// `sluice coordinator`: track one source's keys and lease its tasks.
@@ -76,7 +76,7 @@ pub enum Error {
     #[error("cannot serve the task API: {0}")]
     Serve(#[from] std::io::Error),
     #[error(transparent)]
-    Keys(#[from] keys::ApplyError),
+    Keys(#[from] finished::ApplyError),
 }
 
 /// Commits of newly planned tasks are at least this far apart, so a fast

@@ -28,7 +28,7 @@ use sluice_core::archive::TaskRecord;
 use sluice_core::id::{SourceId, TaskId};
 use sluice_core::layout;
 
-use super::keys::{Finished, FinishedKeys, fingerprint};
+use super::finished::{Finished, FinishedKeys, fingerprint};
 
 /// Finished tasks kept for the live API after they were archived.
 const RECENT: usize = 500;
