@@ -2,7 +2,9 @@
 //! `time.ParseDuration` syntax (`30s`, `1m30s`, `1.5h`, `250ms`).
 //!
 //! The API server checks these strings with CEL's `duration()`, which uses the
-//! same syntax, so every value that passed admission parses here.
+//! same syntax, so every value that passed admission parses here. A time
+//! before now (`sluice history --since 7d`) may also count days and weeks
+//! ([`Duration::parse_with_days`]); the grammar is otherwise the same.
 
 use std::fmt;
 use std::time::Duration as StdDuration;
@@ -33,6 +35,25 @@ pub fn parse_std(input: &str) -> Result<StdDuration, ParseError> {
     Duration::parse(input).map(|duration| duration.0)
 }
 
+const SECOND: u128 = 1_000_000_000;
+
+/// Each unit in nanoseconds: Go's, then the days and weeks only
+/// [`Duration::parse_with_days`] takes.
+const UNITS: [(&str, u128); 9] = [
+    ("ns", 1),
+    ("us", 1_000),
+    ("µs", 1_000),
+    ("ms", 1_000_000),
+    ("s", SECOND),
+    ("m", 60 * SECOND),
+    ("h", 3_600 * SECOND),
+    ("d", 86_400 * SECOND),
+    ("w", 7 * 86_400 * SECOND),
+];
+
+/// How many of [`UNITS`] Go's syntax has.
+const GO_UNITS: usize = 7;
+
 impl Duration {
     pub const fn from_secs(secs: u64) -> Self {
         Self(StdDuration::from_secs(secs))
@@ -41,43 +62,61 @@ impl Duration {
     /// Parses Go's duration syntax: a sequence of decimal numbers, each with
     /// a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`).
     pub fn parse(input: &str) -> Result<Self, ParseError> {
-        let fail = |reason| ParseError {
-            input: input.to_owned(),
-            reason,
-        };
-        if input.is_empty() {
-            return Err(fail("it is empty"));
-        }
-        let mut total_nanos: u128 = 0;
-        let mut rest = input;
-        while !rest.is_empty() {
-            let number_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(|| fail("a number has no unit"))?;
-            let (number, after) = rest.split_at(number_len);
-            if number.is_empty() {
-                return Err(fail("a unit has no number before it"));
-            }
-            let unit_len = after
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(after.len());
-            let (unit, after) = after.split_at(unit_len);
-            let unit_nanos: u128 = match unit {
-                "ns" => 1,
-                "us" | "µs" => 1_000,
-                "ms" => 1_000_000,
-                "s" => 1_000_000_000,
-                "m" => 60_000_000_000,
-                "h" => 3_600_000_000_000,
-                _ => return Err(fail("the unit is not one of ns, us, ms, s, m, h")),
-            };
-            total_nanos +=
-                scaled(number, unit_nanos).ok_or_else(|| fail("a number is malformed"))?;
-            rest = after;
-        }
-        let nanos = u64::try_from(total_nanos).map_err(|_| fail("it is too long"))?;
-        Ok(Self(StdDuration::from_nanos(nanos)))
+        parse_units(
+            input,
+            &UNITS[..GO_UNITS],
+            "the unit is not one of ns, us, ms, s, m, h",
+        )
     }
+
+    /// Parses Go's syntax with days (`d`, 24 hours) and weeks (`w`) too:
+    /// `7d`, `2w`, `1d12h`. For how long before now; not for the
+    /// IngestSource, whose durations CEL checks with Go's units.
+    pub fn parse_with_days(input: &str) -> Result<Self, ParseError> {
+        parse_units(
+            input,
+            &UNITS,
+            "the unit is not one of ns, us, ms, s, m, h, d, w",
+        )
+    }
+}
+
+/// A sequence of decimal numbers, each with one of `units`.
+fn parse_units(
+    input: &str,
+    units: &[(&str, u128)],
+    unknown_unit: &'static str,
+) -> Result<Duration, ParseError> {
+    let fail = |reason| ParseError {
+        input: input.to_owned(),
+        reason,
+    };
+    if input.is_empty() {
+        return Err(fail("it is empty"));
+    }
+    let mut total_nanos: u128 = 0;
+    let mut rest = input;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| fail("a number has no unit"))?;
+        let (number, after) = rest.split_at(number_len);
+        if number.is_empty() {
+            return Err(fail("a unit has no number before it"));
+        }
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let (_, unit_nanos) = units
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .ok_or_else(|| fail(unknown_unit))?;
+        total_nanos += scaled(number, *unit_nanos).ok_or_else(|| fail("a number is malformed"))?;
+        rest = after;
+    }
+    let nanos = u64::try_from(total_nanos).map_err(|_| fail("it is too long"))?;
+    Ok(Duration(StdDuration::from_nanos(nanos)))
 }
 
 /// `number` (decimal, maybe with a fraction) times `unit_nanos`, truncated to
@@ -215,6 +254,29 @@ mod tests {
             let err = Duration::parse(bad).expect_err(bad);
             assert!(err.to_string().contains("write it like 30s"), "{err}");
         }
+    }
+
+    #[test]
+    fn days_and_weeks_only_where_asked_for() {
+        let day = 86_400;
+        for (text, secs) in [("7d", 7 * day), ("2w", 14 * day), ("1d12h", day + day / 2)] {
+            assert_eq!(
+                Duration::parse_with_days(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+            assert!(Duration::parse(text).is_err(), "{text}");
+        }
+        assert_eq!(
+            Duration::parse_with_days("1.5h"),
+            Ok(Duration::from_secs(5_400))
+        );
+        let err = Duration::parse_with_days("5y").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not one of ns, us, ms, s, m, h, d, w"),
+            "{err}"
+        );
     }
 
     #[test]
