@@ -8,6 +8,7 @@ pub mod config;
 pub mod coordinator;
 pub mod crd;
 pub mod operator;
+pub mod retry;
 pub mod s3;
 pub mod telemetry;
 pub mod worker;

@@ -1,0 +1,63 @@
+//! The coordinator's API token: a Secret the operator creates once.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::crd::{IngestSource, Names};
+use crate::operator::children::{self, TOKEN_KEY};
+
+use super::{Context, Error, MANAGER};
+
+impl Context {
+    /// The token from the token Secret, creating the Secret the first time.
+    pub(super) async fn token(
+        &self,
+        source: &IngestSource,
+        names: &Names,
+        namespace: &str,
+    ) -> Result<String, Error> {
+        let cached = self
+            .stores
+            .tokens
+            .get(&ObjectRef::new(&names.token).within(namespace));
+        if let Some(token) = cached.as_deref().and_then(token_of) {
+            return Ok(token);
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let fresh = children::token_secret(source, &children::new_token());
+        match api.create(&PostParams::default(), &fresh).await {
+            Ok(created) => {
+                self.metrics.wrote("Secret");
+                Ok(token_of(&created).unwrap_or_default())
+            }
+            // Created a moment ago and not cached yet, or made by hand:
+            // keep what is there.
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                let existing = api.get(&names.token).await?;
+                match token_of(&existing) {
+                    Some(token) => Ok(token),
+                    None => {
+                        let repaired = api
+                            .patch(
+                                &names.token,
+                                &PatchParams::apply(MANAGER).force(),
+                                &Patch::Apply(&fresh),
+                            )
+                            .await?;
+                        self.metrics.wrote("Secret");
+                        Ok(token_of(&repaired).unwrap_or_default())
+                    }
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+fn token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(TOKEN_KEY)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|token| !token.is_empty())
+}
