@@ -45,9 +45,10 @@ mod token;
 pub const MANAGER: &str = "sluice-operator";
 /// At most this many reconciles run at once. Each has at most five requests
 /// in flight (see [`Context::apply_children`]), so this bounds them all.
-/// Unbounded, a start with 1,000 IngestSources put a request for every one in flight at once,
-/// the leader Lease's renewal went unanswered behind them for 10 s, and the
-/// operator lost its Lease and exited (`make bench GROUP=operator`).
+/// Unbounded, a start with 1,000 IngestSources put a request for every one
+/// in flight at once, the leader Lease's renewal went unanswered behind them
+/// for 10 s, and the operator lost its Lease and exited (`make bench
+/// GROUP=operator`).
 const CONCURRENT_RECONCILES: u16 = 32;
 
 /// What the reconcile loop takes from the operator's flags.
