@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 /// Waits `first` after the first failure, doubling up to `max`, each wait
 /// stretched by a random 0 to 100 %; never gives up.
@@ -26,6 +26,44 @@ pub fn delay(failures: u32, first: Duration, max: Duration) -> Duration {
         .build()
         .nth(skip)
         .expect("an unlimited backoff")
+}
+
+/// The waits of a [`backoff`] one at a time, for loops that wait between
+/// polls: the same wait until [`Waits::advance`], and from the start again
+/// after [`Waits::reset`].
+pub struct Waits {
+    builder: ExponentialBuilder,
+    waits: ExponentialBackoff,
+    current: Duration,
+}
+
+impl Waits {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        let builder = backoff(first, max);
+        let mut waits = Waits {
+            builder,
+            waits: builder.build(),
+            current: first,
+        };
+        waits.reset();
+        waits
+    }
+
+    /// The wait now.
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+
+    /// Moves on to the next, longer wait.
+    pub fn advance(&mut self) {
+        self.current = self.waits.next().expect("an unlimited backoff");
+    }
+
+    /// Starts again from the first wait.
+    pub fn reset(&mut self) {
+        self.waits = self.builder.build();
+        self.advance();
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +93,20 @@ mod tests {
                 "{failures}: {waits:?}"
             );
         }
+    }
+
+    #[test]
+    fn waits_stay_until_advanced_and_start_over_after_a_reset() {
+        let (first, max) = (Duration::from_millis(50), Duration::from_secs(2));
+        let mut waits = Waits::new(first, max);
+        let within = |wait: Duration, base: Duration| wait >= base && wait <= base * 2;
+        assert!(within(waits.current(), first));
+        assert_eq!(waits.current(), waits.current());
+        for _ in 0..10 {
+            waits.advance();
+        }
+        assert!(within(waits.current(), max), "{:?}", waits.current());
+        waits.reset();
+        assert!(within(waits.current(), first), "{:?}", waits.current());
     }
 }

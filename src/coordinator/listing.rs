@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backon::Retryable;
 use jiff::Timestamp;
 use tracing::{info, warn};
 
@@ -15,11 +16,13 @@ use sluice_core::api::ObjectRef;
 use super::Shared;
 use super::tasks::Listed;
 use crate::config::SourceConfig;
-use crate::s3;
+use crate::{retry, s3};
 
 /// How long the listing waits before looking again for room.
 const ROOM_POLL: Duration = Duration::from_millis(50);
-/// The longest pause between retries of a failing list request.
+/// The first and the longest pause between retries of a failing list
+/// request.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Lists until the first pass ends (without `pollInterval`) or forever.
@@ -71,36 +74,34 @@ async fn list_page(
     source: &SourceConfig,
     continuation: Option<String>,
 ) -> (Vec<Listed>, Option<String>) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let request = client
+    let request = || {
+        client
             .list_objects_v2()
             .bucket(&source.s3.bucket)
             .set_prefix(source.s3.prefix.clone())
-            .set_continuation_token(continuation.clone());
-        match request.send().await {
-            Ok(response) => {
-                let next = response
-                    .is_truncated()
-                    .unwrap_or(false)
-                    .then(|| response.next_continuation_token().map(str::to_owned))
-                    .flatten();
-                let page = response.contents.unwrap_or_default().into_iter();
-                return (page.filter_map(listed).collect(), next);
-            }
-            Err(err) => {
-                shared.metrics.list_errors.inc();
-                warn!(
-                    bucket = %source.s3.bucket,
-                    error = %s3::describe(&err),
-                    retry_in = ?backoff,
-                    "cannot list the source"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+            .set_continuation_token(continuation.clone())
+            .send()
+    };
+    let response = request
+        .retry(retry::backoff(FIRST_BACKOFF, MAX_BACKOFF))
+        .notify(|err, retry_in| {
+            shared.metrics.list_errors.inc();
+            warn!(
+                bucket = %source.s3.bucket,
+                error = %s3::describe(err),
+                ?retry_in,
+                "cannot list the source"
+            );
+        })
+        .await
+        .expect("an unlimited backoff ends only in success");
+    let next = response
+        .is_truncated()
+        .unwrap_or(false)
+        .then(|| response.next_continuation_token().map(str::to_owned))
+        .flatten();
+    let page = response.contents.unwrap_or_default().into_iter();
+    (page.filter_map(listed).collect(), next)
 }
 
 /// An object to ingest, or `None` for a "directory" marker.

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backon::Retryable;
 use jiff::Timestamp;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -32,6 +33,7 @@ use sluice_core::id::TaskId;
 use sluice_core::sync::lock;
 
 use crate::config::{PodArgs, RuntimeConfig, Store};
+use crate::retry::{self, Waits};
 use crate::s3;
 use crate::telemetry::{self, Readiness};
 use decode::{DecodeError, Limits, Origin};
@@ -68,14 +70,24 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
-/// The longest wait between lease requests when there is no work.
+/// The first and the longest wait between lease requests when there is no
+/// work (each with jitter).
+const MIN_IDLE: Duration = Duration::from_millis(50);
 const MAX_IDLE: Duration = Duration::from_secs(2);
 /// Requests to the coordinator give up after this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a task was given back because S3 was unavailable, the worker
-/// leases nothing for this long, doubling while it stays unavailable.
+/// leases nothing for this long, doubling while it stays unavailable (each
+/// with jitter).
 const MIN_UNAVAILABLE_PAUSE: Duration = Duration::from_millis(500);
 const MAX_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(15);
+/// A report of a task's outcome is retried this many times while the
+/// coordinator is away, 0.2 s after the first failure, doubling up to 5 s
+/// (about 25 s in all, with jitter up to twice that): long enough for a
+/// coordinator restart, and the lease expires anyway.
+const REPORT_RETRIES: usize = 7;
+const REPORT_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_REPORT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A task being executed: its progress and how to stop it.
 struct Active {
@@ -182,9 +194,11 @@ impl Worker {
     /// Leases and executes tasks until SIGTERM, then drains.
     async fn work(self: &Arc<Self>, concurrency: u32, grace: Duration) {
         let mut running = JoinSet::new();
-        let mut idle = Duration::from_millis(50);
+        // With jitter, so workers that found no work together (or could not
+        // reach a restarting coordinator) do not ask again in lockstep.
+        let mut idle = Waits::new(MIN_IDLE, MAX_IDLE);
         // While S3 is unavailable, leasing only hands tasks back and forth.
-        let mut pause = Duration::ZERO;
+        let mut unavailable = Waits::new(MIN_UNAVAILABLE_PAUSE, MAX_UNAVAILABLE_PAUSE);
         let mut resume = tokio::time::Instant::now();
         let mut stop = std::pin::pin!(telemetry::terminated());
         loop {
@@ -193,7 +207,7 @@ impl Worker {
             if free > 0 && !paused {
                 match self.lease(free).await {
                     Ok(tasks) if !tasks.is_empty() => {
-                        idle = Duration::from_millis(50);
+                        idle.reset();
                         for task in tasks {
                             running.spawn(self.clone().execute(task));
                         }
@@ -206,14 +220,14 @@ impl Worker {
             tokio::select! {
                 Some(ended) = running.join_next(), if !running.is_empty() => match ended {
                     Ok(Ended::Unavailable) => {
-                        pause = (pause * 2).clamp(MIN_UNAVAILABLE_PAUSE, MAX_UNAVAILABLE_PAUSE);
-                        resume = tokio::time::Instant::now() + pause;
+                        resume = tokio::time::Instant::now() + unavailable.current();
+                        unavailable.advance();
                     }
-                    Ok(Ended::Finished) => pause = Duration::ZERO,
+                    Ok(Ended::Finished) => unavailable.reset(),
                     Err(_) => {}
                 },
                 () = tokio::time::sleep_until(resume), if free > 0 && paused => {}
-                () = tokio::time::sleep(idle), if free > 0 && !paused => idle = (idle * 2).min(MAX_IDLE),
+                () = tokio::time::sleep(idle.current()), if free > 0 && !paused => idle.advance(),
                 () = &mut stop => break,
             }
         }
@@ -329,14 +343,14 @@ impl Worker {
             },
             // Not the task's fault: it must not use up its attempts and end
             // failed for good while S3 restarts or is overloaded.
-            Err(failed) if failed.unavailable => {
-                warn!(task = %task.id, error = %failed.error, "S3 is unavailable; giving the task back");
+            Err(Failed::Unavailable(error)) => {
+                warn!(task = %task.id, %error, "S3 is unavailable; giving the task back");
                 self.report(
                     &format!("/v1/tasks/{}/fail", task.id),
                     &Failure {
                         worker: self.name.clone(),
                         attempt: task.attempt,
-                        error: failed.error,
+                        error,
                         key: None,
                         released: true,
                     },
@@ -344,17 +358,8 @@ impl Worker {
                 .await;
                 return Ended::Unavailable;
             }
-            Err(failed) => {
-                self.metrics.failed.inc();
-                warn!(task = %task.id, error = %failed.error, "task failed");
-                Failure {
-                    worker: self.name.clone(),
-                    attempt: task.attempt,
-                    error: failed.error,
-                    key: failed.key,
-                    released: false,
-                }
-            }
+            Err(Failed::Object { key, error }) => self.failure(&task, error, Some(key)),
+            Err(Failed::Attempt(error)) => self.failure(&task, error, None),
         };
         self.report(&format!("/v1/tasks/{}/fail", task.id), &failure)
             .await;
@@ -368,7 +373,7 @@ impl Worker {
         records: &Arc<AtomicU64>,
         bytes: &Arc<AtomicU64>,
         cancel: &CancellationToken,
-    ) -> Result<Completion, TaskFailure> {
+    ) -> Result<Completion, Failed> {
         let ingested = Timestamp::now().to_string();
         let (mut encoder, parts) = output::encoder();
         let upload = {
@@ -389,22 +394,24 @@ impl Worker {
                 .send()
                 .await
                 .map_err(|err| {
-                    let gone = matches!(s3::status(&err), Some(404 | 412));
-                    TaskFailure {
-                        unavailable: s3::unavailable(&err),
-                        error: if gone {
-                            format!(
+                    if matches!(s3::status(&err), Some(404 | 412)) {
+                        return Failed::Object {
+                            key: object.key.clone(),
+                            error: format!(
                                 "s3 object {:?} was changed or deleted after it was listed",
                                 object.key
-                            )
-                        } else {
-                            format!(
-                                "cannot read s3 object {:?}: {}",
-                                object.key,
-                                s3::describe(&err)
-                            )
-                        },
-                        key: gone.then(|| object.key.clone()),
+                            ),
+                        };
+                    }
+                    let error = format!(
+                        "cannot read s3 object {:?}: {}",
+                        object.key,
+                        s3::describe(&err)
+                    );
+                    if s3::unavailable(&err) {
+                        Failed::Unavailable(error)
+                    } else {
+                        Failed::Attempt(error)
                     }
                 })?;
             let reader = Counted {
@@ -443,9 +450,7 @@ impl Worker {
                 (encoder, decoded)
             })
             .await
-            .map_err(|err| {
-                TaskFailure::other(format!("decoding {:?} stopped: {err}", object.key))
-            })?;
+            .map_err(|err| Failed::Attempt(format!("decoding {:?} stopped: {err}", object.key)))?;
             encoder = returned;
             match decoded {
                 Ok(decoded) => {
@@ -457,9 +462,9 @@ impl Worker {
                     let uploaded = upload.await;
                     // Writing failed because the upload did: it says why.
                     if let (DecodeError::Write(_), Ok(Err(upload))) = (&err, uploaded) {
-                        return Err(TaskFailure::from(upload));
+                        return Err(Failed::from(upload));
                     }
-                    return Err(TaskFailure::from(err));
+                    return Err(Failed::from(err));
                 }
             }
         }
@@ -467,18 +472,18 @@ impl Worker {
             encoder
                 .get_mut()
                 .end_empty()
-                .map_err(|err| TaskFailure::other(format!("finishing the output: {err}")))?;
+                .map_err(|err| Failed::Attempt(format!("finishing the output: {err}")))?;
             0
         } else {
             tokio::task::spawn_blocking(move || encoder.finish().and_then(|parts| parts.finish()))
                 .await
-                .map_err(|err| TaskFailure::other(format!("finishing the output: {err}")))?
-                .map_err(|err| TaskFailure::other(format!("finishing the output: {err}")))?
+                .map_err(|err| Failed::Attempt(format!("finishing the output: {err}")))?
+                .map_err(|err| Failed::Attempt(format!("finishing the output: {err}")))?
         };
         let wrote = upload
             .await
-            .map_err(|err| TaskFailure::other(format!("the upload stopped: {err}")))?
-            .map_err(TaskFailure::from)?;
+            .map_err(|err| Failed::Attempt(format!("the upload stopped: {err}")))?
+            .map_err(Failed::from)?;
         Ok(Completion {
             worker: self.name.clone(),
             attempt: task.attempt,
@@ -496,22 +501,50 @@ impl Worker {
     /// Sends a task's outcome, retrying while the coordinator is away. A
     /// refusal (4xx) is final: the lease went elsewhere.
     async fn report<B: Serialize>(&self, path: &str, body: &B) {
-        let mut backoff = Duration::from_millis(200);
-        for _ in 0..8 {
-            match self.post_raw(path, body).await {
-                Ok(response) if response.status().is_success() => return,
-                Ok(response) if response.status().is_client_error() => {
-                    let text = response.text().await.unwrap_or_default();
-                    warn!(%path, status = %text, "the coordinator refused the report");
-                    return;
-                }
-                Ok(response) => {
-                    warn!(%path, status = %response.status(), "cannot report; retrying")
-                }
-                Err(err) => warn!(%path, error = %err, "cannot report; retrying"),
+        let send = || async {
+            let response = self
+                .post_raw(path, body)
+                .await
+                .map_err(|err| err.to_string())?;
+            let status = response.status();
+            if status.is_success() || status.is_client_error() {
+                Ok(response)
+            } else {
+                Err(status.to_string())
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
+        let backoff =
+            retry::backoff(REPORT_BACKOFF, MAX_REPORT_BACKOFF).with_max_times(REPORT_RETRIES);
+        let sent = send
+            .retry(backoff)
+            .notify(
+                |err, retry_in| warn!(%path, error = %err, ?retry_in, "cannot report; retrying"),
+            )
+            .await;
+        match sent {
+            Ok(response) if response.status().is_client_error() => {
+                let text = response.text().await.unwrap_or_default();
+                warn!(%path, status = %text, "the coordinator refused the report");
+            }
+            Ok(_) => {}
+            Err(err) => warn!(
+                %path,
+                error = %err,
+                "cannot report; giving up (the lease expires and the task is done again)"
+            ),
+        }
+    }
+
+    /// A failed attempt of `task`, logged and counted, to report.
+    fn failure(&self, task: &LeasedTask, error: String, key: Option<String>) -> Failure {
+        self.metrics.failed.inc();
+        warn!(task = %task.id, %error, "task failed");
+        Failure {
+            worker: self.name.clone(),
+            attempt: task.attempt,
+            error,
+            key,
+            released: false,
         }
     }
 
@@ -556,47 +589,36 @@ enum Ended {
     Unavailable,
 }
 
-/// Why a task failed, and the object at fault when there is one.
-struct TaskFailure {
-    error: String,
-    key: Option<String>,
+/// Why a task failed; the kind says what the coordinator is asked to do.
+enum Failed {
     /// S3 was unavailable ([`s3::unavailable`]): the task is given back
     /// without using an attempt.
-    unavailable: bool,
+    Unavailable(String),
+    /// This object is at fault: it is split off into a task of its own.
+    Object { key: String, error: String },
+    /// Anything else: the attempt is used.
+    Attempt(String),
 }
 
-impl TaskFailure {
-    fn other(error: String) -> Self {
-        TaskFailure {
-            error,
-            key: None,
-            unavailable: false,
-        }
-    }
-}
-
-impl From<output::UploadError> for TaskFailure {
+impl From<output::UploadError> for Failed {
     fn from(err: output::UploadError) -> Self {
-        TaskFailure {
-            error: err.message,
-            key: None,
-            unavailable: err.unavailable,
+        match err {
+            output::UploadError::Unavailable(error) => Failed::Unavailable(error),
+            output::UploadError::Failed(error) => Failed::Attempt(error),
         }
     }
 }
 
-impl From<DecodeError> for TaskFailure {
+impl From<DecodeError> for Failed {
     fn from(err: DecodeError) -> Self {
-        let (key, unavailable) = match &err {
-            DecodeError::Data { key, .. } => (Some(key.clone()), false),
+        match &err {
+            DecodeError::Data { key, .. } => Failed::Object {
+                key: key.clone(),
+                error: err.to_string(),
+            },
             // The source's connection broke mid-object.
-            DecodeError::Read { .. } => (None, true),
-            DecodeError::Write(_) => (None, false),
-        };
-        TaskFailure {
-            error: err.to_string(),
-            key,
-            unavailable,
+            DecodeError::Read { .. } => Failed::Unavailable(err.to_string()),
+            DecodeError::Write(_) => Failed::Attempt(err.to_string()),
         }
     }
 }

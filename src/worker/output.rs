@@ -106,29 +106,40 @@ impl Write for Parts {
 }
 
 /// Why an output was not written.
-#[derive(Debug)]
-pub struct UploadError {
-    pub message: String,
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
     /// The sink was unavailable ([`s3::unavailable`]): trying again later
     /// may succeed.
-    pub unavailable: bool,
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl UploadError {
     fn stopped() -> Self {
-        UploadError {
-            message: "the task stopped".into(),
-            unavailable: false,
-        }
+        UploadError::Failed("the task stopped".into())
     }
 
     fn s3<E>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Self
     where
         E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
     {
-        UploadError {
-            message: s3::describe(err),
-            unavailable: s3::unavailable(err),
+        let message = s3::describe(err);
+        if s3::unavailable(err) {
+            UploadError::Unavailable(message)
+        } else {
+            UploadError::Failed(message)
+        }
+    }
+
+    /// The same error, saying which object was being written.
+    fn writing(self, bucket: &str, key: &str) -> Self {
+        let say = |message| format!("cannot write s3://{bucket}/{key}: {message}");
+        match self {
+            UploadError::Unavailable(message) => UploadError::Unavailable(say(message)),
+            UploadError::Failed(message) => UploadError::Failed(say(message)),
         }
     }
 }
@@ -143,10 +154,7 @@ pub async fn upload(
     key: &str,
     mut receiver: mpsc::Receiver<Chunk>,
 ) -> Result<bool, UploadError> {
-    let failed = |err: UploadError| UploadError {
-        message: format!("cannot write s3://{bucket}/{key}: {}", err.message),
-        ..err
-    };
+    let failed = |err: UploadError| err.writing(bucket, key);
     let first = match receiver.recv().await {
         Some(Chunk::Part(part)) => part,
         Some(Chunk::End) => return Ok(false),
@@ -278,9 +286,8 @@ mod tests {
         drop(failed);
         let stopped = upload(&offline, "sink", "out", parts).await.unwrap_err();
         assert!(
-            stopped.message.ends_with("the task stopped"),
-            "{}",
-            stopped.message
+            matches!(&stopped, UploadError::Failed(message) if message.ends_with("the task stopped")),
+            "{stopped}"
         );
     }
 }
