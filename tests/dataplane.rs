@@ -660,9 +660,7 @@ async fn an_archive_object_is_appended_to_without_losing_or_repeating_a_record()
             .send()
             .await
             .unwrap();
-        let records =
-            sluice_core::archive::decode(&body.body.collect().await.unwrap().into_bytes()).unwrap();
-        records
+        support::archive_records(&body.body.collect().await.unwrap().into_bytes())
             .into_iter()
             .map(|r| r.id.to_string())
             .collect::<Vec<_>>()

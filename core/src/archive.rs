@@ -364,25 +364,6 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(lines)
 }
 
-/// The bytes of an archive object: one JSON record per line, zstd-compressed.
-pub fn encode(records: &[TaskRecord]) -> Vec<u8> {
-    let mut lines = Vec::new();
-    encode_lines(records, &mut lines);
-    compress(&lines)
-}
-
-/// Reads an archive object back.
-pub fn decode(bytes: &[u8]) -> Result<Vec<TaskRecord>, String> {
-    let text = decompress(bytes)?;
-    text.split(|byte| *byte == b'\n')
-        .enumerate()
-        .filter(|(_, line)| !line.is_empty())
-        .map(|(index, line)| {
-            serde_json::from_slice(line).map_err(|err| format!("line {}: {err}", index + 1))
-        })
-        .collect()
-}
-
 /// The task ids in an archive object's NDJSON lines.
 pub fn ids(lines: &[u8]) -> std::collections::HashSet<TaskId> {
     #[derive(Deserialize)]
@@ -452,6 +433,25 @@ impl<'a> ObjectKey<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes of an archive object: one JSON record per line, zstd-compressed.
+    fn encode(records: &[TaskRecord]) -> Vec<u8> {
+        let mut lines = Vec::new();
+        encode_lines(records, &mut lines);
+        compress(&lines)
+    }
+
+    /// Reads an archive object back.
+    fn decode(bytes: &[u8]) -> Result<Vec<TaskRecord>, String> {
+        let text = decompress(bytes)?;
+        text.split(|byte| *byte == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .map(|(index, line)| {
+                serde_json::from_slice(line).map_err(|err| format!("line {}: {err}", index + 1))
+            })
+            .collect()
+    }
 
     #[test]
     fn a_day_partition_reads_back_as_the_start_of_its_day() {

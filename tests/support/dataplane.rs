@@ -386,7 +386,7 @@ impl Ingest {
             .objects(&self.config.archive.bucket, "sluice/tasks/")
             .await
         {
-            for record in sluice_core::archive::decode(&body).unwrap() {
+            for record in super::archive_records(&body) {
                 records.push((key.clone(), record));
             }
         }

@@ -18,6 +18,22 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use sluice_testenv::{Daemon, KubeEnv, MinioEnv, free_port, http_get};
 
+/// The task records an archive object holds, read the plain way (whole
+/// zstd stream, one JSON record per line), independently of `sluice
+/// history`'s reader.
+pub fn archive_records(object: &[u8]) -> Vec<sluice_core::archive::TaskRecord> {
+    let lines = zstd::decode_all(object).expect("an archive object is zstd");
+    lines
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+        .enumerate()
+        .map(|(index, line)| {
+            serde_json::from_slice(line)
+                .unwrap_or_else(|err| panic!("archive record {}: {err}", index + 1))
+        })
+        .collect()
+}
+
 /// The repository root, where `crds/` and `examples/` are.
 pub fn repo() -> &'static Path {
     sluice_testenv::repo()
