@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sluice::crd::{IngestSource, Phase};
@@ -317,6 +317,101 @@ async fn missing_credentials_degrade_until_the_secret_exists() {
             .filter(|(s, _, _)| s == "False")
     })
     .await;
+}
+
+/// A source never takes over an object of one of its children's names that
+/// it did not create (the operator's caches hold only its own objects, so
+/// such an object looks missing): the source is Degraded with NameConflict
+/// naming it, and the object keeps its contents and outlives the source.
+#[tokio::test]
+async fn objects_of_the_same_name_are_never_taken_over() {
+    let (client, ns) = setup("takeover").await;
+    create_credentials(&client, &ns).await;
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let theirs_config: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "app-config"},
+        "data": {"owner": "someone else"},
+    }))
+    .unwrap();
+    let theirs_token: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "other-token"},
+        "stringData": {"token": "theirs"},
+    }))
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &theirs_config)
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &theirs_token)
+        .await
+        .unwrap();
+    apply(&client, &ns, &orders("app")).await;
+    apply(&client, &ns, &orders("other")).await;
+
+    for (source, object) in [
+        ("app", "ConfigMap \"app-config\""),
+        ("other", "Secret \"other-token\""),
+    ] {
+        let (_, reason, message) = eventually("Degraded", SETTLE, || async {
+            condition(&client, &ns, source, "Degraded")
+                .await
+                .filter(|(s, _, _)| s == "True")
+        })
+        .await;
+        assert_eq!(reason, "NameConflict", "{source}: {message}");
+        assert!(message.contains(object), "{source}: {message}");
+        wait_for_phase(&client, &ns, source, Phase::Degraded).await;
+    }
+    let untouched = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references.is_none()
+            && meta.labels.is_none()
+            && meta
+                .managed_fields
+                .iter()
+                .flatten()
+                .all(|entry| entry.manager.as_deref() != Some("sluice-operator"))
+    };
+    let config = config_maps.get("app-config").await.unwrap();
+    assert!(untouched(&config.metadata), "{config:?}");
+    assert_eq!(config.data, theirs_config.data);
+    let token = secrets.get("other-token").await.unwrap();
+    assert!(untouched(&token.metadata), "{:?}", token.metadata);
+    assert_eq!(
+        token.data.unwrap()["token"].0,
+        b"theirs".to_vec(),
+        "the other Secret's token"
+    );
+
+    // Deleting the sources leaves them: the garbage collector has no owner
+    // to follow.
+    let sources = Api::<IngestSource>::namespaced(client.clone(), &ns);
+    for name in ["app", "other"] {
+        sources
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually("the sources' own children gone", SETTLE, || async {
+        let ours = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=sluice-operator"))
+            .await
+            .unwrap();
+        let gone = sources
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty();
+        (gone && ours.items.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        config_maps.get("app-config").await.unwrap().data,
+        theirs_config.data
+    );
+    assert!(secrets.get_opt("other-token").await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -309,6 +309,20 @@ fn meta(source: &IngestSource, name: &str, component: Option<Component>) -> Obje
     }
 }
 
+/// Whether `object` is a child of the IngestSource named `source`: its
+/// controller is that IngestSource (this one, or an earlier one of the same
+/// name whose children the garbage collector has not removed yet). The
+/// operator applies only over its own children, never over an object
+/// someone else made under one of their names.
+pub fn is_child_of(object: &ObjectMeta, source: &str) -> bool {
+    object.owner_references.iter().flatten().any(|owner| {
+        owner.controller == Some(true)
+            && owner.kind == IngestSource::kind(&())
+            && owner.api_version == IngestSource::api_version(&())
+            && owner.name == source
+    })
+}
+
 fn owner_reference(source: &IngestSource) -> OwnerReference {
     OwnerReference {
         api_version: IngestSource::api_version(&()).into_owned(),
@@ -553,6 +567,30 @@ mod tests {
             .spec
             .as_ref()
             .unwrap()
+    }
+
+    #[test]
+    fn only_the_sources_own_children_count_as_its_children() {
+        let source = orders();
+        let ours = build_for(&source).config.metadata;
+        assert!(is_child_of(&ours, "orders"));
+        assert!(!is_child_of(&ours, "refunds"));
+        // Someone else's object of the same name: no owner, another kind of
+        // owner, or an owner that is not its controller.
+        let mut theirs = ours.clone();
+        theirs.owner_references = None;
+        assert!(!is_child_of(&theirs, "orders"));
+        let mut owned_by_a_deployment = ours.clone();
+        owned_by_a_deployment.owner_references.as_mut().unwrap()[0].kind = "Deployment".into();
+        assert!(!is_child_of(&owned_by_a_deployment, "orders"));
+        let mut not_controlled = ours.clone();
+        not_controlled.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(!is_child_of(&not_controlled, "orders"));
+        // A child of an earlier IngestSource of the same name (another uid)
+        // is still the source's: the garbage collector has not got to it.
+        let mut earlier = ours;
+        earlier.owner_references.as_mut().unwrap()[0].uid = "an-earlier-uid".into();
+        assert!(is_child_of(&earlier, "orders"));
     }
 
     #[test]

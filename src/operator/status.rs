@@ -91,6 +91,9 @@ pub enum Problem {
     InvalidSpec(String),
     /// A credentials Secret the spec names does not exist.
     CredentialsSecretNotFound { secret: String, field: &'static str },
+    /// An object of one of the source's children's names exists and is not
+    /// its child (someone else's): sluice leaves it alone.
+    NameConflict { kind: String, name: String },
 }
 
 impl Problem {
@@ -98,6 +101,7 @@ impl Problem {
         match self {
             Problem::InvalidSpec(_) => "InvalidSpec",
             Problem::CredentialsSecretNotFound { .. } => "CredentialsSecretNotFound",
+            Problem::NameConflict { .. } => "NameConflict",
         }
     }
 
@@ -107,6 +111,11 @@ impl Problem {
             Problem::CredentialsSecretNotFound { secret, field } => format!(
                 "Secret {secret:?} named in {field}.credentialsSecretRef does not exist; \
                  create it with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ),
+            Problem::NameConflict { kind, name } => format!(
+                "{kind} {name:?} already exists and was not made by this IngestSource; \
+                 sluice does not take over objects it did not create: delete or rename \
+                 that {kind}, or give the IngestSource another name"
             ),
         }
     }
@@ -669,6 +678,33 @@ mod tests {
                 .contains("spec.source.s3.credentialsSecretRef")
         );
         assert_eq!(find(&status, READY).reason, "CredentialsSecretNotFound");
+    }
+
+    #[test]
+    fn a_name_conflict_is_degraded_and_names_the_object_and_the_way_out() {
+        let observed = Observed {
+            problem: Some(Problem::NameConflict {
+                kind: "ConfigMap".into(),
+                name: "orders-config".into(),
+            }),
+            ..Observed::default()
+        };
+        let status = status_at(&source(), &observed, 100);
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        let degraded = find(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "NameConflict")
+        );
+        assert!(
+            degraded
+                .message
+                .starts_with("ConfigMap \"orders-config\" already exists and was not made by")
+                && degraded.message.contains("delete or rename that ConfigMap"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(find(&status, READY).reason, "NameConflict");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -39,6 +39,7 @@ impl Context {
     pub(super) async fn apply_children(
         &self,
         namespace: &str,
+        source: &str,
         desired: &Children,
         observed: &mut Observed,
     ) -> Result<Vec<String>, Error> {
@@ -47,17 +48,28 @@ impl Context {
             self.ensure(
                 &stores.service_accounts,
                 namespace,
+                source,
                 &desired.coordinator_account
             ),
-            self.ensure(&stores.service_accounts, namespace, &desired.worker_account),
-            self.ensure(&stores.roles, namespace, &desired.role),
-            self.ensure(&stores.config_maps, namespace, &desired.config),
-            self.ensure(&stores.services, namespace, &desired.service),
+            self.ensure(
+                &stores.service_accounts,
+                namespace,
+                source,
+                &desired.worker_account
+            ),
+            self.ensure(&stores.roles, namespace, source, &desired.role),
+            self.ensure(&stores.config_maps, namespace, source, &desired.config),
+            self.ensure(&stores.services, namespace, source, &desired.service),
         )?;
         let (role_binding, coordinator, workers) = tokio::try_join!(
-            self.ensure(&stores.role_bindings, namespace, &desired.role_binding),
-            self.ensure(&stores.deployments, namespace, &desired.coordinator),
-            self.ensure(&stores.deployments, namespace, &desired.workers),
+            self.ensure(
+                &stores.role_bindings,
+                namespace,
+                source,
+                &desired.role_binding
+            ),
+            self.ensure(&stores.deployments, namespace, source, &desired.coordinator),
+            self.ensure(&stores.deployments, namespace, source, &desired.workers),
         )?;
         observed.coordinator = Some(Rollout::of(&coordinator.object));
         observed.workers = Some(Rollout::of(&workers.object));
@@ -76,13 +88,16 @@ impl Context {
         .collect())
     }
 
-    /// Makes `desired` true of the cluster: nothing when the cached object
-    /// already says it (so a no-op reconcile writes nothing), else
-    /// server-side apply. Returns the object as it now is.
+    /// Makes `desired`, a child of the IngestSource `source`, true of the
+    /// cluster: nothing when the cached object already says it (so a no-op
+    /// reconcile writes nothing), else server-side apply. Returns the object
+    /// as it now is. An object of that name that is not the source's child
+    /// is left alone: [`Error::NameConflict`].
     pub(super) async fn ensure<K>(
         &self,
         store: &Store<K>,
         namespace: &str,
+        source: &str,
         desired: &K,
     ) -> Result<Ensured<K>, Error>
     where
@@ -100,9 +115,24 @@ impl Context {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(APPLIED_ANNOTATION.into(), digest.clone());
+        let conflict = || Error::NameConflict {
+            kind: K::kind(&()).into_owned(),
+            name: name.clone(),
+        };
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         let cached = store.get(&ObjectRef::new(&name).within(namespace));
         let why = match &cached {
-            None => "missing",
+            Some(live) if !children::is_child_of(live.meta(), source) => return Err(conflict()),
+            None => {
+                // The cache holds only objects labelled as the operator's:
+                // one of this name may exist without the label.
+                match existing(&api, &name).await? {
+                    Some(other) if !children::is_child_of(&other, source) => {
+                        return Err(conflict());
+                    }
+                    _ => "missing",
+                }
+            }
             Some(live) if live.annotations().get(APPLIED_ANNOTATION) != Some(&digest) => {
                 "spec changed"
             }
@@ -115,7 +145,6 @@ impl Context {
             }
         };
         tracing::debug!(kind = %K::kind(&()), name, why, cached = store.state().len(), "applying");
-        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         let applied = api
             .patch(
                 &name,
@@ -136,6 +165,18 @@ impl Context {
             created,
         })
     }
+}
+
+/// The metadata of the object `name`, if it exists: read with `list` and a
+/// field selector, which the operator holds for its caches, rather than
+/// `get`, which it would need for nothing else.
+pub(super) async fn existing<K>(api: &Api<K>, name: &str) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let selected = ListParams::default().fields(&format!("metadata.name={name}"));
+    let found = api.list_metadata(&selected).await?;
+    Ok(found.items.into_iter().next().map(|object| object.metadata))
 }
 
 fn to_value(object: &impl Serialize) -> Value {

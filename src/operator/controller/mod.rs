@@ -106,6 +106,9 @@ struct Stores {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// An object of a child's name exists and is not the source's child.
+    #[error("{kind} {name:?} exists and is not the IngestSource's")]
+    NameConflict { kind: String, name: String },
 }
 
 impl Error {
@@ -115,6 +118,7 @@ impl Error {
             Error::Kube(kube::Error::Api(status)) if status.is_conflict() => "conflict",
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
+            Error::NameConflict { .. } => "name_conflict",
         }
     }
 }

@@ -25,6 +25,10 @@ use super::{Context, Error, MANAGER};
 /// Every reconcile is repeated this often even without a change, to repair
 /// drift the watches could not see.
 const RESYNC: Duration = Duration::from_secs(300);
+/// A source held up by a name conflict is looked at again this often: the
+/// operator does not watch objects it did not make, so it would not see the
+/// other object go.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 
 pub(super) async fn reconcile_source(
     source: &IngestSource,
@@ -44,63 +48,19 @@ pub(super) async fn reconcile_source(
     match RuntimeConfig::from_source(source) {
         Err(invalid) => observed.problem = Some(Problem::InvalidSpec(invalid.to_string())),
         Ok(config) => {
-            let token = context.token(source, &names, &namespace).await?;
-            let workers_before = context
-                .stores
-                .deployments
-                .get(&ObjectRef::new(&names.worker).within(&namespace))
-                .and_then(|live| live.spec.as_ref()?.replicas);
-            let scaling = context.autoscale(source, workers_before, now);
-            observed.autoscaled = scaling.as_ref().map(|s| s.replicas);
-            next_drop = scaling.as_ref().and_then(|s| s.next_drop);
-            let worker_replicas = observed.autoscaled.unwrap_or(source.spec.workers.replicas);
-            let desired = children::build(
-                source,
-                &config,
-                &token,
-                &context.options.defaults,
-                worker_replicas,
-            );
-            let created = context
-                .apply_children(&namespace, &desired, &mut observed)
-                .await?;
-            if !created.is_empty() {
-                context
-                    .notify(
-                        source,
-                        EventType::Normal,
-                        "Created",
-                        format!("created {}", created.join(", ")),
-                    )
-                    .await;
+            let applied = context
+                .apply_source(source, &config, &names, &namespace, now, &mut observed)
+                .await;
+            match applied {
+                Ok(drop) => {
+                    next_drop = drop;
+                    observed.problem = context.missing_credentials(source, &namespace);
+                }
+                Err(Error::NameConflict { kind, name }) => {
+                    observed.problem = Some(Problem::NameConflict { kind, name });
+                }
+                Err(err) => return Err(err),
             }
-            let workers_now = desired.workers.spec.as_ref().and_then(|spec| spec.replicas);
-            // Not when suspending or resuming (Suspended and Resumed say so);
-            // an autoscaled pool may grow from zero on its own.
-            let resuming = source.status.as_ref().and_then(|s| s.phase) == Some(Phase::Suspended)
-                || (workers_before == Some(0) && scaling.is_none());
-            if let (Some(before), Some(now)) = (workers_before, workers_now)
-                && before != now
-                && !source.spec.suspend
-                && !resuming
-            {
-                let why = scaling
-                    .as_ref()
-                    .map(|s| format!(": {}", s.reason))
-                    .unwrap_or_default();
-                context
-                    .notify(
-                        source,
-                        EventType::Normal,
-                        "Scaled",
-                        format!(
-                            "scaled {} from {before} to {now} workers{why}",
-                            names.worker
-                        ),
-                    )
-                    .await;
-            }
-            observed.problem = context.missing_credentials(source, &namespace);
         }
     }
 
@@ -121,6 +81,9 @@ pub(super) async fn reconcile_source(
     }
     Ok(match new.phase {
         Some(Phase::Failed) => Action::await_change(),
+        _ if matches!(observed.problem, Some(Problem::NameConflict { .. })) => {
+            Action::requeue(CONFLICT_RECHECK)
+        }
         _ => Action::requeue(requeue_after(
             [computed.recheck_at, next_drop].into_iter().flatten().min(),
             now,
@@ -148,6 +111,76 @@ pub(super) struct Scaling {
 }
 
 impl Context {
+    /// Renders the source's children and applies them, with the events
+    /// that say what changed. Returns when autoscale shrinks the pool next.
+    async fn apply_source(
+        &self,
+        source: &IngestSource,
+        config: &RuntimeConfig,
+        names: &Names,
+        namespace: &str,
+        now: jiff::Timestamp,
+        observed: &mut Observed,
+    ) -> Result<Option<jiff::Timestamp>, Error> {
+        let context = self;
+        let token = context.token(source, &names, &namespace).await?;
+        let workers_before = context
+            .stores
+            .deployments
+            .get(&ObjectRef::new(&names.worker).within(&namespace))
+            .and_then(|live| live.spec.as_ref()?.replicas);
+        let scaling = context.autoscale(source, workers_before, now);
+        observed.autoscaled = scaling.as_ref().map(|s| s.replicas);
+        let next_drop = scaling.as_ref().and_then(|s| s.next_drop);
+        let worker_replicas = observed.autoscaled.unwrap_or(source.spec.workers.replicas);
+        let desired = children::build(
+            source,
+            &config,
+            &token,
+            &context.options.defaults,
+            worker_replicas,
+        );
+        let created = context
+            .apply_children(namespace, &source.name_any(), &desired, observed)
+            .await?;
+        if !created.is_empty() {
+            context
+                .notify(
+                    source,
+                    EventType::Normal,
+                    "Created",
+                    format!("created {}", created.join(", ")),
+                )
+                .await;
+        }
+        let workers_now = desired.workers.spec.as_ref().and_then(|spec| spec.replicas);
+        // Not when suspending or resuming (Suspended and Resumed say so);
+        // an autoscaled pool may grow from zero on its own.
+        let resuming = source.status.as_ref().and_then(|s| s.phase) == Some(Phase::Suspended)
+            || (workers_before == Some(0) && scaling.is_none());
+        if let (Some(before), Some(now)) = (workers_before, workers_now)
+            && before != now
+            && !source.spec.suspend
+            && !resuming
+        {
+            let why = scaling
+                .as_ref()
+                .map(|s| format!(": {}", s.reason))
+                .unwrap_or_default();
+            context
+                .notify(
+                    source,
+                    EventType::Normal,
+                    "Scaled",
+                    format!(
+                        "scaled {} from {before} to {now} workers{why}",
+                        names.worker
+                    ),
+                )
+                .await;
+        }
+        Ok(next_drop)
+    }
     /// The worker count for an autoscaled `source` (None when it is not
     /// autoscaled or is suspended), recording the recommendation in its
     /// history. `live` is the worker Deployment's replicas.

@@ -1,12 +1,14 @@
 //! The coordinator's API token: a Secret the operator creates once.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 
 use crate::crd::{IngestSource, Names};
 use crate::operator::children::{self, TOKEN_KEY};
 
+use super::apply::existing;
 use super::{Context, Error, MANAGER};
 
 impl Context {
@@ -21,8 +23,18 @@ impl Context {
             .stores
             .tokens
             .get(&ObjectRef::new(&names.token).within(namespace));
-        if let Some(token) = cached.as_deref().and_then(token_of) {
-            return Ok(token);
+        let source_name = source.name_any();
+        let conflict = || Error::NameConflict {
+            kind: "Secret".into(),
+            name: names.token.clone(),
+        };
+        if let Some(cached) = cached.as_deref() {
+            if !children::is_child_of(&cached.metadata, &source_name) {
+                return Err(conflict());
+            }
+            if let Some(token) = token_of(cached) {
+                return Ok(token);
+            }
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let fresh = children::token_secret(source, &children::new_token());
@@ -31,9 +43,15 @@ impl Context {
                 self.metrics.wrote("Secret");
                 Ok(token_of(&created).unwrap_or_default())
             }
-            // Created a moment ago and not cached yet, or made by hand:
-            // keep what is there.
+            // Created a moment ago and not cached yet: keep what is there.
+            // Someone else's Secret of that name is left alone.
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                let ours = existing(&api, &names.token)
+                    .await?
+                    .is_some_and(|meta| children::is_child_of(&meta, &source_name));
+                if !ours {
+                    return Err(conflict());
+                }
                 let existing = api.get(&names.token).await?;
                 match token_of(&existing) {
                     Some(token) => Ok(token),
