@@ -122,36 +122,34 @@ impl Context {
         now: jiff::Timestamp,
         observed: &mut Observed,
     ) -> Result<Option<jiff::Timestamp>, Error> {
-        let context = self;
-        let token = context.token(source, &names, &namespace).await?;
-        let workers_before = context
+        let token = self.token(source, names, namespace).await?;
+        let workers_before = self
             .stores
             .deployments
-            .get(&ObjectRef::new(&names.worker).within(&namespace))
+            .get(&ObjectRef::new(&names.worker).within(namespace))
             .and_then(|live| live.spec.as_ref()?.replicas);
-        let scaling = context.autoscale(source, workers_before, now);
+        let scaling = self.autoscale(source, workers_before, now);
         observed.autoscaled = scaling.as_ref().map(|s| s.replicas);
         let next_drop = scaling.as_ref().and_then(|s| s.next_drop);
         let worker_replicas = observed.autoscaled.unwrap_or(source.spec.workers.replicas);
         let desired = children::build(
             source,
-            &config,
+            config,
             &token,
-            &context.options.defaults,
+            &self.options.defaults,
             worker_replicas,
         );
-        let created = context
+        let created = self
             .apply_children(namespace, &source.name_any(), &desired, observed)
             .await?;
         if !created.is_empty() {
-            context
-                .notify(
-                    source,
-                    EventType::Normal,
-                    "Created",
-                    format!("created {}", created.join(", ")),
-                )
-                .await;
+            self.notify(
+                source,
+                EventType::Normal,
+                "Created",
+                format!("created {}", created.join(", ")),
+            )
+            .await;
         }
         let workers_now = desired.workers.spec.as_ref().and_then(|spec| spec.replicas);
         // Not when suspending or resuming (Suspended and Resumed say so);
@@ -167,17 +165,16 @@ impl Context {
                 .as_ref()
                 .map(|s| format!(": {}", s.reason))
                 .unwrap_or_default();
-            context
-                .notify(
-                    source,
-                    EventType::Normal,
-                    "Scaled",
-                    format!(
-                        "scaled {} from {before} to {now} workers{why}",
-                        names.worker
-                    ),
-                )
-                .await;
+            self.notify(
+                source,
+                EventType::Normal,
+                "Scaled",
+                format!(
+                    "scaled {} from {before} to {now} workers{why}",
+                    names.worker
+                ),
+            )
+            .await;
         }
         Ok(next_drop)
     }
