@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,7 +22,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -895,7 +895,8 @@ impl Drop for ChartOperator {
 }
 
 /// Everything the operator makes of `orders` and a second source `legacy`
-/// whose token Secret existed (empty) before it, and that it says so, with
+/// whose token someone removed (the operator wrote a new one), and that it
+/// says so, with
 /// the given `identity` holding the Lease in `lease_namespace`.
 async fn everything_done(
     client: &Client,
@@ -937,40 +938,61 @@ async fn everything_done(
     (http_get(operator.admin_port, "/readyz")?.0 == 200).then_some(())
 }
 
-/// Applies `orders` and `legacy` (with its empty token Secret made by hand
-/// beforehand) and the credentials they name.
+/// Applies `orders` and `legacy` and the credentials they name.
 async fn apply_sources(client: &Client, namespace: &str) {
     create_credentials(client, namespace).await;
-    let empty: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "legacy-token"}})).unwrap();
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &empty)
-        .await
-        .unwrap();
     apply(client, namespace, &orders("orders")).await;
     apply(client, namespace, &orders("legacy")).await;
 }
 
-/// Deletes `orders-config` each time it exists, twice, so that the
-/// operator creates it again twice and repeats the same "Created" event
-/// (the first creation's event names every child).
-async fn delete_config_twice(client: &Client, namespace: &str, deleted: &AtomicU32) {
-    if deleted.load(Ordering::Relaxed) >= 2 {
-        return;
-    }
-    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-    if config_maps
-        .get_opt("orders-config")
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-        && config_maps
-            .delete("orders-config", &DeleteParams::default())
-            .await
-            .is_ok()
-    {
-        deleted.fetch_add(1, Ordering::Relaxed);
+/// What a person does by hand to the operator's children while it works,
+/// and how far they got.
+#[derive(Default)]
+struct Meddling {
+    configs_deleted: AtomicU32,
+    token_emptied: AtomicBool,
+}
+
+impl Meddling {
+    /// Deletes `orders-config` each time it exists, twice, so that the
+    /// operator creates it again twice and repeats the same "Created" event
+    /// (the first creation's event names every child); and removes the token
+    /// from `legacy-token` once, so that the operator writes a new one.
+    /// Returns once all of it is done.
+    async fn step(&self, client: &Client, namespace: &str) -> Option<()> {
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+        if self.configs_deleted.load(Ordering::Relaxed) < 2
+            && config_maps
+                .get_opt("orders-config")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            && config_maps
+                .delete("orders-config", &DeleteParams::default())
+                .await
+                .is_ok()
+        {
+            self.configs_deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+        if !self.token_emptied.load(Ordering::Relaxed)
+            && get::<Secret>(client, namespace, "legacy-token")
+                .await
+                .and_then(|secret| secret.data?.get("token").cloned())
+                .is_some()
+            && secrets
+                .patch(
+                    "legacy-token",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": null})),
+                )
+                .await
+                .is_ok()
+        {
+            self.token_emptied.store(true, Ordering::Relaxed);
+        }
+        self.token_emptied.load(Ordering::Relaxed).then_some(())
     }
 }
 
@@ -992,12 +1014,12 @@ async fn the_operator_does_everything_with_the_token_of_the_charts_service_accou
     .unwrap();
     let token = token(&client, &release.namespace, "sluice").await;
     let operator = ChartOperator::start(&deployment, &token);
-    let deleted = AtomicU32::new(0);
+    let meddling = Meddling::default();
     eventually(
         "every child, the status, a repeated event, the Lease and /readyz",
         SETTLE,
         || async {
-            delete_config_twice(&client, &namespace, &deleted).await;
+            meddling.step(&client, &namespace).await?;
             everything_done(&client, &namespace, &operator, &release.namespace).await
         },
     )
@@ -1289,9 +1311,9 @@ async fn every_verb_the_chart_grants_is_needed() {
 
     // With all of them, everything works.
     let rig = Rig::start("rbac-all", None, false).await;
-    let deleted = AtomicU32::new(0);
+    let meddling = Meddling::default();
     let all = eventually("everything done with the chart's rules", SETTLE, || async {
-        delete_config_twice(&client, &rig.namespace, &deleted).await;
+        meddling.step(&client, &rig.namespace).await?;
         everything_done(&client, &rig.namespace, &rig.operator, &rig.namespace).await
     });
     all.await;
@@ -1312,7 +1334,7 @@ async fn every_verb_the_chart_grants_is_needed() {
             let client = client.clone();
             async move {
                 let rig = Rig::start("rbac-less", Some(grant.clone()), false).await;
-                let deleted = AtomicU32::new(0);
+                let meddling = Meddling::default();
                 let deadline = tokio::time::Instant::now() + SETTLE;
                 let outcome = loop {
                     let log = rig.operator.log();
@@ -1324,7 +1346,7 @@ async fn every_verb_the_chart_grants_is_needed() {
                             "nothing was refused in {SETTLE:?}: the chart grants more than the operator uses\n{log}"
                         ));
                     }
-                    delete_config_twice(&client, &rig.namespace, &deleted).await;
+                    meddling.step(&client, &rig.namespace).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };
                 (grant, outcome)

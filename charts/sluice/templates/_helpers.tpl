@@ -66,12 +66,13 @@ hold these rules. tests/chart.rs drops each verb in turn and shows what breaks.
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch"]
 # Secrets: watched (the token Secrets, and whether the credentials Secrets
-# an IngestSource names exist); a token Secret is created once; get and
-# patch only when a token Secret already exists (made by hand) without a
-# token.
+# an IngestSource names exist); a token Secret is created once, and patched
+# only when someone removed its token. Never get: the token comes from the
+# cache, and a Secret of a token's name that the source did not make is
+# left alone (NameConflict).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["list", "watch", "create", "get", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 # Events on IngestSources; a repeated one is patched (its series count).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -109,6 +109,9 @@ pub enum Error {
     /// An object of a child's name exists and is not the source's child.
     #[error("{kind} {name:?} exists and is not the IngestSource's")]
     NameConflict { kind: String, name: String },
+    /// A child the operator made a moment ago is not in its cache yet.
+    #[error("{kind} {name:?} exists but is not in the operator's cache yet")]
+    NotCached { kind: String, name: String },
 }
 
 impl Error {
@@ -119,6 +122,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
             Error::NameConflict { .. } => "name_conflict",
+            Error::NotCached { .. } => "not_cached",
         }
     }
 }

@@ -12,7 +12,9 @@ use super::apply::existing;
 use super::{Context, Error, MANAGER};
 
 impl Context {
-    /// The token from the token Secret, creating the Secret the first time.
+    /// The token from the token Secret, creating the Secret the first time
+    /// and a new token when someone removed it. The token comes from the
+    /// cache or from the operator's own write: it never gets a Secret.
     pub(super) async fn token(
         &self,
         source: &IngestSource,
@@ -38,35 +40,37 @@ impl Context {
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let fresh = children::token_secret(source, &children::new_token());
+        if cached.is_some() {
+            // Ours, and its token removed by hand: a new one.
+            let repaired = api
+                .patch(
+                    &names.token,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&fresh),
+                )
+                .await?;
+            self.metrics.wrote("Secret");
+            return Ok(token_of(&repaired).unwrap_or_default());
+        }
         match api.create(&PostParams::default(), &fresh).await {
             Ok(created) => {
                 self.metrics.wrote("Secret");
                 Ok(token_of(&created).unwrap_or_default())
             }
-            // Created a moment ago and not cached yet: keep what is there.
-            // Someone else's Secret of that name is left alone.
+            // Ours, created a moment ago and not cached yet (the next
+            // reconcile finds it there), or someone else's, left alone.
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
                 let ours = existing(&api, &names.token)
                     .await?
                     .is_some_and(|meta| children::is_child_of(&meta, &source_name));
-                if !ours {
-                    return Err(conflict());
-                }
-                let existing = api.get(&names.token).await?;
-                match token_of(&existing) {
-                    Some(token) => Ok(token),
-                    None => {
-                        let repaired = api
-                            .patch(
-                                &names.token,
-                                &PatchParams::apply(MANAGER).force(),
-                                &Patch::Apply(&fresh),
-                            )
-                            .await?;
-                        self.metrics.wrote("Secret");
-                        Ok(token_of(&repaired).unwrap_or_default())
+                Err(if ours {
+                    Error::NotCached {
+                        kind: "Secret".into(),
+                        name: names.token.clone(),
                     }
-                }
+                } else {
+                    conflict()
+                })
             }
             Err(err) => Err(err.into()),
         }
