@@ -644,6 +644,82 @@ async fn a_damaged_object_is_named_and_the_rest_still_print() {
     );
 }
 
+/// Crafted archive objects cannot crash or exhaust `sluice history`: an
+/// index whose frame lengths wrap around is ignored (the object is read
+/// whole, and its records still print), and an object that decompresses to
+/// far more than sluice ever writes is named and skipped.
+#[tokio::test]
+async fn crafted_objects_are_read_safely_or_named() {
+    let archive = generate(&[("acme", "orders", "shop", "orders")], 6).await;
+    let hour =
+        sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
+    let key = |seq: u32| {
+        format!(
+            "{PREFIX}/tasks/{hour}/account=acme/collection=orders/shop.orders/0000000009-{seq:08}.ndjson.zst"
+        )
+    };
+    // A failed task's record under an index whose first frame claims
+    // u64::MAX - 5 bytes: the sum of the lengths wraps around.
+    let mut failed = archive.records[0].clone();
+    failed.id = TaskId { epoch: 9, seq: 1 };
+    failed.state = TaskState::Failed;
+    failed.error = Some("crafted".into());
+    let mut lines = Vec::new();
+    sluice_core::archive::encode_lines(std::slice::from_ref(&failed), &mut lines);
+    let honest = sluice_core::archive::compress(&lines);
+    let (mut index, start) = sluice_core::archive::index(&honest).unwrap();
+    index.frames.insert(
+        0,
+        sluice_core::archive::Frame {
+            state: Some(TaskState::Succeeded),
+            records: 1,
+            bytes: u64::MAX - 5,
+        },
+    );
+    let json = serde_json::to_vec(&index).unwrap();
+    let mut wrapping = honest[..4].to_vec();
+    wrapping.extend((json.len() as u32).to_le_bytes());
+    wrapping.extend(json);
+    wrapping.extend(&honest[start..]);
+    // 65 MiB of zeros in a few KiB.
+    let bomb = zstd::bulk::compress(&vec![0u8; 65 << 20], 19).unwrap();
+    let client = minio().client().await;
+    for (seq, body) in [(1, wrapping), (2, bomb)] {
+        client
+            .put_object()
+            .bucket(&archive.bucket)
+            .key(key(seq))
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let mut args = at(&archive);
+    args.extend(["--state", "failed", "-o", "ndjson"].map(String::from));
+    let output = sluice(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let printed = String::from_utf8(output.stdout.clone()).unwrap();
+    let err = fail(output);
+    let expected_failed = archive
+        .records
+        .iter()
+        .filter(|r| r.state == TaskState::Failed)
+        .count();
+    assert_eq!(
+        printed.lines().count(),
+        expected_failed + 1,
+        "{printed}\n{err}"
+    );
+    assert!(printed.contains("\"crafted\""), "{printed}");
+    assert!(
+        err.contains(&format!("warning: s3://{}/{}: ", archive.bucket, key(2)))
+            && err.contains("decompresses to more than 64 MiB")
+            && err.contains("could not read 1 of the archive's objects or lines"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// A kubeconfig for `server` that presents `token`.
 fn kubeconfig(dir: &Path, server: &str, token: &str) -> PathBuf {
     let path = dir.join("kubeconfig");

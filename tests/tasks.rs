@@ -163,6 +163,28 @@ async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
         "columns align:\n{table}"
     );
 
+    // An error (or a key) holding terminal control sequences prints them
+    // escaped: a table never moves the cursor or recolours the terminal.
+    let failure = r#"{"worker":"w-1","attempt":1,"error":"denied \u001b[2J\u001b[31mred\u0007"}"#;
+    let (status, body) = orders.request(
+        "POST",
+        &format!("/v1/tasks/{leased_id}/fail"),
+        Some(TOKEN),
+        failure,
+    );
+    assert_eq!(status, 204, "{body}");
+    let mut args = vec!["--coordinator", orders_url.as_str(), "--state", "pending"];
+    args.extend(["-o", "wide"]);
+    let table = succeed(sluice(&args));
+    assert!(
+        table.contains(r"denied \u{1b}[2J\u{1b}[31mred\u{7}"),
+        "{table}"
+    );
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+
     // A bad filter is the coordinator's clear refusal, not an empty list.
     let refused = fail(sluice(&["--coordinator", &orders_url, "--state", "done"]));
     assert!(

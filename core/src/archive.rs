@@ -241,6 +241,34 @@ pub struct Index {
     pub frames: Vec<Frame>,
 }
 
+impl Index {
+    /// The bytes to read for the records of `state`: from the first to the
+    /// end of the last frame that holds them (or records of unknown state),
+    /// for an object of `size` bytes whose frames start at `start`. `None`
+    /// when no frame does; an error when the index does not fit the object
+    /// (damaged or crafted), so the reader reads it whole instead.
+    pub fn range_of(
+        &self,
+        state: TaskState,
+        start: u64,
+        size: u64,
+    ) -> Result<Option<std::ops::Range<u64>>, String> {
+        let mut offset = start;
+        let mut wanted: Option<std::ops::Range<u64>> = None;
+        for frame in &self.frames {
+            let end = offset
+                .checked_add(frame.bytes)
+                .filter(|end| *end <= size)
+                .ok_or_else(|| format!("its index names frames past its end ({size} bytes)"))?;
+            if frame.state.is_none_or(|frame_state| frame_state == state) {
+                wanted = Some(wanted.map_or(offset, |range| range.start)..end);
+            }
+            offset = end;
+        }
+        Ok(wanted.filter(|range| !range.is_empty()))
+    }
+}
+
 /// One zstd frame of an archive object.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -315,8 +343,11 @@ pub fn index(head: &[u8]) -> Option<(Index, usize)> {
     Some((index, 8 + length))
 }
 
-/// The largest decompressed size of a frame taken from its header.
-const MAX_DECLARED: u64 = 1 << 30;
+/// The most NDJSON one archive object decompresses to. sluice writes at
+/// most [`MAX_OBJECT_BYTES`] (and one record more); an object that
+/// decompresses to far more is not one it wrote, and reading it would only
+/// take the reader's memory.
+pub const MAX_DECOMPRESSED: usize = 8 * MAX_OBJECT_BYTES;
 /// The most a zstd frame expands: a 4-byte RLE block stands for a 128 KiB
 /// block at best.
 const MAX_RATIO: u64 = 32 * 1024;
@@ -327,13 +358,21 @@ const MAX_RATIO: u64 = 32 * 1024;
 /// make a reader reserve a GiB; such frames go to the streaming decoder,
 /// which grows with what it really decodes.
 fn room(compressed: usize, declared: u64) -> Option<usize> {
-    (declared <= MAX_DECLARED.min(compressed as u64 * MAX_RATIO)).then_some(declared as usize)
+    (declared <= (MAX_DECOMPRESSED as u64).min(compressed as u64 * MAX_RATIO))
+        .then_some(declared as usize)
 }
 
 /// The NDJSON lines of zstd `bytes`: an archive object, or some of its
-/// frames one after another.
+/// frames one after another; an error past [`MAX_DECOMPRESSED`] bytes.
 pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
     use zstd::zstd_safe;
+    let too_large = || {
+        format!(
+            "it decompresses to more than {} MiB, more than sluice writes to one object",
+            MAX_DECOMPRESSED >> 20
+        )
+    };
     let mut lines = Vec::new();
     let mut rest = bytes;
     if let Some((_, start)) = index(rest) {
@@ -352,14 +391,26 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
         else {
             break;
         };
+        if lines.len() + size > MAX_DECOMPRESSED {
+            return Err(too_large());
+        }
         let decoded =
             zstd::bulk::decompress(frame, size).map_err(|err| format!("not zstd: {err}"))?;
         lines.extend(decoded);
         rest = after;
     }
     if !rest.is_empty() {
-        // What else the streaming decoder reads, or it names what is wrong.
-        lines.extend(zstd::decode_all(rest).map_err(|err| format!("not zstd: {err}"))?);
+        // What else the streaming decoder reads, or it names what is wrong;
+        // never more than the cap.
+        let room = (MAX_DECOMPRESSED - lines.len()) as u64;
+        let decoder = zstd::Decoder::new(rest).map_err(|err| format!("not zstd: {err}"))?;
+        decoder
+            .take(room + 1)
+            .read_to_end(&mut lines)
+            .map_err(|err| format!("not zstd: {err}"))?;
+        if lines.len() > MAX_DECOMPRESSED {
+            return Err(too_large());
+        }
     }
     Ok(lines)
 }
@@ -465,12 +516,71 @@ mod tests {
     }
 
     #[test]
+    fn the_range_of_a_state_spans_its_frames_and_a_lying_index_is_an_error() {
+        let frame = |state: Option<TaskState>, bytes| Frame {
+            state,
+            records: 1,
+            bytes,
+        };
+        let index = Index {
+            frames: vec![
+                frame(Some(TaskState::Succeeded), 100),
+                frame(Some(TaskState::Failed), 20),
+                frame(None, 5),
+            ],
+        };
+        assert_eq!(
+            index.range_of(TaskState::Failed, 8, 133),
+            Ok(Some(108..133))
+        );
+        assert_eq!(
+            index.range_of(TaskState::Succeeded, 8, 133),
+            Ok(Some(8..133))
+        );
+        let failed_only = Index {
+            frames: vec![frame(Some(TaskState::Failed), 20)],
+        };
+        assert_eq!(failed_only.range_of(TaskState::Succeeded, 8, 28), Ok(None));
+        // Lengths that wrap around or run past the object: read it whole.
+        let wrapping = Index {
+            frames: vec![
+                frame(Some(TaskState::Failed), u64::MAX),
+                frame(Some(TaskState::Failed), 10),
+            ],
+        };
+        let err = wrapping.range_of(TaskState::Failed, 8, 100).unwrap_err();
+        assert!(err.contains("past its end (100 bytes)"), "{err}");
+        assert!(index.range_of(TaskState::Failed, 8, 132).is_err());
+    }
+
+    #[test]
+    fn an_object_that_decompresses_past_the_cap_is_refused() {
+        let zeros = vec![0u8; MAX_DECOMPRESSED + 1];
+        // A frame that states its size, and a stream that does not.
+        let framed = zstd::bulk::compress(&zeros, 1).unwrap();
+        let mut streamed = Vec::new();
+        let mut encoder = zstd::Encoder::new(&mut streamed, 1).unwrap();
+        std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+        encoder.finish().unwrap();
+        for (how, object) in [("framed", framed), ("streamed", streamed)] {
+            let err = decompress(&object).unwrap_err();
+            assert!(err.contains("more than 64 MiB"), "{how}: {err}");
+        }
+        assert_eq!(
+            decompress(&zstd::bulk::compress(&zeros[1..], 1).unwrap())
+                .unwrap()
+                .len(),
+            MAX_DECOMPRESSED
+        );
+    }
+
+    #[test]
     fn a_frame_gets_the_room_its_header_states_only_when_it_can_hold_that() {
         assert_eq!(room(20, 1000), Some(1000));
         assert_eq!(room(20, 20 * MAX_RATIO), Some(20 * MAX_RATIO as usize));
         assert_eq!(room(20, 20 * MAX_RATIO + 1), None);
         assert_eq!(room(20, 1 << 30), None, "a 20-byte frame claiming a GiB");
-        assert_eq!(room(1 << 20, MAX_DECLARED + 1), None);
+        assert_eq!(room(1 << 20, MAX_DECOMPRESSED as u64 + 1), None);
     }
 
     #[test]

@@ -68,8 +68,15 @@ pub fn render<T: Row>(format: Format, items: &[T], now: jiff::Timestamp) -> Stri
 }
 
 /// Columns as kubectl aligns them: upper-case titles, three spaces apart,
-/// the last column not padded.
+/// the last column not padded. Control characters in a cell (an S3 key or
+/// an error can hold any) print escaped, `\u{1b}`, so that no cell moves
+/// the cursor, rings or recolours the terminal.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| visible(cell)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -90,6 +97,19 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         text.push('\n');
     }
     text
+}
+
+/// `text` with its control characters escaped.
+fn visible(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 /// Writes to stdout; a closed pipe (`sluice history | head`) is not an
@@ -192,6 +212,24 @@ mod tests {
     fn a_table_aligns_columns_three_spaces_apart_without_trailing_blanks() {
         let text = render(Format::Wide, &PETS, jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(text, "NAME        LEGS\ncentipede   100\ncat         4\n");
+    }
+
+    #[test]
+    fn control_characters_in_cells_print_escaped() {
+        let rows = vec![vec![
+            "in/\u{1b}[2Jx.ndjson".to_owned(),
+            "a\tb\u{7}\u{9b}c".to_owned(),
+        ]];
+        let text = table(&["key", "error"], &rows);
+        let row = text.lines().nth(1).unwrap();
+        assert_eq!(
+            row.split("   ").collect::<Vec<_>>(),
+            ["in/\\u{1b}[2Jx.ndjson", "a\\u{9}b\\u{7}\\u{9b}c"]
+        );
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
     }
 
     #[test]

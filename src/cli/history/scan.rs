@@ -267,21 +267,18 @@ impl Archive {
                 false => self.get(&object.key, None).await,
             };
         };
-        let mut offset = start as u64;
-        let mut wanted: Option<(u64, u64)> = None;
-        for frame in &index.frames {
-            let end = offset + frame.bytes;
-            if frame.state.is_none_or(|frame_state| frame_state == state) {
-                wanted = Some((wanted.map_or(offset, |(from, _)| from), end));
+        match index.range_of(state, start as u64, object.size) {
+            Ok(None) => Ok(bytes::Bytes::new()),
+            Ok(Some(range)) if range.end <= head.len() as u64 => {
+                Ok(head.slice(range.start as usize..range.end as usize))
             }
-            offset = end;
-        }
-        match wanted {
-            None => Ok(bytes::Bytes::new()),
-            Some((from, to)) if to <= head.len() as u64 => {
-                Ok(head.slice(from as usize..to as usize))
+            Ok(Some(range)) => {
+                self.get(&object.key, Some((range.start, range.end - 1)))
+                    .await
             }
-            Some((from, to)) => self.get(&object.key, Some((from, to - 1))).await,
+            // The index does not fit the object: read it whole, which
+            // reads or names what is in it.
+            Err(_) => self.get(&object.key, None).await,
         }
     }
 }
