@@ -221,6 +221,8 @@ fn defaults_render_the_operator_with_cluster_wide_rbac() {
         "--lease-namespace=sluice-system".into(),
         "--lease-name=sluice-operator".into(),
         "--log-format=text".into(),
+        r#"--coordinator-resources={"limits":{"memory":"1Gi"},"requests":{"cpu":"100m","memory":"256Mi"}}"#.into(),
+        "--coordinator-scratch-limit=1Gi".into(),
     ] {
         assert!(args.contains(&expected), "{expected} not in {args:?}");
     }
@@ -500,10 +502,10 @@ fn monitoring_and_network_policy_select_the_operators_pods() {
     let objects = render("ops", OTHER_VALUES).unwrap();
     let source = example_source("team-a");
     let config = sluice::config::RuntimeConfig::from_source(&source).unwrap();
-    let defaults = sluice::operator::children::PodDefaults {
-        image: "registry.example/sluice:1.2.3".into(),
-        image_pull_policy: None,
-    };
+    let defaults = sluice::operator::children::PodDefaults::of_image(
+        "registry.example/sluice:1.2.3".into(),
+        None,
+    );
     let children = sluice::operator::children::build(&source, &config, "token", &defaults, 2);
     let pod_labels = |deployment: &Deployment| {
         serde_json::to_value(

@@ -18,6 +18,11 @@ use sluice::crd::{IngestSource, Phase};
 use support::sources::*;
 use support::{Operator, eventually, kube_with_crd, kubectl, mark_ready, operator, succeed};
 
+/// The two tests that load the API server with hundreds of sources take
+/// turns: each measures the operator under its own load, which a second
+/// one on the same 2 cores would double.
+static HUNDREDS_OF_SOURCES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn setup(prefix: &str) -> (Client, String) {
     operator();
     let kube = kube_with_crd();
@@ -563,6 +568,7 @@ async fn health_and_metrics_are_served() {
 
 #[tokio::test]
 async fn two_hundred_sources_settle() {
+    let _turn = HUNDREDS_OF_SOURCES.lock().await;
     let (client, ns) = setup("many").await;
     create_credentials(&client, &ns).await;
     let started = Instant::now();
@@ -610,6 +616,7 @@ async fn two_hundred_sources_settle() {
 /// unanswered until the operator lost it and exited.
 #[tokio::test]
 async fn a_backlog_at_start_keeps_the_lease() {
+    let _turn = HUNDREDS_OF_SOURCES.lock().await;
     let kube = kube_with_crd();
     let client = kube.client().await;
     let ns = kube.namespace("backlog").unwrap();

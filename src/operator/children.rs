@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -44,6 +45,8 @@ pub const CHECKSUM_ANNOTATION: &str = "sluice.dev/config-checksum";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sluice-operator");
 /// An unprivileged uid/gid, the one distroless images use for `nonroot`.
 const NON_ROOT_ID: i64 = 65532;
+/// The token file: readable by the pod's user and group, nobody else.
+const TOKEN_MODE: i32 = 0o440;
 
 /// What the operator's own flags add to every pod.
 #[derive(Clone, Debug)]
@@ -51,7 +54,36 @@ pub struct PodDefaults {
     /// The `sluice` image the coordinator and the workers run.
     pub image: String,
     pub image_pull_policy: Option<String>,
+    /// The coordinator's requests and limits: it holds every finished key,
+    /// so it must not be BestEffort, the first pod evicted.
+    pub coordinator_resources: ResourceRequirements,
+    /// The size limit of the coordinator's `/tmp` emptyDir, where it spills
+    /// merges of finished keys.
+    pub coordinator_scratch: Quantity,
 }
+
+impl PodDefaults {
+    /// Pods of `image`, with the coordinator's default resources and
+    /// scratch space.
+    pub fn of_image(image: String, image_pull_policy: Option<String>) -> Self {
+        PodDefaults {
+            image,
+            image_pull_policy,
+            coordinator_resources: serde_json::from_str(DEFAULT_COORDINATOR_RESOURCES)
+                .expect("the default resources parse"),
+            coordinator_scratch: Quantity(DEFAULT_COORDINATOR_SCRATCH.into()),
+        }
+    }
+}
+
+/// The coordinator's resources when the operator is not told otherwise:
+/// about its memory for 10 million finished keys (240 MB resident), with
+/// room to merge them.
+pub const DEFAULT_COORDINATOR_RESOURCES: &str =
+    r#"{"requests":{"cpu":"100m","memory":"256Mi"},"limits":{"memory":"1Gi"}}"#;
+/// The size limit of the coordinator's `/tmp` when the operator is not told
+/// otherwise: a merge of 10 million finished keys spills 143 MB.
+pub const DEFAULT_COORDINATOR_SCRATCH: &str = "1Gi";
 
 /// Every child except the token Secret, in the order they are applied.
 #[derive(Clone, Debug)]
@@ -92,7 +124,8 @@ pub fn build(
             format!("{TOKEN_DIR}/{TOKEN_KEY}"),
         ],
         stores: &[Store::Source, Store::Archive],
-        resources: None,
+        resources: Some(defaults.coordinator_resources.clone()),
+        scratch: Some(defaults.coordinator_scratch.clone()),
     };
     let worker_pod = PodParts {
         component: Component::Worker,
@@ -108,6 +141,7 @@ pub fn build(
         ],
         stores: &[Store::Source, Store::Sink],
         resources: source.spec.workers.resources.clone(),
+        scratch: None,
     };
 
     Children {
@@ -251,6 +285,8 @@ struct PodParts<'a> {
     /// The locations whose credentials the pods need.
     stores: &'a [Store],
     resources: Option<ResourceRequirements>,
+    /// The size limit of its `/tmp` emptyDir.
+    scratch: Option<Quantity>,
 }
 
 /// The labels by which a Deployment selects its pods and a Service its
@@ -425,6 +461,8 @@ fn pod(
                 run_as_non_root: Some(true),
                 run_as_user: Some(NON_ROOT_ID),
                 run_as_group: Some(NON_ROOT_ID),
+                // The token file's group, so that it can be 0440.
+                fs_group: Some(NON_ROOT_ID),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
                     ..SeccompProfile::default()
@@ -494,13 +532,17 @@ fn pod(
                     name: "token".into(),
                     secret: Some(SecretVolumeSource {
                         secret_name: Some(names.token.clone()),
+                        default_mode: Some(TOKEN_MODE),
                         ..SecretVolumeSource::default()
                     }),
                     ..Volume::default()
                 },
                 Volume {
                     name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: parts.scratch.clone(),
+                        ..EmptyDirVolumeSource::default()
+                    }),
                     ..Volume::default()
                 },
             ]),
@@ -541,10 +583,10 @@ mod tests {
     }
 
     fn defaults() -> PodDefaults {
-        PodDefaults {
-            image: "registry.example/sluice:1.2.3".into(),
-            image_pull_policy: Some("IfNotPresent".into()),
-        }
+        PodDefaults::of_image(
+            "registry.example/sluice:1.2.3".into(),
+            Some("IfNotPresent".into()),
+        )
     }
 
     fn build_for(source: &IngestSource) -> Children {
@@ -567,6 +609,30 @@ mod tests {
             .spec
             .as_ref()
             .unwrap()
+    }
+
+    #[test]
+    fn the_coordinator_is_not_best_effort_and_the_token_is_not_world_readable() {
+        let children = build_for(&orders());
+        let coordinator = pod_spec(&children.coordinator);
+        let resources = coordinator.containers[0].resources.as_ref().unwrap();
+        let requests = resources.requests.as_ref().unwrap();
+        assert_eq!(requests["cpu"].0, "100m");
+        assert_eq!(requests["memory"].0, "256Mi");
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "1Gi");
+        let scratch = |spec: &PodSpec| {
+            let volumes = spec.volumes.as_ref().unwrap();
+            let tmp = volumes.iter().find(|v| v.name == "tmp").unwrap();
+            tmp.empty_dir.as_ref().unwrap().size_limit.clone()
+        };
+        assert_eq!(scratch(coordinator), Some(Quantity("1Gi".into())));
+        for spec in [coordinator, pod_spec(&children.workers)] {
+            let volumes = spec.volumes.as_ref().unwrap();
+            let token = volumes.iter().find(|v| v.name == "token").unwrap();
+            assert_eq!(token.secret.as_ref().unwrap().default_mode, Some(0o440));
+            let security = spec.security_context.as_ref().unwrap();
+            assert_eq!(security.fs_group, Some(65532));
+        }
     }
 
     #[test]

@@ -15,11 +15,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use prometheus_client::registry::Registry;
 use tracing::{error, info};
 
 use crate::telemetry::{self, LogFormat, Readiness};
-use children::PodDefaults;
+use children::{DEFAULT_COORDINATOR_RESOURCES, DEFAULT_COORDINATOR_SCRATCH, PodDefaults};
 use controller::Scope;
 use leader::{LeaderElector, LeaseConfig};
 
@@ -35,6 +37,18 @@ pub struct OperatorArgs {
     /// Kubernetes' default for the tag.
     #[arg(long, env = "SLUICE_IMAGE_PULL_POLICY")]
     pub image_pull_policy: Option<String>,
+
+    /// The coordinator pods' requests and limits, as JSON
+    /// (`{"requests": {"cpu": …, "memory": …}, "limits": {…}}`). A
+    /// coordinator holds every finished key of its source in memory, so it
+    /// is not BestEffort, the first pod evicted.
+    #[arg(long, env = "SLUICE_COORDINATOR_RESOURCES", default_value = DEFAULT_COORDINATOR_RESOURCES, value_parser = resources)]
+    pub coordinator_resources: ResourceRequirements,
+
+    /// The size limit of the coordinator pods' `/tmp` (an emptyDir), where
+    /// they spill merges of finished keys.
+    #[arg(long, env = "SLUICE_COORDINATOR_SCRATCH_LIMIT", default_value = DEFAULT_COORDINATOR_SCRATCH, value_parser = quantity)]
+    pub coordinator_scratch_limit: Quantity,
 
     /// Serve only IngestSources in these namespaces (repeat the flag or
     /// separate them with commas), so that Roles in those namespaces suffice;
@@ -107,6 +121,19 @@ pub enum Error {
     LostLeadership,
 }
 
+/// `--coordinator-resources`: requests and limits as JSON. The quantities
+/// are the API server's to check, as in any Deployment.
+fn resources(text: &str) -> Result<ResourceRequirements, String> {
+    serde_json::from_str(text).map_err(|err| {
+        format!("not a JSON object of requests and limits, such as {DEFAULT_COORDINATOR_RESOURCES}: {err}")
+    })
+}
+
+/// `--coordinator-scratch-limit`: a quantity, such as `1Gi`.
+fn quantity(text: &str) -> Result<Quantity, std::convert::Infallible> {
+    Ok(Quantity(text.to_owned()))
+}
+
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     telemetry::init_logging(args.log_format);
@@ -167,6 +194,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
         defaults: PodDefaults {
             image: args.image,
             image_pull_policy: args.image_pull_policy,
+            coordinator_resources: args.coordinator_resources,
+            coordinator_scratch: args.coordinator_scratch_limit,
         },
         limits: status::Limits {
             coordinator_timeout: args.coordinator_timeout,

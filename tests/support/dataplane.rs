@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use backon::Retryable;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
@@ -20,6 +21,10 @@ use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 use super::{eventually, minio};
 
 pub const TOKEN: &str = "test-token";
+
+/// How often a source object's PUT is tried again: enough to outlast a
+/// MinIO restart (about 33 s in all, with jitter up to twice that).
+const PUT_RETRIES: usize = 20;
 
 /// One IngestSource's buckets and configuration, without Kubernetes.
 pub struct Ingest {
@@ -289,14 +294,23 @@ impl Ingest {
         let bucket = &self.config.source.s3.bucket;
         futures::stream::iter(objects)
             .map(|(key, body)| async move {
-                self.client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(format!("in/{key}"))
-                    .body(body.into())
-                    .send()
-                    .await
-                    .map(|_| ())
+                // A PUT cut off by a MinIO restart (the chaos tests restart
+                // it) is sent again; a repeated PUT of the same bytes is
+                // harmless.
+                let put = || {
+                    self.client
+                        .put_object()
+                        .bucket(bucket)
+                        .key(format!("in/{key}"))
+                        .body(body.clone().into())
+                        .send()
+                };
+                put.retry(
+                    sluice::retry::backoff(Duration::from_millis(100), Duration::from_secs(2))
+                        .with_max_times(PUT_RETRIES),
+                )
+                .await
+                .map(|_| ())
             })
             .buffer_unordered(32)
             .try_collect::<()>()
