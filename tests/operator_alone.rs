@@ -1,12 +1,14 @@
 //! The operator alone against its API server, one test at a time: writes
 //! counted with no other source in play, leader election between two
-//! operator processes, and an API server restart.
+//! operator processes, an API server restart, and a backlog of hundreds of
+//! sources at start (with no second operator reconciling them too).
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -305,4 +307,53 @@ impl Drop for LogOnPanic<'_> {
             eprintln!("operator log:\n{}", self.0.log());
         }
     }
+}
+
+/// A backlog at start does not starve the leader Lease. With every source's
+/// reconcile in flight at once, 1,000 sources kept the Lease's renewal
+/// unanswered until the operator lost it and exited.
+#[tokio::test]
+async fn a_backlog_at_start_keeps_the_lease() {
+    let _alone = ALONE.lock().await;
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let ns = kube.namespace("backlog").unwrap();
+    create_credentials(&client, &ns).await;
+    let count = 300;
+    futures::stream::iter(0..count)
+        .for_each_concurrent(8, |i| {
+            let (client, ns) = (&client, &ns);
+            async move { apply(client, ns, &orders(&format!("source-{i}"))).await }
+        })
+        .await;
+    let mut operator = Operator::start(
+        kube,
+        "backlog",
+        &[
+            "--watch-namespace",
+            &ns,
+            "--lease-name=sluice-backlog",
+            "--lease-duration=2s",
+            "--lease-renew-interval=500ms",
+        ],
+    );
+    eventually(
+        "every source's workers",
+        Duration::from_secs(120),
+        || async {
+            let log = operator.log();
+            assert!(!log.contains("lost the leader Lease"), "{log}");
+            let workers = Api::<Deployment>::namespaced(client.clone(), &ns)
+                .list(&ListParams::default().labels("app.kubernetes.io/component=worker"))
+                .await
+                .unwrap();
+            (workers.items.len() == count).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        operator.running() && !operator.log().contains("lost the leader Lease"),
+        "{}",
+        operator.log()
+    );
 }
