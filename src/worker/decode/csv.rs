@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
-use super::input::{Ctx, Guard, UTF8_BOM};
+use super::input::{Ctx, UTF8_BOM};
 use super::sink::{META_KEY, Sink, push_json_str};
 use super::{DecodeError, Position};
 
@@ -16,11 +16,7 @@ pub(super) fn records<W: Write>(
     sink: &mut Sink<W>,
 ) -> Result<u64, DecodeError> {
     // The CSV reader buffers ahead of the row it parses; the guard allows for that.
-    ctx.start_record();
-    let guarded = Guard {
-        inner: input,
-        stats: ctx.stats,
-    };
+    let guarded = ctx.guard(input);
     let tail = Tail {
         inner: guarded,
         ring: vec![0; 2 * CSV_BUFFER],

@@ -42,7 +42,7 @@ pub(super) struct Ctx<'a> {
     pub(super) max: usize,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     pub(super) fn data(&self, position: Position, reason: impl Into<String>) -> DecodeError {
         DecodeError::Data {
             key: self.key.to_owned(),
@@ -100,6 +100,16 @@ impl Ctx<'_> {
             let _ = write!(reason, " (in record {record})");
         }
         self.data(Position::Line(line + shift.lines), reason)
+    }
+
+    /// `input` behind the record guard, which lets the first record through.
+    /// For parsers that buffer ahead of the record they parse.
+    pub(super) fn guard<R: Read>(&self, input: R) -> Guard<'a, R> {
+        self.start_record();
+        Guard {
+            inner: input,
+            stats: self.stats,
+        }
     }
 
     /// Lets the record guard pass `max` more bytes, plus slack, from now on.
@@ -177,8 +187,8 @@ impl<R: Read> Read for Tally<'_, R> {
 /// from reading far past the record limit, which would otherwise let one huge record
 /// take all memory.
 pub(super) struct Guard<'s, R> {
-    pub(super) inner: R,
-    pub(super) stats: &'s Stats,
+    inner: R,
+    stats: &'s Stats,
 }
 
 impl<R: Read> Read for Guard<'_, R> {

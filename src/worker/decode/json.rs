@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use serde::de::{self, Deserialize, Deserializer as _, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::input::{Ctx, Guard, READ_BUFFER, Shift, UTF8_BOM};
+use super::input::{Ctx, READ_BUFFER, Shift, UTF8_BOM};
 use super::sink::Sink;
 use super::{DecodeError, Position};
 
@@ -16,11 +16,7 @@ pub(super) fn records<W: Write>(
     sink: &mut Sink<W>,
 ) -> Result<u64, DecodeError> {
     // The guard sits below the buffer, which reads ahead of the record being parsed.
-    ctx.start_record();
-    let guarded = Guard {
-        inner: input,
-        stats: ctx.stats,
-    };
+    let guarded = ctx.guard(input);
     let mut reader = BufReader::with_capacity(READ_BUFFER, guarded);
     let skipped = skip_whitespace(&mut reader).map_err(|err| ctx.io(err, Position::Record(1)))?;
     let Some((first, shift)) = skipped else {
