@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
-use rand::{RngExt, SeedableRng};
-use sluice_core::api::{TaskDetail, TaskList, TaskState};
+use rand::{Rng, RngExt, SeedableRng};
+use sluice::worker::output::{self, PART_SIZE, UploadError};
+use sluice_core::api::{HeartbeatResponse, LeaseResponse, TaskDetail, TaskList, TaskState};
+use sluice_testenv::MotoEnv;
 use support::dataplane::{Ingest, TOKEN, wait_until_done};
 use support::eventually;
 
@@ -260,6 +262,35 @@ async fn a_second_coordinator_fences_out_the_first() {
     assert_exactly_once(&ingest, &expected(0..20, 1)).await;
 }
 
+/// The fence is only as good as the store's conditional PUTs: on a real
+/// store that ignores them (moto 4.2.14), a coordinator refuses to start,
+/// naming the endpoint and why, and claims no checkpoint.
+#[tokio::test]
+async fn a_store_that_ignores_conditional_writes_is_refused() {
+    let moto = MotoEnv::start().unwrap();
+    moto.bucket("archive").await.unwrap();
+    let mut ingest = Ingest::new("unfenced", 5, Duration::from_secs(30), 3).await;
+    ingest.put((0..3).map(|i| object(i, 1)).collect()).await;
+    ingest.config.archive = moto.location("archive");
+    ingest.write_config();
+    let mut coordinator = ingest.coordinator_unchecked();
+    let status = coordinator
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the coordinator started on moto:\n{}", coordinator.log()));
+    assert!(!status.success());
+    let log = coordinator.log();
+    let why = format!(
+        "the S3 store at {} accepted a PUT of s3://archive/checkpoints/shop.unfenced/probes/",
+        moto.endpoint()
+    );
+    assert!(
+        log.contains(&why) && log.contains("If-None-Match: *"),
+        "{log}"
+    );
+    assert!(log.contains("This coordinator refuses to start"), "{log}");
+    assert!(!log.contains("claimed the checkpoint"), "{log}");
+}
+
 /// A checkpoint write that landed but whose answer was lost (S3 restarted
 /// in between) leaves a manifest of the coordinator's own epoch that it
 /// does not know: that is not another coordinator, and it goes on.
@@ -306,6 +337,148 @@ async fn a_checkpoint_write_whose_answer_was_lost_does_not_stop_the_coordinator(
     assert!(coordinator.running(), "{}", coordinator.log());
     assert_eq!(summary.epoch, epoch);
     assert_exactly_once(&ingest, &expected(0..10, 2)).await;
+}
+
+/// An output becomes visible only if the worker still holds its task right
+/// before: told it does not, a worker writes neither a one-PUT output nor
+/// a multipart one, and leaves no multipart upload behind.
+#[tokio::test]
+async fn an_output_is_not_written_once_the_task_is_lost() {
+    let ingest = Ingest::new("lost-output", 1, SHORT, 1).await;
+    let bucket = ingest.config.sink.bucket.clone();
+    for (size, holds) in [
+        (1000, false),
+        (1000, true),
+        (3 * PART_SIZE, false),
+        (3 * PART_SIZE, true),
+    ] {
+        let key = format!("out-{size}-{holds}");
+        let (mut encoder, parts) = output::encoder();
+        let upload = {
+            let (client, bucket, key) = (ingest.client.clone(), bucket.clone(), key.clone());
+            tokio::spawn(async move {
+                output::upload(&client, &bucket, &key, parts, async move { holds }).await
+            })
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut data = vec![0u8; size];
+            rand::rngs::SmallRng::seed_from_u64(size as u64).fill_bytes(&mut data);
+            encoder.write_all(&data).unwrap();
+            encoder.finish().and_then(|parts| parts.finish())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let written = upload.await.unwrap();
+        let exists = ingest
+            .client
+            .head_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .is_ok();
+        if holds {
+            assert!(matches!(written, Ok(true)) && exists, "{key}: {written:?}");
+        } else {
+            assert!(
+                matches!(written, Err(UploadError::Lost)) && !exists,
+                "{key}: {written:?}"
+            );
+        }
+    }
+    let uploads = ingest
+        .client
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+}
+
+/// A zombie: a worker that leased a task, stalled past its lease and
+/// reports much later. Once another worker's attempt split the task (one
+/// object at fault) and the others are leased again, the zombie's reports
+/// of the whole task are refused with 409 and a JSON error and change
+/// nothing, and every good record is in the sink once.
+#[tokio::test]
+async fn a_zombie_attempt_of_a_split_task_is_refused() {
+    let ingest = Ingest::new("zombie", 3, Duration::from_secs(2), 3).await;
+    let mut objects = vec![object(0, 2), object(4, 2)];
+    objects.push((
+        "00001-bad.ndjson".into(),
+        b"{\"id\":\"bad-1\"}\n{\"id\": oops}\n".to_vec(),
+    ));
+    ingest.put(objects).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    // Workers driven by hand through the task API.
+    let lease = |worker: &'static str| {
+        let coordinator = &coordinator;
+        move || async move {
+            let request = format!(r#"{{"worker":"{worker}","max":1}}"#);
+            let (status, body) = coordinator.request("POST", "/v1/lease", Some(TOKEN), &request);
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<LeaseResponse>(&body)
+                .unwrap()
+                .tasks
+                .pop()
+        }
+    };
+    let post = |path: String, body: String| coordinator.request("POST", &path, Some(TOKEN), &body);
+
+    // The zombie leases the whole task and goes silent; its lease expires,
+    // and w2's attempt fails on the bad object, which splits the task.
+    let zombie = eventually("the zombie to lease", DONE, lease("zombie")).await;
+    assert_eq!(zombie.objects.len(), 3);
+    let id = zombie.id;
+    let second = eventually("w2 to lease the task again", DONE, lease("w2")).await;
+    assert_eq!((second.id, second.attempt), (id, 2));
+    let failure =
+        r#"{"worker":"w2","attempt":2,"error":"line 2: bad","key":"in/00001-bad.ndjson"}"#;
+    let (status, body) = post(format!("/v1/tasks/{id}/fail"), failure.into());
+    assert_eq!(status, 204, "{body}");
+    let rest = eventually("w2 to lease the good objects", DONE, lease("w2")).await;
+    assert_eq!(rest.objects.len(), 2);
+    assert_ne!(rest.output, zombie.output);
+
+    // Now the zombie reports.
+    let complete = format!(
+        r#"{{"worker":"zombie","attempt":1,"records":5,"bytesRead":1,"bytesWritten":1,"outputs":["{}"]}}"#,
+        zombie.output
+    );
+    let (status, body) = post(format!("/v1/tasks/{id}/complete"), complete);
+    assert_eq!(status, 409, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let said = error["error"].as_str().unwrap();
+    assert!(said.starts_with(&format!("task {id} was split")), "{body}");
+    let fail = r#"{"worker":"zombie","attempt":1,"error":"late"}"#;
+    let (status, body) = post(format!("/v1/tasks/{id}/fail"), fail.into());
+    assert_eq!(status, 409, "{body}");
+    let heartbeat = format!(
+        r#"{{"worker":"zombie","tasks":[{{"id":"{id}","attempt":1,"records":0,"bytes":0}}]}}"#
+    );
+    let (_, body) = post("/v1/heartbeat".into(), heartbeat);
+    let lost: HeartbeatResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(lost.lost, [id]);
+    assert_eq!(coordinator.summary().tasks.succeeded, 0);
+
+    // w2 goes silent too; a real worker does the rest.
+    let _worker = ingest.worker(coordinator.port, "w1");
+    let summary = wait_until_done(&coordinator, 3, DONE).await;
+    assert_eq!((summary.tasks.succeeded, summary.tasks.failed), (1, 1));
+    let good: BTreeSet<String> = expected(0..1, 2)
+        .union(&expected(4..5, 2))
+        .cloned()
+        .collect();
+    assert_exactly_once(&ingest, &good).await;
+    let outputs: BTreeSet<String> = ingest
+        .sink_records()
+        .await
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(outputs, BTreeSet::from([rest.output]));
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 # The control plane (etcd, kube-apiserver, kube-controller-manager, kubectl),
 # MinIO and helm; and the test node: kubelet, kube-scheduler, kube-proxy,
 # containerd with ctr and the runc shim, runc, the CNI plugins, CoreDNS and
-# the pause binary (from the Kubernetes module's own source). The Debian
+# the pause binary (from the Kubernetes module's own source). And moto's S3
+# server from PyPI (tools/moto/requirements.txt pins it and its
+# dependencies), the store that ignores conditional writes. The Debian
 # packages these need are installed first (tools/packages.sh).
 # A directory that exists is complete (it is renamed into place when built),
 # so later runs and other clones reuse it.
@@ -21,6 +23,7 @@ cache=${SLUICE_CACHE:-$HOME/.cache/sluice}
 declare -A module=(
 	[etcd]=etcd [kube]=kube [kube-node]=kube [minio]=minio [helm]=helm
 	[containerd]=containerd [runc]=runc [cni]=cni [coredns]=coredns [pause]=kube
+	[moto]=moto
 )
 # product -> the packages it builds
 declare -A packages=(
@@ -34,11 +37,15 @@ declare -A packages=(
 	[cni]="github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap"
 	[coredns]="github.com/coredns/coredns"
 )
-order=(etcd kube minio helm kube-node containerd runc cni coredns pause)
+order=(etcd kube minio helm kube-node containerd runc cni coredns pause moto)
 
-# The version a tool module pins: the one `require` line of its go.mod.
+# The version a tool module pins: the one `require` line of its go.mod (or
+# for moto, its line in requirements.txt).
 version_of() {
-	awk '$1 == "require" { print $3 }' "$tools_dir/${module[$1]}/go.mod"
+	case $1 in
+	moto) sed -n 's/^moto\[server\]==//p' "$tools_dir/moto/requirements.txt" ;;
+	*) awk '$1 == "require" { print $3 }' "$tools_dir/${module[$1]}/go.mod" ;;
+	esac
 }
 
 dir_of() {
@@ -80,6 +87,16 @@ compile() {
 		src=$(cd "$dir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
 		gcc -Os -static -DVERSION="$(version_of pause)" -o "$out/pause" "$src"
 		strip "$out/pause"
+		return
+	fi
+	if [ "$product" = moto ]; then
+		# A virtual environment runs from wherever it is moved to when its
+		# python is called by path; moto_server is that call.
+		/usr/bin/python3 -m venv "$out/venv"
+		"$out/venv/bin/pip" install --quiet --no-cache-dir -r "$dir/requirements.txt"
+		# shellcheck disable=SC2016 # expanded when the script runs
+		printf '#!/bin/sh\nexec "$(dirname "$0")/venv/bin/python" -m moto.server "$@"\n' >"$out/moto_server"
+		chmod 755 "$out/moto_server"
 		return
 	fi
 	# runc needs cgo for its seccomp filter (Debian's libseccomp-dev).

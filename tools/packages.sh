@@ -5,10 +5,11 @@
 #   iproute2, nftables   the test node's veth and its traffic guard
 #   iptables             kubelet's host rules (its iptables-nft chains)
 #   ca-certificates      the certificates the sluice image carries
+#   python3-venv         moto's S3 server, in a virtual environment
 set -euo pipefail
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(gcc libseccomp-dev iproute2 nftables iptables ca-certificates)
+[ ${#wanted[@]} -gt 0 ] || wanted=(gcc libseccomp-dev iproute2 nftables iptables ca-certificates python3-venv)
 
 missing=()
 for package in "${wanted[@]}"; do

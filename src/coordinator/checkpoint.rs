@@ -15,9 +15,15 @@
 //! conditional on the ETag of its own previous write, so once another
 //! coordinator has claimed a newer epoch, the older one's next write fails
 //! with 412 and it stops.
+//!
+//! That holds only on a store that refuses a PUT whose condition fails.
+//! Some do not (moto 4, gateways that drop the headers), so a claim first
+//! proves it on a probe object, and refuses to start on a store that
+//! accepts either kind of failing condition.
 
 use std::collections::HashSet;
 
+use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -80,6 +86,19 @@ pub enum CheckpointError {
         key: String,
         reason: String,
     },
+    #[error(
+        "the S3 store at {endpoint} accepted a PUT of s3://{bucket}/{key} with `{condition}` \
+         that should have failed: it ignores conditional writes, so nothing would keep two \
+         coordinators of this source from both writing its checkpoint (lost or duplicated \
+         records). This coordinator refuses to start: use a store that refuses a PUT whose \
+         If-None-Match or If-Match fails (AWS S3, MinIO, moto 5)"
+    )]
+    Unfenced {
+        endpoint: String,
+        bucket: String,
+        key: String,
+        condition: &'static str,
+    },
     #[error("checkpoint s3://{bucket}/{key}: {reason}")]
     S3 {
         bucket: String,
@@ -107,7 +126,8 @@ pub struct Resumed {
 
 impl Checkpoint {
     /// Claims the next epoch of the checkpoint of `namespace/name` under
-    /// `location`, and loads what it holds.
+    /// `location`, and loads what it holds, once the store has shown that
+    /// it honours the conditions the fence relies on.
     pub async fn claim(
         client: aws_sdk_s3::Client,
         location: &S3Location,
@@ -123,6 +143,7 @@ impl Checkpoint {
             etag: String::new(),
             uploaded: HashSet::new(),
         };
+        checkpoint.prove_fencing(location).await?;
         loop {
             let (mut manifest, condition) = match checkpoint.read_manifest().await? {
                 Some((manifest, etag)) => (manifest, Condition::Matches(etag)),
@@ -144,6 +165,68 @@ impl Checkpoint {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Fails with [`CheckpointError::Unfenced`] unless the store refuses
+    /// both a PUT with `If-None-Match: *` over an existing object and one
+    /// with a wrong `If-Match`. The probe object has a name of its own, so
+    /// coordinators starting at once do not disturb each other's proof.
+    async fn prove_fencing(&self, location: &S3Location) -> Result<(), CheckpointError> {
+        let key = format!("{}probes/{:016x}", self.dir, rand::random::<u64>());
+        let proof = self.refuses_failed_conditions(&key, location).await;
+        if let Err(err) = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            tracing::warn!(object = %key, error = %s3::describe(&err), "cannot delete the fencing probe; it is only garbage");
+        }
+        proof
+    }
+
+    async fn refuses_failed_conditions(
+        &self,
+        key: &str,
+        location: &S3Location,
+    ) -> Result<(), CheckpointError> {
+        let put = |condition: Option<Condition>| {
+            let request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(ByteStream::from_static(b"sluice fencing probe"));
+            match condition {
+                Some(condition) => condition.on(request),
+                None => request,
+            }
+            .send()
+        };
+        put(None)
+            .await
+            .map_err(|err| self.s3_error(key, s3::describe(&err)))?;
+        let failing = [
+            (Condition::Absent, "If-None-Match: *"),
+            (Condition::Matches("\"0\"".into()), "If-Match: \"0\""),
+        ];
+        for (condition, written) in failing {
+            match put(Some(condition)).await {
+                Err(err) if matches!(s3::status(&err), Some(412 | 409)) => {}
+                Err(err) => return Err(self.s3_error(key, s3::describe(&err))),
+                Ok(_) => {
+                    return Err(CheckpointError::Unfenced {
+                        endpoint: location.endpoint.clone().unwrap_or_else(|| "AWS".into()),
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        condition: written,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn epoch(&self) -> u64 {
@@ -334,7 +417,7 @@ impl Checkpoint {
         condition: Condition,
     ) -> Result<String, CheckpointError> {
         let key = self.manifest_key();
-        let mut request = self
+        let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
@@ -342,11 +425,7 @@ impl Checkpoint {
             .content_type("application/json")
             .content_encoding("zstd")
             .body(ByteStream::from(encode_manifest(manifest)));
-        request = match condition {
-            Condition::Absent => request.if_none_match("*"),
-            Condition::Matches(etag) => request.if_match(etag),
-        };
-        match request.send().await {
+        match condition.on(request).send().await {
             Ok(response) => Ok(response.e_tag().unwrap_or_default().to_owned()),
             // 412: the condition failed; 409: a concurrent conditional
             // write won (AWS).
@@ -385,9 +464,21 @@ async fn read_body(
     Ok(bytes)
 }
 
+/// What a conditional PUT requires of the object it replaces.
 enum Condition {
+    /// There is none (`If-None-Match: *`).
     Absent,
+    /// It has this ETag (`If-Match`).
     Matches(String),
+}
+
+impl Condition {
+    fn on(self, request: PutObjectFluentBuilder) -> PutObjectFluentBuilder {
+        match self {
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Matches(etag) => request.if_match(etag),
+        }
+    }
 }
 
 fn encode_manifest(manifest: &Manifest) -> Vec<u8> {

@@ -3,7 +3,9 @@
 //! It leases tasks from the coordinator, streams each object from the
 //! source, decodes and readies its records ([`decode`]), writes them to the
 //! task's sink object ([`output`]), heartbeats while it works, and reports
-//! the outcome. On SIGTERM it stops leasing, finishes what it can within
+//! the outcome. It makes the output visible only after the coordinator
+//! has confirmed that it still holds the task's attempt: a worker that
+//! stalled past its lease writes nothing. On SIGTERM it stops leasing, finishes what it can within
 //! the grace period, and gives the rest back.
 
 pub mod decode;
@@ -334,6 +336,10 @@ impl Worker {
             }
             // Lost: the coordinator has given the task to another worker.
             Err(_) if cancel.is_cancelled() && !given_back => return Ended::Finished,
+            Err(Failed::Lost) => {
+                warn!(task = %task.id, "lost the lease before writing the output; it was not written");
+                return Ended::Finished;
+            }
             Err(_) if given_back => Failure {
                 worker: self.name.clone(),
                 attempt: task.attempt,
@@ -368,7 +374,7 @@ impl Worker {
 
     /// Reads the task's objects and writes their records to its output.
     async fn ingest(
-        &self,
+        self: &Arc<Self>,
         task: &LeasedTask,
         records: &Arc<AtomicU64>,
         bytes: &Arc<AtomicU64>,
@@ -380,7 +386,12 @@ impl Worker {
             let sink = self.sink.clone();
             let bucket = self.config.sink.bucket.clone();
             let key = task.output.clone();
-            tokio::spawn(async move { output::upload(&sink, &bucket, &key, parts).await })
+            let holds = {
+                let (worker, records, bytes) = (self.clone(), records.clone(), bytes.clone());
+                let (id, attempt) = (task.id, task.attempt);
+                async move { worker.holds(id, attempt, &records, &bytes).await }
+            };
+            tokio::spawn(async move { output::upload(&sink, &bucket, &key, parts, holds).await })
         };
         let mut total_records = 0;
         let mut bytes_read = 0;
@@ -498,6 +509,36 @@ impl Worker {
         })
     }
 
+    /// Whether this worker still holds `attempt` of task `id`, asked right
+    /// before its output is written: a heartbeat for that task alone,
+    /// which also renews the lease. Retried while the coordinator is away;
+    /// false when it cannot say.
+    async fn holds(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        records: &AtomicU64,
+        bytes: &AtomicU64,
+    ) -> bool {
+        let request = HeartbeatRequest {
+            worker: self.name.clone(),
+            tasks: vec![Progress {
+                id,
+                attempt,
+                records: records.load(Ordering::Relaxed),
+                bytes: bytes.load(Ordering::Relaxed),
+            }],
+        };
+        let ask = || self.post::<_, HeartbeatResponse>("/v1/heartbeat", &request);
+        match ask.retry(report_backoff()).await {
+            Ok(response) => !response.lost.contains(&id),
+            Err(err) => {
+                warn!(task = %id, error = %err, "cannot confirm the lease before writing the output");
+                false
+            }
+        }
+    }
+
     /// Sends a task's outcome, retrying while the coordinator is away. A
     /// refusal (4xx) is final: the lease went elsewhere.
     async fn report<B: Serialize>(&self, path: &str, body: &B) {
@@ -513,10 +554,8 @@ impl Worker {
                 Err(status.to_string())
             }
         };
-        let backoff =
-            retry::backoff(REPORT_BACKOFF, MAX_REPORT_BACKOFF).with_max_times(REPORT_RETRIES);
         let sent = send
-            .retry(backoff)
+            .retry(report_backoff())
             .notify(
                 |err, retry_in| warn!(%path, error = %err, ?retry_in, "cannot report; retrying"),
             )
@@ -582,6 +621,10 @@ impl Worker {
     }
 }
 
+fn report_backoff() -> backon::ExponentialBuilder {
+    retry::backoff(REPORT_BACKOFF, MAX_REPORT_BACKOFF).with_max_times(REPORT_RETRIES)
+}
+
 /// How a task execution ended, for the lease loop.
 enum Ended {
     Finished,
@@ -598,6 +641,8 @@ enum Failed {
     Object { key: String, error: String },
     /// Anything else: the attempt is used.
     Attempt(String),
+    /// The worker no longer holds the task: nothing to report.
+    Lost,
 }
 
 impl From<output::UploadError> for Failed {
@@ -605,6 +650,7 @@ impl From<output::UploadError> for Failed {
         match err {
             output::UploadError::Unavailable(error) => Failed::Unavailable(error),
             output::UploadError::Failed(error) => Failed::Attempt(error),
+            output::UploadError::Lost => Failed::Lost,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! streaming: the compressed bytes are cut into parts and uploaded while
 //! the records are still being decoded, so no whole output is held in
 //! memory. A small output is one PUT; a large one a multipart upload.
+//! Either becomes visible only after the worker has confirmed, right
+//! before, that it still holds the task.
 //!
 //! Parquet can follow by putting another encoder in front of [`Parts`].
 
@@ -115,6 +117,10 @@ pub enum UploadError {
     /// Anything else.
     #[error("{0}")]
     Failed(String),
+    /// The worker no longer held the task when the output was ready, so
+    /// it was not written.
+    #[error("the lease was lost before the output was written; nothing was written")]
+    Lost,
 }
 
 impl UploadError {
@@ -140,19 +146,22 @@ impl UploadError {
         match self {
             UploadError::Unavailable(message) => UploadError::Unavailable(say(message)),
             UploadError::Failed(message) => UploadError::Failed(say(message)),
+            UploadError::Lost => UploadError::Lost,
         }
     }
 }
 
-/// Uploads the parts from `receiver` as `bucket/key` once the end comes.
-/// Nothing is written when the channel closes before the end (a failed
-/// task), or when it ends without a part (a task without records).
-/// Returns whether an object was written.
+/// Uploads the parts from `receiver` as `bucket/key` once the end comes,
+/// if `holds` (awaited once, right before the object would become visible)
+/// says the worker still holds the task. Nothing is written when the
+/// channel closes before the end (a failed task), or when it ends without a
+/// part (a task without records). Returns whether an object was written.
 pub async fn upload(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
     mut receiver: mpsc::Receiver<Chunk>,
+    holds: impl Future<Output = bool>,
 ) -> Result<bool, UploadError> {
     let failed = |err: UploadError| err.writing(bucket, key);
     let first = match receiver.recv().await {
@@ -163,6 +172,9 @@ pub async fn upload(
     let second = match receiver.recv().await {
         Some(Chunk::Part(part)) => part,
         Some(Chunk::End) => {
+            if !holds.await {
+                return Err(UploadError::Lost);
+            }
             client
                 .put_object()
                 .bucket(bucket)
@@ -189,20 +201,26 @@ pub async fn upload(
     let upload_id = created.upload_id().unwrap_or_default().to_owned();
     let completed = upload_parts(client, bucket, key, &upload_id, [first, second], receiver).await;
     let completed = match completed {
-        Ok(parts) => client
-            .complete_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|err| UploadError::s3(&err)),
+        Ok(parts) => {
+            if holds.await {
+                client
+                    .complete_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| UploadError::s3(&err))
+            } else {
+                Err(UploadError::Lost)
+            }
+        }
         Err(err) => Err(err),
     };
     if let Err(err) = completed {
@@ -278,13 +296,15 @@ mod tests {
         empty.get_mut().end_empty().unwrap();
         drop(empty);
         assert!(matches!(
-            upload(&offline, "sink", "out", parts).await,
+            upload(&offline, "sink", "out", parts, async { true }).await,
             Ok(false)
         ));
 
         let (failed, parts) = encoder();
         drop(failed);
-        let stopped = upload(&offline, "sink", "out", parts).await.unwrap_err();
+        let stopped = upload(&offline, "sink", "out", parts, async { true })
+            .await
+            .unwrap_err();
         assert!(
             matches!(&stopped, UploadError::Failed(message) if message.ends_with("the task stopped")),
             "{stopped}"

@@ -1,6 +1,7 @@
 //! A local environment of real components for tests, benchmarks and
 //! `make demo`: etcd with kube-apiserver (RBAC on, client-certificate
-//! admin), MinIO as the S3 store, and a real single-node Kubernetes whose
+//! admin), MinIO as the S3 store (and moto, a store that ignores
+//! conditional writes), and a real single-node Kubernetes whose
 //! pods run in containers ([`Node`]).
 //!
 //! Not part of the operator: it starts servers as local processes from the
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod image;
 mod kube;
 mod minio;
+mod moto;
 pub mod node;
 mod process;
 pub mod tools;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 pub use self::kube::KubeEnv;
 pub use self::minio::MinioEnv;
+pub use self::moto::MotoEnv;
 pub use self::node::Node;
 pub use self::process::{Daemon, free_port, http, http_at, http_get};
 

@@ -30,7 +30,8 @@ use sluice_core::layout;
 
 use super::finished::{Finished, FinishedKeys, fingerprint};
 
-/// Finished tasks kept for the live API after they were archived.
+/// Finished tasks kept for the live API after they were archived, and
+/// split task ids remembered to refuse late reports with the reason.
 const RECENT: usize = 500;
 
 #[derive(Clone, Copy, Debug)]
@@ -132,6 +133,20 @@ impl Task {
     fn leasable(&self) -> bool {
         self.committed && self.lease.is_none() && self.outcome.is_none()
     }
+
+    /// Whether `worker` holds `attempt` of this unfinished task: it is the
+    /// current attempt, and the lease is the worker's, or nobody's (it
+    /// expired, or the coordinator restarted, and no other worker has
+    /// taken the task since). Only the holder's reports change the task.
+    fn held_by(&self, worker: &str, attempt: u32) -> bool {
+        self.outcome.is_none()
+            && attempt > 0
+            && self.planned.attempt == attempt
+            && match &self.lease {
+                Some(lease) => lease.worker == worker,
+                None => self.committed,
+            }
+    }
 }
 
 /// Why the coordinator refused a worker's report.
@@ -167,6 +182,8 @@ pub struct Tasks {
     queue: VecDeque<TaskId>,
     deadlines: BTreeSet<(Timestamp, TaskId)>,
     recent: VecDeque<TaskDetail>,
+    /// Ids retired by a split, with what became of their objects.
+    retired: VecDeque<(TaskId, String)>,
     totals: Totals,
 }
 
@@ -194,6 +211,7 @@ impl Tasks {
             queue: VecDeque::new(),
             deadlines: BTreeSet::new(),
             recent: VecDeque::new(),
+            retired: VecDeque::new(),
             totals,
         };
         for planned in restored {
@@ -375,22 +393,22 @@ impl Tasks {
         let mut lost = Vec::new();
         for report in progress {
             let id = report.id;
-            let Some(task) = self.live.get_mut(&id) else {
+            let Some(task) = self
+                .live
+                .get_mut(&id)
+                .filter(|task| task.held_by(worker, report.attempt))
+            else {
                 lost.push(id);
                 continue;
             };
-            if task.planned.attempt != report.attempt || task.outcome.is_some() {
-                lost.push(id);
-                continue;
-            }
             match &mut task.lease {
-                Some(lease) if lease.worker == worker => {
+                Some(lease) => {
                     self.deadlines.remove(&(lease.deadline, id));
                     lease.deadline = deadline;
                     lease.records = report.records;
                     lease.bytes = report.bytes;
                 }
-                None if task.committed => {
+                None => {
                     task.lease = Some(Lease {
                         worker: worker.to_owned(),
                         started: now,
@@ -399,19 +417,14 @@ impl Tasks {
                         bytes: report.bytes,
                     });
                 }
-                _ => {
-                    lost.push(id);
-                    continue;
-                }
             }
             self.deadlines.insert((deadline, id));
         }
         lost
     }
 
-    /// Records a task done. Accepted from whichever worker finished it
-    /// first: every attempt writes the same output, so a late duplicate
-    /// attempt changes nothing.
+    /// Records a task done, when reported by the worker that holds the
+    /// attempt; a report of any other attempt changes nothing.
     pub fn complete(
         &mut self,
         id: TaskId,
@@ -423,8 +436,8 @@ impl Tasks {
         if task.outcome.is_some() {
             return Err(Refusal::Conflict(format!("task {id} has already finished")));
         }
-        if task.planned.attempt == 0 {
-            return Err(Refusal::Conflict(format!("task {id} was never leased")));
+        if !task.held_by(&done.worker, done.attempt) {
+            return Err(not_held(&done.worker, done.attempt, id));
         }
         let started = task.lease.take().map(|lease| {
             self.deadlines.remove(&(lease.deadline, id));
@@ -454,20 +467,13 @@ impl Tasks {
     pub fn fail(&mut self, id: TaskId, failure: Failure, now: Timestamp) -> Result<(), Refusal> {
         self.find_live(id)?;
         let task = self.live.get_mut(&id).expect("found");
-        let holds = task.outcome.is_none()
-            && task.planned.attempt == failure.attempt
-            && task
-                .lease
-                .as_ref()
-                .is_some_and(|lease| lease.worker == failure.worker);
-        if !holds {
-            return Err(Refusal::Conflict(format!(
-                "worker {} does not hold attempt {} of task {id}",
-                failure.worker, failure.attempt
-            )));
+        if !task.held_by(&failure.worker, failure.attempt) {
+            return Err(not_held(&failure.worker, failure.attempt, id));
         }
-        let lease = task.lease.take().expect("held");
-        self.deadlines.remove(&(lease.deadline, id));
+        let lease = task.lease.take();
+        if let Some(lease) = &lease {
+            self.deadlines.remove(&(lease.deadline, id));
+        }
         if failure.released {
             task.planned.attempt -= 1;
             if task.committed {
@@ -476,35 +482,42 @@ impl Tasks {
             return Ok(());
         }
         task.planned.error = Some(failure.error.clone());
-        let culprit = failure.key.as_deref().and_then(|key| {
+        let at_fault = failure.key.as_deref().and_then(|key| {
             task.planned
                 .objects
                 .iter()
                 .position(|object| object.key == key)
         });
-        match culprit {
+        match at_fault {
             Some(index) if task.planned.objects.len() > 1 => {
-                let object = task.planned.objects.remove(index);
-                let oldest = task.planned.oldest;
-                // The others did nothing wrong: they start over.
-                task.planned.attempt = 0;
-                task.planned.error = None;
-                task.size -= object.size;
-                task.revision += 1;
-                task.committed = false;
-                let split = Planned {
-                    id: self.next_id(),
+                // The others did nothing wrong: they start over, under a new
+                // id and so a new output, which no earlier attempt of the
+                // whole task (still running somewhere) can write.
+                let split = self.live.remove(&id).expect("found").planned;
+                let (rest_id, culprit_id) = (self.next_id(), self.next_id());
+                let mut objects = split.objects;
+                let culprit = Planned {
+                    id: culprit_id,
                     created: now,
-                    attempt: failure.attempt,
-                    objects: vec![object],
-                    oldest,
+                    attempt: split.attempt,
+                    objects: vec![objects.remove(index)],
+                    oldest: split.oldest,
                     error: Some(failure.error),
                 };
-                let split_id = split.id;
-                self.add(split);
-                self.retry_or_give_up(split_id, Some(lease), now);
+                let rest = Planned {
+                    id: rest_id,
+                    created: now,
+                    attempt: 0,
+                    objects,
+                    oldest: split.oldest,
+                    error: None,
+                };
+                self.retire(id, rest_id, culprit_id);
+                self.add(rest);
+                self.add(culprit);
+                self.retry_or_give_up(culprit_id, lease, now);
             }
-            _ => self.retry_or_give_up(id, Some(lease), now),
+            _ => self.retry_or_give_up(id, lease, now),
         }
         Ok(())
     }
@@ -566,6 +579,17 @@ impl Tasks {
         self.totals.objects_failed += task.planned.objects.len() as u64;
     }
 
+    /// Remembers that task `id` was split into `rest` and `culprit`.
+    fn retire(&mut self, id: TaskId, rest: TaskId, culprit: TaskId) {
+        if self.retired.len() == RECENT {
+            self.retired.pop_front();
+        }
+        let fate = format!(
+            "task {id} was split: its object at fault is task {culprit} now, the others task {rest}"
+        );
+        self.retired.push_back((id, fate));
+    }
+
     /// The id of a live task, or why there is none.
     fn find_live(&self, id: TaskId) -> Result<(), Refusal> {
         if self.live.contains_key(&id) {
@@ -573,6 +597,9 @@ impl Tasks {
         }
         if self.recent.iter().any(|detail| detail.task.id == id) {
             return Err(Refusal::Conflict(format!("task {id} has already finished")));
+        }
+        if let Some((_, fate)) = self.retired.iter().find(|(retired, _)| *retired == id) {
+            return Err(Refusal::Conflict(fate.clone()));
         }
         Err(Refusal::NotFound(id))
     }
@@ -609,6 +636,13 @@ impl Tasks {
         }
         records
     }
+}
+
+fn not_held(worker: &str, attempt: u32, id: TaskId) -> Refusal {
+    Refusal::Conflict(format!(
+        "worker {worker} does not hold attempt {attempt} of task {id}: the lease expired and \
+         the task went on without it"
+    ))
 }
 
 /// Packs objects, in order, into groups of at most `max_objects` objects

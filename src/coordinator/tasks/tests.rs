@@ -79,6 +79,15 @@ fn failure(worker: &str, attempt: u32, key: Option<&str>) -> Failure {
     }
 }
 
+fn progress(id: TaskId, attempt: u32) -> Progress {
+    Progress {
+        id,
+        attempt,
+        records: 3,
+        bytes: 30,
+    }
+}
+
 fn keys(task: &LeasedTask) -> Vec<&str> {
     task.objects.iter().map(|o| o.key.as_str()).collect()
 }
@@ -138,7 +147,7 @@ fn a_task_changed_after_a_snapshot_waits_for_the_next_commit() {
         .fail(id("7-1"), failure("w1", 1, Some("b")), at(2))
         .unwrap();
     let stale = tasks.snapshot();
-    // The split task 7-2 and the shrunk 7-1 are uncommitted now.
+    // The rest (7-2) and the object at fault (7-3) are uncommitted now.
     assert!(tasks.lease("w2", 10, at(3)).is_empty());
     tasks.committed(&stale);
     let leased = tasks.lease("w2", 10, at(3));
@@ -180,12 +189,6 @@ fn relisting_skips_what_is_finished_or_in_a_task_and_replans_changed_objects() {
 fn heartbeats_renew_leases_and_report_lost_ones() {
     let mut tasks = committed(&["a", "b", "c"]);
     let leased = tasks.lease("w1", 1, at(0));
-    let progress = |id: TaskId, attempt| Progress {
-        id,
-        attempt,
-        records: 3,
-        bytes: 30,
-    };
     // Renewed at 8 s: still held at 15 s (deadline 18 s).
     assert!(
         tasks
@@ -280,27 +283,83 @@ fn a_completed_task_is_archived_once_and_leaves_memory() {
 }
 
 #[test]
-fn a_late_completion_from_an_expired_lease_still_counts() {
-    let mut tasks = committed(&["a"]);
-    tasks.lease("w1", 1, at(0));
+fn a_late_completion_counts_until_another_worker_holds_the_task() {
+    // Expired and not leased again: the late worker still holds attempt 1.
+    let mut tasks = committed(&["a", "b", "c"]);
+    tasks.lease("w1", 2, at(0));
     tasks.expire(at(10));
-    tasks.lease("w2", 1, at(11));
     tasks.complete(id("7-1"), done("w1", 1), at(12)).unwrap();
+    assert_eq!(
+        tasks.get(id("7-1")).unwrap().task.state,
+        TaskState::Succeeded
+    );
+
+    // Leased again to w2: w1's attempt 1 of 7-2 is void and changes nothing.
+    tasks.lease("w2", 1, at(11));
+    assert_eq!(
+        tasks.complete(id("7-2"), done("w1", 1), at(12)),
+        Err(Refusal::Conflict(
+            "worker w1 does not hold attempt 1 of task 7-2: the lease expired and the task went \
+             on without it"
+                .into()
+        ))
+    );
+    assert!(matches!(
+        tasks.fail(id("7-2"), failure("w1", 1, None), at(12)),
+        Err(Refusal::Conflict(_))
+    ));
+    let view = tasks.get(id("7-2")).unwrap().task;
+    assert_eq!(
+        (view.state, view.worker.as_deref(), view.attempt),
+        (TaskState::Running, Some("w2"), 2)
+    );
     assert!(
-        !tasks
-            .heartbeat(
-                "w2",
-                &[Progress {
-                    id: id("7-1"),
-                    attempt: 2,
-                    records: 0,
-                    bytes: 0
-                }],
-                at(13)
-            )
+        tasks
+            .heartbeat("w2", &[progress(id("7-2"), 2)], at(13))
             .is_empty()
     );
-    assert_eq!(tasks.expire(at(100)), 0);
+    tasks.complete(id("7-2"), done("w2", 2), at(14)).unwrap();
+    assert_eq!(tasks.totals().tasks_succeeded, 2);
+}
+
+/// A worker stalled in attempt 1 of a task that another attempt split
+/// (one object at fault) must not get its whole-task output counted: the
+/// others go on under a new id and output, and the old id refuses it.
+#[test]
+fn a_zombie_attempt_of_a_split_task_is_refused_and_writes_no_live_output() {
+    let mut tasks = committed(&["a", "b"]);
+    let zombie = tasks.lease("w1", 1, at(0)).remove(0);
+    tasks.expire(at(10));
+    tasks.lease("w2", 1, at(11));
+    tasks
+        .fail(id("7-1"), failure("w2", 2, Some("b")), at(12))
+        .unwrap();
+    let snapshot = tasks.snapshot();
+    tasks.committed(&snapshot);
+    let leased = tasks.lease("w3", 10, at(13));
+    let (rest, culprit) = (&leased[0], &leased[1]);
+    assert_eq!(
+        (rest.id, keys(rest), rest.attempt),
+        (id("7-2"), vec!["a"], 1)
+    );
+    assert_eq!((culprit.id, keys(culprit)), (id("7-3"), vec!["b"]));
+    assert!(rest.output != zombie.output && culprit.output != zombie.output);
+
+    let refused = Err(Refusal::Conflict(
+        "task 7-1 was split: its object at fault is task 7-3 now, the others task 7-2".into(),
+    ));
+    assert_eq!(tasks.complete(id("7-1"), done("w1", 1), at(14)), refused);
+    assert_eq!(
+        tasks.fail(id("7-1"), failure("w1", 1, None), at(14)),
+        refused
+    );
+    assert_eq!(
+        tasks.heartbeat("w1", &[progress(id("7-1"), 1)], at(14)),
+        [id("7-1")]
+    );
+    assert_eq!(tasks.totals().tasks_succeeded, 0);
+    tasks.complete(rest.id, done("w3", 1), at(15)).unwrap();
+    assert_eq!(tasks.get(rest.id).unwrap().task.state, TaskState::Succeeded);
 }
 
 #[test]
