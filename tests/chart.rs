@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,14 +22,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice::crd::IngestSource;
 use sluice_testenv::{Daemon, free_port, http_get, tools};
 use support::sources::{SETTLE, apply, create_credentials, get, orders};
-use support::{eventually, kube, kubectl, repo, succeed};
+use support::{TOKEN_KEY, eventually, kube, kubectl, repo, succeed};
 
 /// The release name every test installs or renders the chart as.
 const RELEASE: &str = "sluice";
@@ -194,6 +194,7 @@ fn defaults_render_the_operator_with_cluster_wide_rbac() {
                 "Role sluice-system/sluice-leader-election",
                 "RoleBinding sluice-system/sluice-leader-election",
                 "Deployment sluice-system/sluice",
+                "Secret sluice-system/sluice-token-key",
             ]
             .map(String::from)
         )
@@ -223,9 +224,25 @@ fn defaults_render_the_operator_with_cluster_wide_rbac() {
         "--log-format=text".into(),
         r#"--coordinator-resources={"limits":{"memory":"1Gi"},"requests":{"cpu":"100m","memory":"256Mi"}}"#.into(),
         "--coordinator-scratch-limit=1Gi".into(),
+        "--token-key-file=/var/run/sluice/token-key/key".into(),
     ] {
         assert!(args.contains(&expected), "{expected} not in {args:?}");
     }
+    // The token key: random, mounted where the flag says, for the operator
+    // alone (0440, its group), which reads no Secret through the API.
+    let key = find(&objects, "Secret", "sluice-system", "sluice-token-key");
+    let decoded: k8s_openapi::ByteString =
+        serde_json::from_value(key["data"]["key"].clone()).unwrap();
+    assert_eq!(decoded.0.len(), 64);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "token-key", "secret": {"secretName": "sluice-token-key", "defaultMode": 0o440}}])
+    );
+    assert_eq!(
+        container(deployment)["volumeMounts"],
+        json!([{"name": "token-key", "mountPath": "/var/run/sluice/token-key", "readOnly": true}])
+    );
     assert!(!args.iter().any(|a| a.starts_with("--watch-namespace")));
     let container = container(deployment);
     assert_eq!(
@@ -289,6 +306,7 @@ fn other_values_render_where_they_belong() {
         inventory(&objects),
         BTreeSet::from(
             [
+                "Secret ops/sluice-token-key",
                 "ServiceAccount ops/ingest-operator",
                 "Role team-a/sluice",
                 "RoleBinding team-a/sluice",
@@ -754,6 +772,47 @@ async fn install_creates_the_crd_the_operator_and_its_rbac() {
     assert!(status.contains("STATUS: deployed"), "{status}");
 }
 
+/// Asserts that `user` may not read any Secret: not list or watch them in
+/// all namespaces, nor list, watch or get one in each of `namespaces`, the
+/// operator's own included (it reads its token key from a mounted file).
+fn reads_no_secret(user: &str, namespaces: &[&str]) {
+    let mut asked: Vec<Vec<&str>> = vec![
+        vec!["list", "secrets", "--all-namespaces"],
+        vec!["watch", "secrets", "--all-namespaces"],
+    ];
+    for namespace in namespaces {
+        for verb in ["list", "watch", "get"] {
+            asked.push(vec![verb, "secret/sluice-token-key", "-n", namespace]);
+        }
+    }
+    for question in asked {
+        let mut args = vec!["auth", "can-i", "--as", user];
+        args.extend(&question);
+        let answer = kubectl(&args, None);
+        let said = String::from_utf8_lossy(&answer.stdout).trim().to_owned();
+        assert_eq!(said, "no", "kubectl {}", args.join(" "));
+    }
+}
+
+/// The chart's default, cluster-wide RBAC lets the operator read no Secret,
+/// in any namespace.
+#[tokio::test]
+async fn the_operator_may_read_no_secret() {
+    let release = release();
+    let other = kube().namespace("bystander").unwrap();
+    let user = format!("system:serviceaccount:{}:sluice", release.namespace);
+    reads_no_secret(&user, &[&release.namespace, &other]);
+    // What it does with Secrets: create (tokens; a dry run tells whether a
+    // credentials Secret exists) and patch (a token, once tested as its own).
+    for verb in ["create", "patch"] {
+        let args = [
+            "auth", "can-i", "--as", &user, verb, "secrets", "-n", &other,
+        ];
+        let said = succeed(kubectl(&args, None));
+        assert_eq!(said.trim(), "yes", "kubectl {}", args.join(" "));
+    }
+}
+
 /// A token of ServiceAccount `name` from the TokenRequest API, as a pod
 /// would have it mounted.
 async fn token(client: &Client, namespace: &str, name: &str) -> String {
@@ -848,9 +907,14 @@ impl ChartOperator {
         let admin_port = free_port().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command.env_clear().env("KUBECONFIG", &kubeconfig);
+        let key = dir.path().join("token-key");
+        std::fs::write(&key, TOKEN_KEY).unwrap();
         for arg in args(deployment) {
             if arg.starts_with("--admin-address=") {
                 command.arg(format!("--admin-address=127.0.0.1:{admin_port}"));
+            } else if arg.starts_with("--token-key-file=") {
+                // The chart's key Secret, mounted there in a pod.
+                command.arg(format!("--token-key-file={}", key.display()));
             } else {
                 command.arg(arg);
             }
@@ -896,10 +960,9 @@ impl Drop for ChartOperator {
     }
 }
 
-/// Everything the operator makes of `orders` and a second source `legacy`
-/// whose token someone removed (the operator wrote a new one), and that it
-/// says so, with
-/// the given `identity` holding the Lease in `lease_namespace`.
+/// Everything the operator makes of `orders` and a second source `legacy`,
+/// and that it says so, with the given `identity` holding the Lease in
+/// `lease_namespace`.
 async fn everything_done(
     client: &Client,
     namespace: &str,
@@ -952,15 +1015,12 @@ async fn apply_sources(client: &Client, namespace: &str) {
 #[derive(Default)]
 struct Meddling {
     configs_deleted: AtomicU32,
-    token_emptied: AtomicBool,
 }
 
 impl Meddling {
     /// Deletes `orders-config` each time it exists, twice, so that the
     /// operator creates it again twice and repeats the same "Created" event
-    /// (the first creation's event names every child); and removes the token
-    /// from `legacy-token` once, so that the operator writes a new one.
-    /// Returns once all of it is done.
+    /// (the first creation's event names every child). Returns once done.
     async fn step(&self, client: &Client, namespace: &str) -> Option<()> {
         let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
         if self.configs_deleted.load(Ordering::Relaxed) < 2
@@ -977,24 +1037,7 @@ impl Meddling {
         {
             self.configs_deleted.fetch_add(1, Ordering::Relaxed);
         }
-        let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-        if !self.token_emptied.load(Ordering::Relaxed)
-            && get::<Secret>(client, namespace, "legacy-token")
-                .await
-                .and_then(|secret| secret.data?.get("token").cloned())
-                .is_some()
-            && secrets
-                .patch(
-                    "legacy-token",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"data": null})),
-                )
-                .await
-                .is_ok()
-        {
-            self.token_emptied.store(true, Ordering::Relaxed);
-        }
-        self.token_emptied.load(Ordering::Relaxed).then_some(())
+        (self.configs_deleted.load(Ordering::Relaxed) == 2).then_some(())
     }
 }
 
@@ -1105,6 +1148,10 @@ async fn watch_namespaces_mode_serves_only_the_listed_namespaces() {
         (http_get(operator.admin_port, "/readyz")?.0 == 200).then_some(())
     })
     .await;
+    reads_no_secret(
+        &format!("system:serviceaccount:{own}:sluice"),
+        &[&own, &team_a, &other],
+    );
     // Ready means every watch listed: had it watched beyond its namespaces,
     // the API server would have refused it (it holds Roles in these two only).
     assert!(

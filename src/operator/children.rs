@@ -8,10 +8,11 @@
 //!   Deployment of `spec.workers.replicas` pods running `sluice worker`;
 //! - `orders-config`: the ConfigMap with the runtime configuration;
 //! - `orders-token`: the Secret with the token workers present to the
-//!   coordinator (built by [`token_secret`], created once).
+//!   coordinator (built by [`token_secret`], the token derived by [`token`]).
 
 use std::collections::BTreeMap;
 
+use hmac::{Hmac, KeyInit, Mac};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
@@ -233,7 +234,7 @@ pub fn build(
     }
 }
 
-/// The token Secret, created once with a random `token` and then kept.
+/// The token Secret, holding `token`.
 pub fn token_secret(source: &IngestSource, token: &str) -> Secret {
     Secret {
         metadata: meta(source, &Names::of(source).token, None),
@@ -243,9 +244,25 @@ pub fn token_secret(source: &IngestSource, token: &str) -> Secret {
     }
 }
 
-/// A new random token: 32 bytes, hex-encoded.
-pub fn new_token() -> String {
-    hex(&rand::random::<[u8; 32]>())
+/// The operator's secret key for the coordinators' tokens (`--token-key-file`).
+#[derive(Clone)]
+pub struct TokenKey(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+/// The token of `source`'s coordinator API: an HMAC-SHA256 of the
+/// IngestSource's uid under the operator's token key, hex-encoded. The
+/// operator derives it whenever it needs it, so it never reads a Secret
+/// back; an IngestSource made again under the same name gets a new one,
+/// and a new key gives every source a new one.
+pub fn token(key: &TokenKey, source: &IngestSource) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).expect("HMAC takes keys of any length");
+    mac.update(source.uid().unwrap_or_default().as_bytes());
+    hex(&mac.finalize().into_bytes())
 }
 
 /// The credentials Secrets `source` names, with the location that names
@@ -904,9 +921,19 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_random_and_long() {
-        let (a, b) = (new_token(), new_token());
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
+    fn a_token_is_its_sources_own_and_changes_with_the_key() {
+        let with_uid = |uid: &str| {
+            let mut source = orders();
+            source.metadata.uid = Some(uid.into());
+            source
+        };
+        let (first, again) = (with_uid("0a1b"), with_uid("0a1b"));
+        let key = |text: &str| TokenKey(text.as_bytes().into());
+        let token = token(&key("key one"), &first);
+        assert_eq!(token.len(), 64);
+        assert_eq!(token, super::token(&key("key one"), &again));
+        assert_ne!(token, super::token(&key("key one"), &with_uid("0a1c")));
+        assert_ne!(token, super::token(&key("key two"), &first));
+        assert!(!format!("{:?}", key("key one")).contains("one"));
     }
 }

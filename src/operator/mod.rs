@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use tracing::{error, info};
 
 use crate::telemetry::{self, LogFormat, Readiness};
-use children::{DEFAULT_COORDINATOR_RESOURCES, DEFAULT_COORDINATOR_SCRATCH, PodDefaults};
+use children::{DEFAULT_COORDINATOR_RESOURCES, DEFAULT_COORDINATOR_SCRATCH, PodDefaults, TokenKey};
 use controller::Scope;
 use leader::{LeaderElector, LeaseConfig};
 
@@ -49,6 +49,13 @@ pub struct OperatorArgs {
     /// they spill merges of finished keys.
     #[arg(long, env = "SLUICE_COORDINATOR_SCRATCH_LIMIT", default_value = DEFAULT_COORDINATOR_SCRATCH, value_parser = quantity)]
     pub coordinator_scratch_limit: Quantity,
+
+    /// A file holding the secret key the coordinators' API tokens are
+    /// derived from (at least 32 bytes; the chart mounts one from a Secret
+    /// it makes). Every replica must have the same; a new key gives every
+    /// source a new token and restarts its pods.
+    #[arg(long, env = "SLUICE_TOKEN_KEY_FILE")]
+    pub token_key_file: std::path::PathBuf,
 
     /// Serve only IngestSources in these namespaces (repeat the flag or
     /// separate them with commas), so that Roles in those namespaces suffice;
@@ -119,6 +126,27 @@ pub enum Error {
     Leader(#[from] leader::Error),
     #[error("lost the leader Lease; exiting so that a standby takes over")]
     LostLeadership,
+    #[error("--token-key-file {path}: {reason}")]
+    TokenKey { path: String, reason: String },
+}
+
+/// The shortest token key: 256 bits, as long as the tokens.
+const MIN_TOKEN_KEY: usize = 32;
+
+/// Reads the token key, refusing one too short to keep tokens unguessable.
+fn token_key(path: &std::path::Path) -> Result<TokenKey, Error> {
+    let fail = |reason: String| Error::TokenKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    let key = std::fs::read(path).map_err(|err| fail(err.to_string()))?;
+    if key.len() < MIN_TOKEN_KEY {
+        return Err(fail(format!(
+            "holds {} bytes; a key needs at least {MIN_TOKEN_KEY} (for example `head -c 48 /dev/urandom | base64`)",
+            key.len()
+        )));
+    }
+    Ok(TokenKey(key.into()))
 }
 
 /// `--coordinator-resources`: requests and limits as JSON. The quantities
@@ -137,6 +165,7 @@ fn quantity(text: &str) -> Result<Quantity, std::convert::Infallible> {
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: OperatorArgs) -> Result<(), Error> {
     telemetry::init_logging(args.log_format);
+    let token_key = token_key(&args.token_key_file)?;
     let client = kube::Client::try_default().await?;
     let mut registry = Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut registry));
@@ -202,6 +231,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
             failure_window: args.failure_window,
         },
         scale_down_stabilization: args.scale_down_stabilization,
+        token_key,
     };
     // One controller per namespace (each with its own namespaced watches,
     // which is all a Role allows); ready once every one has synced.
@@ -291,6 +321,7 @@ mod tests {
             &<OperatorArgs as clap::Args>::augment_args(clap::Command::new("operator"))
                 .try_get_matches_from([
                     "operator",
+                    "--token-key-file=key",
                     "--watch-namespace=team-b,team-a",
                     "--watch-namespace",
                     "team-a",

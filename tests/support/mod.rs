@@ -147,6 +147,10 @@ where
 }
 
 /// A `sluice operator` process against an API server, stopped on drop.
+/// The token key of every test operator: the same for all, so that
+/// operators taking over from each other derive the same tokens.
+pub const TOKEN_KEY: &str = "a test token key of at least 32 bytes";
+
 pub struct Operator {
     daemon: Daemon,
     admin_port: u16,
@@ -167,11 +171,15 @@ impl Operator {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
         let admin_port = free_port().unwrap();
+        let key = dir.path().join("token-key");
+        std::fs::write(&key, TOKEN_KEY).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
             .env("KUBECONFIG", kube.kubeconfig())
             .env("RUST_LOG", log_filter)
             .args(["operator", "--image", "sluice:test", "--identity", identity])
+            .arg("--token-key-file")
+            .arg(&key)
             .arg(format!("--admin-address=127.0.0.1:{admin_port}"))
             .args(args);
         let mut daemon = Daemon::spawn("sluice operator", command, &log).unwrap();

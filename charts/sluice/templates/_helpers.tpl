@@ -65,14 +65,14 @@ hold these rules. tests/chart.rs drops each verb in turn and shows what breaks.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch"]
-# Secrets: watched (the token Secrets, and whether the credentials Secrets
-# an IngestSource names exist); a token Secret is created once, and patched
-# only when someone removed its token. Never get: the token comes from the
-# cache, and a Secret of a token's name that the source did not make is
-# left alone (NameConflict).
+# Secrets: never read (no get, list or watch), so the operator's token
+# reads no Secret. It creates each token Secret (the token is derived from
+# its key, not read back), patches one only after a test that it is the
+# source's own (a JSON patch), and learns whether a credentials Secret
+# exists from a dry-run create, which writes nothing.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["create", "patch"]
 # Events on IngestSources; a repeated one is patched (its series count).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

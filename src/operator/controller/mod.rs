@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
-use kube::core::{DeserializeGuard, PartialObjectMeta};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
@@ -30,7 +30,7 @@ use tracing::{Instrument, info, info_span, warn};
 use sluice_core::sync::lock;
 
 use super::autoscale::History;
-use super::children::{self, MANAGED_BY, PodDefaults};
+use super::children::{MANAGED_BY, PodDefaults, TokenKey};
 use super::events::Recorder;
 use super::metrics::Metrics;
 use super::status::{self, Limits};
@@ -60,6 +60,8 @@ pub struct Options {
     /// An autoscaled pool shrinks only to the highest size the backlog
     /// asked for within this long.
     pub scale_down_stabilization: Duration,
+    /// What the coordinators' tokens are derived from.
+    pub token_key: TokenKey,
 }
 
 /// What the operator needs while it runs.
@@ -96,10 +98,6 @@ struct Stores {
     config_maps: Store<ConfigMap>,
     services: Store<Service>,
     deployments: Store<Deployment>,
-    /// Token Secrets (labelled as the operator's).
-    tokens: Store<Secret>,
-    /// Metadata of every Secret, to know whether credentials exist.
-    secrets: Store<PartialObjectMeta<Secret>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,19 +161,9 @@ pub async fn run(
     let (role_bindings, role_binding_events) = watch_owned(scope.api(&client), owned.clone());
     let (config_maps, config_map_events) = watch_owned(scope.api(&client), owned.clone());
     let (services, service_events) = watch_owned(scope.api(&client), owned.clone());
-    let (deployments, deployment_events) = watch_owned(scope.api(&client), owned.clone());
-    let (tokens, token_events) = watch_owned(scope.api(&client), owned);
-    let (secrets, secret_writer) = reflector::store();
-    let secret_events = reflector::reflector(
-        secret_writer,
-        watcher(
-            scope.api::<PartialObjectMeta<Secret>>(&client),
-            watcher::Config::default(),
-        ),
-    )
-    .touched_objects()
-    .backoff(backoff::watch_backoff())
-    .filter_map(report_watch_error);
+    let (deployments, deployment_events) = watch_owned(scope.api(&client), owned);
+    // No Secret is watched: the operator may not read Secrets (see
+    // `token.rs` and `Context::missing_credentials`).
 
     // The coordinator writes the status every few seconds while it works;
     // only changes that can change what the operator does wake it (see
@@ -201,7 +189,6 @@ pub async fn run(
     let controller = Controller::for_stream(source_events, source_store.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
         .trigger_backoff(backoff::watch_backoff());
-    let credentials_users = source_store.clone();
     let controller = controller
         .owns_stream(service_account_events)
         .owns_stream(role_events)
@@ -209,25 +196,6 @@ pub async fn run(
         .owns_stream(config_map_events)
         .owns_stream(service_events)
         .owns_stream(deployment_events)
-        .owns_stream(token_events)
-        // A credentials Secret appearing (or vanishing) concerns the
-        // IngestSources in its namespace that name it.
-        .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
-            let (namespace, name) = (secret.namespace(), secret.name_any());
-            credentials_users
-                .state()
-                .into_iter()
-                .filter(|guarded| {
-                    guarded.0.as_ref().is_ok_and(|source| {
-                        source.namespace() == namespace
-                            && children::credential_secrets(source)
-                                .iter()
-                                .any(|(_, s)| *s == name)
-                    })
-                })
-                .map(|guarded| ObjectRef::from_obj(&*guarded))
-                .collect::<Vec<_>>()
-        })
         .graceful_shutdown_on({
             let mut stop = stop.clone();
             async move {
@@ -242,8 +210,6 @@ pub async fn run(
         config_maps,
         services,
         deployments,
-        tokens,
-        secrets,
     };
     let (synced_sender, synced_receiver) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context {
@@ -301,8 +267,6 @@ impl Stores {
             synced(&self.config_maps),
             synced(&self.services),
             synced(&self.deployments),
-            synced(&self.tokens),
-            synced(&self.secrets),
         );
     }
 }
@@ -438,6 +402,7 @@ fn trigger_key(guarded: &DeserializeGuard<IngestSource>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::ResourceExt;
     use serde_json::json;
 
     use super::*;

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -25,10 +27,10 @@ use super::{Context, Error, MANAGER};
 /// Every reconcile is repeated this often even without a change, to repair
 /// drift the watches could not see.
 const RESYNC: Duration = Duration::from_secs(300);
-/// A source held up by a name conflict is looked at again this often: the
-/// operator does not watch objects it did not make, so it would not see the
-/// other object go.
-const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+/// A source held up by what the operator does not watch (an object of
+/// another owner in the way of a child, a credentials Secret missing) is
+/// looked at again this often: it would not see that change.
+const UNWATCHED_RECHECK: Duration = Duration::from_secs(10);
 
 pub(super) async fn reconcile_source(
     source: &IngestSource,
@@ -52,9 +54,12 @@ pub(super) async fn reconcile_source(
                 .apply_source(source, &config, &names, &namespace, now, &mut observed)
                 .await;
             match applied {
-                Ok(drop) => {
+                Ok((drop, running)) => {
                     next_drop = drop;
-                    observed.problem = context.missing_credentials(source, &namespace);
+                    // Pods that run found every Secret they need.
+                    if !running {
+                        observed.problem = context.missing_credentials(source, &namespace).await?;
+                    }
                 }
                 Err(Error::NameConflict { kind, name }) => {
                     observed.problem = Some(Problem::NameConflict { kind, name });
@@ -81,8 +86,12 @@ pub(super) async fn reconcile_source(
     }
     Ok(match new.phase {
         Some(Phase::Failed) => Action::await_change(),
-        _ if matches!(observed.problem, Some(Problem::NameConflict { .. })) => {
-            Action::requeue(CONFLICT_RECHECK)
+        _ if matches!(
+            observed.problem,
+            Some(Problem::NameConflict { .. } | Problem::CredentialsSecretNotFound { .. })
+        ) =>
+        {
+            Action::requeue(UNWATCHED_RECHECK)
         }
         _ => Action::requeue(requeue_after(
             [computed.recheck_at, next_drop].into_iter().flatten().min(),
@@ -112,7 +121,9 @@ pub(super) struct Scaling {
 
 impl Context {
     /// Renders the source's children and applies them, with the events
-    /// that say what changed. Returns when autoscale shrinks the pool next.
+    /// that say what changed. Returns when autoscale shrinks the pool next,
+    /// and whether the pods were already running as desired (see
+    /// [`Context::running`]).
     async fn apply_source(
         &self,
         source: &IngestSource,
@@ -121,8 +132,8 @@ impl Context {
         namespace: &str,
         now: jiff::Timestamp,
         observed: &mut Observed,
-    ) -> Result<Option<jiff::Timestamp>, Error> {
-        let token = self.token(source, names, namespace).await?;
+    ) -> Result<(Option<jiff::Timestamp>, bool), Error> {
+        let token = children::token(&self.options.token_key, source);
         let workers_before = self
             .stores
             .deployments
@@ -139,6 +150,10 @@ impl Context {
             &self.options.defaults,
             worker_replicas,
         );
+        let running = self.running(&desired, namespace);
+        if !running {
+            self.ensure_token(source, names, namespace, &token).await?;
+        }
         let created = self
             .apply_children(namespace, &source.name_any(), &desired, observed)
             .await?;
@@ -176,7 +191,46 @@ impl Context {
             )
             .await;
         }
-        Ok(next_drop)
+        Ok((next_drop, running))
+    }
+
+    /// Whether the coordinator and the workers run as `desired`: both
+    /// Deployments cached with its pod template's checksum (configuration
+    /// and token) and every replica available. Their pods then found the
+    /// token Secret and the credentials; otherwise the operator makes sure
+    /// of both, as it reads no Secret to know.
+    fn running(&self, desired: &children::Children, namespace: &str) -> bool {
+        [&desired.coordinator, &desired.workers]
+            .into_iter()
+            .all(|wanted| {
+                let checksum = |deployment: &k8s_openapi::api::apps::v1::Deployment| {
+                    deployment
+                        .spec
+                        .as_ref()?
+                        .template
+                        .metadata
+                        .as_ref()?
+                        .annotations
+                        .as_ref()?
+                        .get(children::CHECKSUM_ANNOTATION)
+                        .cloned()
+                };
+                self.stores
+                    .deployments
+                    .get(&ObjectRef::new(&wanted.name_any()).within(namespace))
+                    .is_some_and(|live| {
+                        let replicas = live
+                            .spec
+                            .as_ref()
+                            .and_then(|spec| spec.replicas)
+                            .unwrap_or(1);
+                        let status = live.status.clone().unwrap_or_default();
+                        checksum(&live) == checksum(wanted)
+                            && status.observed_generation == live.metadata.generation
+                            && status.available_replicas.unwrap_or(0) >= replicas
+                            && status.updated_replicas.unwrap_or(0) >= replicas
+                    })
+            })
     }
     /// The worker count for an autoscaled `source` (None when it is not
     /// autoscaled or is suspended), recording the recommendation in its
@@ -231,24 +285,40 @@ impl Context {
         })
     }
 
-    /// The first credentials Secret `source` names that does not exist.
-    pub(super) fn missing_credentials(
+    /// The first credentials Secret `source` names that does not exist,
+    /// learned without reading one: a dry-run create of a Secret of that
+    /// name (nothing is written) fails with AlreadyExists exactly when it
+    /// exists.
+    pub(super) async fn missing_credentials(
         &self,
         source: &IngestSource,
         namespace: &str,
-    ) -> Option<Problem> {
-        children::credential_secrets(source)
-            .into_iter()
-            .find(|(_, secret)| {
-                self.stores
-                    .secrets
-                    .get(&ObjectRef::new(secret).within(namespace))
-                    .is_none()
-            })
-            .map(|(store, secret)| Problem::CredentialsSecretNotFound {
-                secret,
-                field: store.field(),
-            })
+    ) -> Result<Option<Problem>, Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        for (store, secret) in children::credential_secrets(source) {
+            let probe = Secret {
+                metadata: ObjectMeta {
+                    name: Some(secret.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..Secret::default()
+            };
+            match api.create(&dry_run, &probe).await {
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+                Ok(_) => {
+                    return Ok(Some(Problem::CredentialsSecretNotFound {
+                        secret,
+                        field: store.field(),
+                    }));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(None)
     }
 
     pub(super) async fn write_status(

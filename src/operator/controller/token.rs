@@ -1,85 +1,75 @@
-//! The coordinator's API token: a Secret the operator creates once.
+//! The coordinator's API token, in a Secret the operator writes and never
+//! reads: the token is derived from the operator's token key and the
+//! IngestSource's uid ([`children::token`]), so the operator knows it
+//! without a Secret, and holds no right to read any Secret.
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
 
 use crate::crd::{IngestSource, Names};
 use crate::operator::children::{self, TOKEN_KEY};
 
-use super::apply::existing;
-use super::{Context, Error, MANAGER};
+use super::{Context, Error};
 
 impl Context {
-    /// The token from the token Secret, creating the Secret the first time
-    /// and a new token when someone removed it. The token comes from the
-    /// cache or from the operator's own write: it never gets a Secret.
-    pub(super) async fn token(
+    /// Makes sure the token Secret holds `token`: created the first time;
+    /// when it exists, one JSON patch that first tests that the Secret is
+    /// this source's (its controller owner's uid) and then sets the token.
+    /// A Secret of that name that another owner made fails the test and is
+    /// left as it is: [`Error::NameConflict`].
+    pub(super) async fn ensure_token(
         &self,
         source: &IngestSource,
         names: &Names,
         namespace: &str,
-    ) -> Result<String, Error> {
-        let cached = self
-            .stores
-            .tokens
-            .get(&ObjectRef::new(&names.token).within(namespace));
-        let source_name = source.name_any();
-        let conflict = || Error::NameConflict {
-            kind: "Secret".into(),
-            name: names.token.clone(),
-        };
-        if let Some(cached) = cached.as_deref() {
-            if !children::is_child_of(&cached.metadata, &source_name) {
-                return Err(conflict());
-            }
-            if let Some(token) = token_of(cached) {
-                return Ok(token);
-            }
-        }
+        token: &str,
+    ) -> Result<(), Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let fresh = children::token_secret(source, &children::new_token());
-        if cached.is_some() {
-            // Ours, and its token removed by hand: a new one.
-            let repaired = api
-                .patch(
-                    &names.token,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&fresh),
-                )
-                .await?;
-            self.metrics.wrote("Secret");
-            return Ok(token_of(&repaired).unwrap_or_default());
-        }
-        match api.create(&PostParams::default(), &fresh).await {
-            Ok(created) => {
+        let created = api
+            .create(
+                &PostParams::default(),
+                &children::token_secret(source, token),
+            )
+            .await;
+        match created {
+            Ok(_) => {
                 self.metrics.wrote("Secret");
-                Ok(token_of(&created).unwrap_or_default())
+                return Ok(());
             }
-            // Ours, created a moment ago and not cached yet (the next
-            // reconcile finds it there), or someone else's, left alone.
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                let ours = existing(&api, &names.token)
-                    .await?
-                    .is_some_and(|meta| children::is_child_of(&meta, &source_name));
-                Err(if ours {
-                    Error::NotCached {
-                        kind: "Secret".into(),
-                        name: names.token.clone(),
-                    }
-                } else {
-                    conflict()
-                })
-            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            Err(err) => return Err(err.into()),
+        }
+        let ours_then_token: json_patch::Patch = serde_json::from_value(json!([
+            {
+                "op": "test",
+                "path": "/metadata/ownerReferences/0/uid",
+                "value": source.uid().unwrap_or_default(),
+            },
+            {
+                "op": "add",
+                "path": "/data",
+                "value": {TOKEN_KEY: ByteString(token.as_bytes().to_vec())},
+            },
+        ]))
+        .expect("a JSON patch");
+        match api
+            .patch(
+                &names.token,
+                &PatchParams::default(),
+                &Patch::Json::<()>(ours_then_token),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // The test failed (or the path is not there: no owner at all).
+            Err(kube::Error::Api(status)) if status.code == 422 => Err(Error::NameConflict {
+                kind: "Secret".into(),
+                name: names.token.clone(),
+            }),
             Err(err) => Err(err.into()),
         }
     }
-}
-
-fn token_of(secret: &Secret) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(TOKEN_KEY)?;
-    String::from_utf8(bytes.0.clone())
-        .ok()
-        .filter(|token| !token.is_empty())
 }
