@@ -450,7 +450,12 @@ async fn main() {
     let mut location = minio.location(&bucket);
     location.prefix = Some(PREFIX.into());
     let archive = Arc::new(Archive {
-        client: sluice::s3::client(&location, Some(minio.credentials())).await,
+        client: sluice::s3::client(
+            &location,
+            Some(minio.credentials()),
+            sluice::s3::DEFAULT_TIMEOUT,
+        )
+        .await,
         bucket: bucket.clone(),
         prefix: location.prefix.clone(),
         endpoint: location.endpoint.clone(),

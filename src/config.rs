@@ -176,6 +176,11 @@ pub struct PodArgs {
     /// How logs are written.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+
+    /// How long one S3 request may go unanswered before it is given up and
+    /// tried again (three attempts at most).
+    #[arg(long, env = "SLUICE_S3_TIMEOUT", default_value = "60s", value_parser = sluice_core::duration::parse_std)]
+    pub s3_timeout: std::time::Duration,
 }
 
 impl PodArgs {

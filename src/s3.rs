@@ -1,6 +1,10 @@
 //! S3 clients for the locations an IngestSource names.
 
 use aws_sdk_s3::config::http::HttpResponse;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
@@ -10,6 +14,16 @@ use crate::config::{Store, credential_env};
 
 /// The region used when neither the location nor the environment names one.
 const DEFAULT_REGION: &str = "us-east-1";
+
+/// How long one request to S3 may go unanswered before it is given up and
+/// tried again (three attempts at most): a store that stops answering must
+/// not hold a checkpoint, a listing or an upload forever. A body read after
+/// the answer (an object streaming in) is watched instead by the SDK's
+/// stalled-stream protection (no byte for 20 s). Pods take it from
+/// `--s3-timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const ATTEMPTS: u32 = 3;
 
 /// Static credentials, as read from an IngestSource's credentials Secret.
 #[derive(Clone)]
@@ -27,10 +41,15 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// A client for `location`. With `credentials` it uses exactly those and
-/// looks nothing up; without, the SDK's default chain (environment, web
-/// identity as with IRSA, instance metadata) finds them.
-pub async fn client(location: &S3Location, credentials: Option<Credentials>) -> aws_sdk_s3::Client {
+/// A client for `location` whose requests time out after `timeout` (see
+/// [`DEFAULT_TIMEOUT`]). With `credentials` it uses exactly those and looks
+/// nothing up; without, the SDK's default chain (environment, web identity
+/// as with IRSA, instance metadata) finds them.
+pub async fn client(
+    location: &S3Location,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+) -> aws_sdk_s3::Client {
     let mut config = match credentials {
         Some(credentials) => aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -57,6 +76,15 @@ pub async fn client(location: &S3Location, credentials: Option<Credentials>) -> 
     if let Some(endpoint) = &location.endpoint {
         config = config.endpoint_url(endpoint);
     }
+    config = config
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(timeout)
+                .operation_timeout(timeout * ATTEMPTS)
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(ATTEMPTS));
     aws_sdk_s3::Client::from_conf(config.force_path_style(location.force_path_style).build())
 }
 
@@ -73,8 +101,12 @@ pub fn env_credentials(store: Store) -> Option<Credentials> {
 }
 
 /// A client for `store`'s location with the credentials the pod was given.
-pub async fn client_for(store: Store, location: &S3Location) -> aws_sdk_s3::Client {
-    client(location, env_credentials(store)).await
+pub async fn client_for(
+    store: Store,
+    location: &S3Location,
+    timeout: Duration,
+) -> aws_sdk_s3::Client {
+    client(location, env_credentials(store), timeout).await
 }
 
 /// An S3 error as a person reads it: the code and message the server sent,

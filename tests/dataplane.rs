@@ -13,6 +13,7 @@ use sluice_core::api::{HeartbeatResponse, LeaseResponse, TaskDetail, TaskList, T
 use sluice_testenv::MotoEnv;
 use support::dataplane::{Ingest, TOKEN, wait_until_done};
 use support::eventually;
+use support::silence::Silence;
 
 const SHORT: Duration = Duration::from_secs(2);
 const DONE: Duration = Duration::from_secs(120);
@@ -336,6 +337,43 @@ async fn a_checkpoint_write_whose_answer_was_lost_does_not_stop_the_coordinator(
     let summary = wait_until_done(&coordinator, 10, DONE).await;
     assert!(coordinator.running(), "{}", coordinator.log());
     assert_eq!(summary.epoch, epoch);
+    assert_exactly_once(&ingest, &expected(0..10, 2)).await;
+}
+
+/// A store that stops answering (its connections stay open, nothing comes
+/// back) holds no request forever: the coordinator's checkpoint write times
+/// out and is tried again, and once the store answers on new connections,
+/// new objects are planned, leased and ingested. Without timeouts the
+/// checkpoint write that went unanswered never returned, and nothing new
+/// was ever leased.
+// The proxy runs on the runtime while the test blocks on starting processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_stops_answering_holds_up_nothing_for_good() {
+    let mut ingest = Ingest::new("silent", 5, Duration::from_secs(30), 3).await;
+    let minio_address = support::minio()
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let silence = Silence::start(minio_address).await;
+    ingest.config.archive.endpoint = Some(format!("http://{}", silence.address));
+    ingest.config.source.poll_interval = Some(sluice_core::duration::Duration(SHORT / 2));
+    ingest.write_config();
+    ingest.put((0..5).map(|i| object(i, 2)).collect()).await;
+    let coordinator = ingest.coordinator(None, &["--s3-timeout=2s"]);
+    let _worker = ingest.worker(coordinator.port, "w1");
+    wait_until_done(&coordinator, 5, DONE).await;
+
+    silence.go_silent();
+    ingest.put((5..10).map(|i| object(i, 2)).collect()).await;
+    eventually("a checkpoint write to time out", DONE, || async {
+        let log = coordinator.log();
+        (log.contains("cannot write the checkpoint; retrying") && log.contains("timeout"))
+            .then_some(())
+    })
+    .await;
+    silence.speak();
+    wait_until_done(&coordinator, 10, DONE).await;
     assert_exactly_once(&ingest, &expected(0..10, 2)).await;
 }
 

@@ -132,8 +132,8 @@ impl Shared {
 /// Runs the coordinator until SIGTERM, then writes a last checkpoint.
 pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
     let (config, token) = args.pod.start().map_err(Error::Config)?;
-    let source_client = s3::client_for(Store::Source, &config.source.s3).await;
-    let archive_client = s3::client_for(Store::Archive, &config.archive).await;
+    let source_client = s3::client_for(Store::Source, &config.source.s3, args.pod.s3_timeout).await;
+    let archive_client = s3::client_for(Store::Archive, &config.archive, args.pod.s3_timeout).await;
 
     let (checkpoint, resumed) = Checkpoint::claim(
         archive_client.clone(),

@@ -167,8 +167,8 @@ pub async fn run(args: WorkerArgs) -> Result<(), Error> {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|err| Error::Config(format!("cannot create an HTTP client: {err}")))?,
-        source: s3::client_for(Store::Source, &config.source.s3).await,
-        sink: s3::client_for(Store::Sink, &config.sink).await,
+        source: s3::client_for(Store::Source, &config.source.s3, args.pod.s3_timeout).await,
+        sink: s3::client_for(Store::Sink, &config.sink, args.pod.s3_timeout).await,
         config,
         active: Mutex::new(HashMap::new()),
         lease_ms: AtomicU64::new(30_000),

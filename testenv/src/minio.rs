@@ -115,7 +115,12 @@ impl MinioEnv {
 
     /// A client with the root credentials.
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        s3::client(&self.location("any"), Some(self.credentials())).await
+        s3::client(
+            &self.location("any"),
+            Some(self.credentials()),
+            s3::DEFAULT_TIMEOUT,
+        )
+        .await
     }
 
     /// Creates a new bucket named `{prefix}-{n}` and returns its name.

@@ -66,12 +66,16 @@ impl MotoEnv {
             secret_access_key: "moto".into(),
             session_token: None,
         };
-        sluice::s3::client(&self.location(bucket), Some(credentials))
-            .await
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await?;
+        sluice::s3::client(
+            &self.location(bucket),
+            Some(credentials),
+            sluice::s3::DEFAULT_TIMEOUT,
+        )
+        .await
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await?;
         Ok(())
     }
 }

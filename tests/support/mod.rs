@@ -6,6 +6,7 @@
 
 pub mod chaos;
 pub mod dataplane;
+pub mod silence;
 pub mod sources;
 
 use std::io::Write;

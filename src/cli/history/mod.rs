@@ -337,7 +337,7 @@ async fn archive_for(
             .await
             .credentials_provider(),
     };
-    let client = s3::client(&location, credentials).await;
+    let client = s3::client(&location, credentials, s3::DEFAULT_TIMEOUT).await;
     Archive {
         client,
         environment,
