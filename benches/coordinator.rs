@@ -290,6 +290,7 @@ async fn checkpoint(
         let started = Instant::now();
         let manifest = Manifest {
             epoch: checkpoint.epoch(),
+            lineage: None,
             written: Some(Timestamp::now()),
             segments: segments
                 .iter()
@@ -320,7 +321,7 @@ async fn checkpoint(
             .expect("resume from the checkpoint");
         let table = Tasks::new(
             source_id("keys"),
-            None,
+            layout::Sink::default(),
             Limits {
                 max_objects: OBJECTS_PER_TASK as u32,
                 max_bytes: 64 << 20,

@@ -475,12 +475,20 @@ fn unknown_fields_are_refused_under_strict_validation() {
 }
 
 #[test]
-fn account_and_collection_are_immutable() {
+fn account_collection_and_the_archive_location_are_immutable() {
     let namespace = kube_with_crd().namespace("immutable").unwrap();
     apply(&namespace, &valid("orders"));
     for (field, message) in [
         ("/spec/account", "spec.account is immutable"),
         ("/spec/collection", "spec.collection is immutable"),
+        (
+            "/spec/archive/s3/bucket",
+            "spec.archive.s3.bucket and prefix are immutable: the checkpoint lives there",
+        ),
+        (
+            "/spec/archive/s3/prefix",
+            "spec.archive.s3.bucket and prefix are immutable: the checkpoint lives there",
+        ),
     ] {
         let changed = with(valid("orders"), field, json!("changed"));
         let stderr = fail(kubectl(
@@ -489,10 +497,15 @@ fn account_and_collection_are_immutable() {
         ));
         assert!(stderr.contains(message), "{field}: {stderr}");
     }
-    // Other fields stay editable.
+    // Other fields stay editable, the archive's endpoint among them.
+    let edited = with(valid("orders"), "/spec/workers", json!({"replicas": 5}));
     apply(
         &namespace,
-        &with(valid("orders"), "/spec/workers", json!({"replicas": 5})),
+        &with(
+            edited,
+            "/spec/archive/s3/endpoint",
+            json!("http://minio.other:9000"),
+        ),
     );
     let replicas = succeed(kubectl(
         &[

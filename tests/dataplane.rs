@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -290,6 +290,41 @@ async fn a_store_that_ignores_conditional_writes_is_refused() {
     );
     assert!(log.contains("This coordinator refuses to start"), "{log}");
     assert!(!log.contains("claimed the checkpoint"), "{log}");
+}
+
+/// A start that finds no checkpoint (deleted by hand, or by a bucket
+/// lifecycle rule) begins a new lineage: the same task ids again, but
+/// outputs of other names, so the earlier outputs stay as they were.
+#[tokio::test]
+async fn a_restart_from_zero_writes_beside_the_earlier_output() {
+    let ingest = Ingest::new("lineage", 5, Duration::from_secs(30), 3).await;
+    ingest.put((0..5).map(|i| object(i, 2)).collect()).await;
+    let sink = ingest.config.sink.bucket.clone();
+    let mut first = ingest.coordinator(None, &[]);
+    let mut worker = ingest.worker(first.port, "w1");
+    wait_until_done(&first, 5, DONE).await;
+    worker.kill();
+    first.terminate(SHORT);
+    let before = ingest.objects(&sink, "").await;
+    assert!(!before.is_empty());
+    ingest
+        .client
+        .delete_object()
+        .bucket(&ingest.config.archive.bucket)
+        .key(ingest.manifest_key())
+        .send()
+        .await
+        .unwrap();
+
+    let second = ingest.coordinator(None, &[]);
+    assert_eq!(second.summary().epoch, 1);
+    let _worker = ingest.worker(second.port, "w2");
+    wait_until_done(&second, 5, DONE).await;
+    let after: BTreeMap<String, Vec<u8>> = ingest.objects(&sink, "").await.into_iter().collect();
+    for (key, bytes) in &before {
+        assert!(after.get(key) == Some(bytes), "{key} was overwritten");
+    }
+    assert_eq!(after.len(), 2 * before.len(), "{:?}", after.keys());
 }
 
 /// A checkpoint write that landed but whose answer was lost (S3 restarted

@@ -14,24 +14,37 @@ pub fn join(prefix: Option<&str>, rest: &str) -> String {
     }
 }
 
-/// The sink object task `task` of `source` writes, on the day
-/// (`YYYY-MM-DD`) the task was created: the same for every attempt.
-pub fn sink_object(
-    prefix: Option<&str>,
-    source: &SourceId,
-    date: impl Display,
-    task: TaskId,
-) -> String {
-    let SourceId {
-        namespace,
-        name,
-        collection,
-        ..
-    } = source;
-    join(
-        prefix,
-        &format!("{collection}/dt={date}/{namespace}.{name}-{task}.ndjson.zst"),
-    )
+/// Where a source's outputs go, and what sets their names apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sink {
+    /// The sink location's prefix.
+    pub prefix: Option<String>,
+    /// The checkpoint's lineage: a start that finds no checkpoint begins a
+    /// new one, so its task ids (from 1-1 again) never name an earlier
+    /// lineage's outputs. None for checkpoints from before lineages.
+    pub lineage: Option<String>,
+}
+
+impl Sink {
+    /// The sink object task `task` of `source` writes, on the day
+    /// (`YYYY-MM-DD`) the task was created: the same for every attempt.
+    pub fn object(&self, source: &SourceId, date: impl Display, task: TaskId) -> String {
+        let SourceId {
+            namespace,
+            name,
+            collection,
+            ..
+        } = source;
+        let lineage = self
+            .lineage
+            .as_deref()
+            .map(|lineage| format!("{lineage}-"))
+            .unwrap_or_default();
+        join(
+            self.prefix.as_deref(),
+            &format!("{collection}/dt={date}/{namespace}.{name}-{lineage}{task}.ndjson.zst"),
+        )
+    }
 }
 
 /// The directory (ending in `/`) of source `namespace/name`'s checkpoint
@@ -68,14 +81,20 @@ mod tests {
             account: "acme".into(),
             collection: "orders".into(),
         };
+        let task = TaskId { epoch: 3, seq: 7 };
+        let mut sink = Sink {
+            prefix: Some("out/".into()),
+            lineage: None,
+        };
         assert_eq!(
-            sink_object(
-                Some("out/"),
-                &source,
-                "2026-12-02",
-                TaskId { epoch: 3, seq: 7 }
-            ),
+            sink.object(&source, "2026-12-02", task),
             "out/orders/dt=2026-12-02/shop.feed-3-7.ndjson.zst"
+        );
+        // Another lineage of the same source, task and day: another object.
+        sink.lineage = Some("9f3c0a1e".into());
+        assert_eq!(
+            sink.object(&source, "2026-12-02", task),
+            "out/orders/dt=2026-12-02/shop.feed-9f3c0a1e-3-7.ndjson.zst"
         );
     }
 

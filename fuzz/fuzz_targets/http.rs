@@ -19,6 +19,7 @@ use sluice::coordinator::http::router;
 use sluice::coordinator::tasks::{Limits, Listed, Tasks};
 use sluice_core::api::ObjectRef;
 use sluice_core::id::SourceId;
+use sluice_core::layout::Sink;
 use tower::ServiceExt;
 
 const TOKEN: &str = "fuzz-token";
@@ -63,7 +64,7 @@ fn shared() -> Arc<Shared> {
     };
     let mut tasks = Tasks::new(
         source,
-        None,
+        Sink::default(),
         limits,
         1,
         FinishedKeys::default(),

@@ -46,6 +46,11 @@ const PARALLEL_LOADS: usize = 8;
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub epoch: u64,
+    /// Set when a start found no checkpoint and began from zero; it goes
+    /// into every output name (see [`sluice_core::layout::Sink`]). None in
+    /// checkpoints from before lineages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written: Option<Timestamp>,
     /// Finished-key segments, oldest first.
@@ -147,7 +152,13 @@ impl Checkpoint {
         loop {
             let (mut manifest, condition) = match checkpoint.read_manifest().await? {
                 Some((manifest, etag)) => (manifest, Condition::Matches(etag)),
-                None => (Manifest::default(), Condition::Absent),
+                None => (
+                    Manifest {
+                        lineage: Some(format!("{:08x}", rand::random::<u32>())),
+                        ..Manifest::default()
+                    },
+                    Condition::Absent,
+                ),
             };
             manifest.epoch += 1;
             checkpoint.epoch = manifest.epoch;

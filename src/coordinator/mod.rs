@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use sluice_core::api::Summary;
 use sluice_core::archive::{Appender, Batch};
+use sluice_core::layout::Sink;
 use sluice_core::sync::lock;
 
 use crate::config::{PodArgs, RuntimeConfig, Store};
@@ -151,7 +152,10 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
     );
     let tasks = Tasks::new(
         config.id.clone(),
-        config.sink.prefix.clone(),
+        Sink {
+            prefix: config.sink.prefix.clone(),
+            lineage: manifest.lineage.clone(),
+        },
         Limits {
             max_objects: config.tasks.max_objects,
             max_bytes: config.tasks.max_bytes,
@@ -331,6 +335,7 @@ impl Committer {
             // Without its time first, to compare with the last one written.
             let manifest = Manifest {
                 epoch: tasks.epoch(),
+                lineage: tasks.sink().lineage.clone(),
                 written: None,
                 segments: segments
                     .iter()

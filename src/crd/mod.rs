@@ -117,7 +117,10 @@ pub struct IngestSourceSpec {
     pub sink: StoreSpec,
 
     /// Where the coordinator keeps its checkpoint and the record of every
-    /// finished task, which `kubectl sluice history` reads.
+    /// finished task, which `kubectl sluice history` reads. Its bucket and
+    /// prefix are immutable (the checkpoint lives there); a bucket lifecycle
+    /// rule there must spare `checkpoints/`.
+    #[x_kube(validation = rules::archive_stays())]
     pub archive: StoreSpec,
 
     /// The pool of workers that executes tasks.

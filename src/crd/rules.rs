@@ -39,6 +39,19 @@ pub fn immutable(field: &str) -> Rule {
     )
 }
 
+/// The archive's bucket and prefix hold the checkpoint: a coordinator that
+/// finds none there starts from zero and ingests everything again.
+pub fn archive_stays() -> Rule {
+    rule(
+        "self.s3.bucket == oldSelf.s3.bucket \
+         && (has(self.s3.prefix) ? self.s3.prefix : '') == (has(oldSelf.s3.prefix) ? oldSelf.s3.prefix : '')",
+        "spec.archive.s3.bucket and prefix are immutable: the checkpoint lives there, and a \
+         coordinator that finds none starts from zero and ingests everything again. Create a new \
+         IngestSource to archive elsewhere"
+            .into(),
+    )
+}
+
 /// S3's naming rules for general purpose buckets.
 pub fn bucket() -> Rule {
     rule(

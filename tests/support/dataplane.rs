@@ -319,7 +319,8 @@ impl Ingest {
     }
 
     /// The objects under `prefix` in `bucket`, with their content.
-    async fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    /// Every object under `prefix` in `bucket`, with its bytes.
+    pub async fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let pages: Vec<_> = self
             .client
             .list_objects_v2()

@@ -26,7 +26,7 @@ use sluice_core::api::{
 };
 use sluice_core::archive::TaskRecord;
 use sluice_core::id::{SourceId, TaskId};
-use sluice_core::layout;
+use sluice_core::layout::Sink;
 
 use super::finished::{Finished, FinishedKeys, fingerprint};
 
@@ -168,8 +168,8 @@ pub struct Snapshot {
 /// The task table of one source.
 pub struct Tasks {
     source: SourceId,
-    /// The sink location's prefix, which every task's output is under.
-    sink_prefix: Option<String>,
+    /// Where every task's output goes.
+    sink: Sink,
     limits: Limits,
     epoch: u64,
     next_seq: u64,
@@ -192,7 +192,7 @@ impl Tasks {
     /// checkpoint kept: finished keys, tasks not yet archived, totals.
     pub fn new(
         source: SourceId,
-        sink_prefix: Option<String>,
+        sink: Sink,
         limits: Limits,
         epoch: u64,
         finished: FinishedKeys,
@@ -201,7 +201,7 @@ impl Tasks {
     ) -> Self {
         let mut tasks = Tasks {
             source,
-            sink_prefix,
+            sink,
             limits,
             epoch,
             next_seq: 1,
@@ -227,10 +227,14 @@ impl Tasks {
         &self.source
     }
 
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
     /// The sink object of a task: the same for every attempt.
     fn output(&self, task: &Planned) -> String {
         let date = task.created.strftime("%Y-%m-%d");
-        layout::sink_object(self.sink_prefix.as_deref(), &self.source, date, task.id)
+        self.sink.object(&self.source, date, task.id)
     }
 
     pub fn epoch(&self) -> u64 {

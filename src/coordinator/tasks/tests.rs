@@ -40,7 +40,10 @@ fn table() -> Tasks {
             account: "acme".into(),
             collection: "orders".into(),
         },
-        Some("sink/".into()),
+        Sink {
+            prefix: Some("sink/".into()),
+            lineage: None,
+        },
         limits(),
         7,
         FinishedKeys::default(),
@@ -439,7 +442,10 @@ fn a_restarted_coordinator_recreates_the_same_tasks_and_outputs() {
     let restored = before.snapshot().tasks;
     let mut after = Tasks::new(
         before.source().clone(),
-        Some("sink/".into()),
+        Sink {
+            prefix: Some("sink/".into()),
+            lineage: None,
+        },
         limits(),
         8,
         FinishedKeys::default(),
