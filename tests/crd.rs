@@ -522,9 +522,38 @@ fn account_collection_and_the_archive_location_are_immutable() {
     assert_eq!(replicas, "5");
 }
 
+/// Every store names its credentials, or says it uses the pods' own identity:
+/// none is read or written with the node's identity by leaving both out.
+#[test]
+fn a_store_names_its_credentials_or_says_it_uses_the_pods_identity() {
+    let namespace = kube_with_crd().namespace("credentials").unwrap();
+    let neither = without(valid("neither"), "/spec/sink/s3/credentialsSecretRef");
+    let both = with(
+        valid("both"),
+        "/spec/archive/s3/ambientCredentials",
+        json!(true),
+    );
+    for (manifest, field) in [(neither, "spec.sink.s3"), (both, "spec.archive.s3")] {
+        let stderr = fail(kubectl(
+            &["apply", "-n", &namespace, "-f", "-"],
+            Some(&manifest.to_string()),
+        ));
+        assert!(
+            stderr.contains(field) && stderr.contains("set exactly one of credentialsSecretRef"),
+            "{stderr}"
+        );
+    }
+    let ambient = with(
+        without(valid("ambient"), "/spec/source/s3/credentialsSecretRef"),
+        "/spec/source/s3/ambientCredentials",
+        json!(true),
+    );
+    apply(&namespace, &ambient);
+}
+
 /// A valid IngestSource named `name`: the smallest manifest the API accepts.
 fn valid(name: &str) -> Value {
-    let location = |bucket: &str| json!({"s3": {"bucket": bucket, "endpoint": "http://minio.storage:9000", "forcePathStyle": true}});
+    let location = |bucket: &str| json!({"s3": {"bucket": bucket, "endpoint": "http://minio.storage:9000", "forcePathStyle": true, "credentialsSecretRef": {"name": "acme-s3"}}});
     json!({
         "apiVersion": "sluice.dev/v1alpha1",
         "kind": "IngestSource",

@@ -197,6 +197,52 @@ async fn edits_roll_out_and_the_token_is_kept() {
     assert!(described.contains("Normal"), "{described}");
 }
 
+/// A rotated credentials Secret reaches the pods when they restart (they
+/// read it into their environment at start). The operator reads no Secret,
+/// so it cannot tell: `kubectl rollout restart` of the source's Deployments
+/// is the way, and the operator keeps that restart rather than undoing it
+/// when it applies them again.
+#[tokio::test]
+async fn a_rollout_restart_for_rotated_credentials_is_kept() {
+    let (client, ns) = setup("rotate").await;
+    create_credentials(&client, &ns).await;
+    apply(&client, &ns, &orders("orders")).await;
+    deployment_where(&client, &ns, "orders-worker", "workers", |_| true).await;
+    succeed(kubectl(
+        &[
+            "rollout",
+            "restart",
+            "-n",
+            &ns,
+            "deployment/orders-coordinator",
+            "deployment/orders-worker",
+        ],
+        None,
+    ));
+    let mut edited = orders("orders");
+    edited["spec"]["workers"]["replicas"] = json!(3);
+    apply(&client, &ns, &edited).await;
+    deployment_where(&client, &ns, "orders-worker", "3 workers", |d| {
+        replicas(d) == 3
+    })
+    .await;
+    for name in ["orders-coordinator", "orders-worker"] {
+        let deployment = get::<Deployment>(&client, &ns, name).await.unwrap();
+        let annotations = deployment
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert!(
+            annotations.contains_key("kubectl.kubernetes.io/restartedAt"),
+            "{name}: {annotations:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn suspending_scales_to_zero_and_resuming_restores() {
     let (client, ns) = setup("suspend").await;

@@ -175,6 +175,7 @@ pub struct StoreSpec {
 /// A bucket and prefix in S3 or an S3-compatible store, and how to reach it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::credentials_chosen())]
 pub struct S3Spec {
     /// The bucket name: 3 to 63 characters of a-z, 0-9, '.' and '-',
     /// starting and ending with a letter or digit.
@@ -206,9 +207,17 @@ pub struct S3Spec {
 
     /// A Secret in the IngestSource's namespace with the keys
     /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
-    /// `AWS_SESSION_TOKEN`). Unset: the pods' own identity (for example IRSA).
+    /// `AWS_SESSION_TOKEN`); the pods use exactly these. Set this or
+    /// ambientCredentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+
+    /// true: use the pods' own identity instead of a Secret (IRSA, EKS Pod
+    /// Identity, or whatever the node offers, its instance metadata service
+    /// included). Set this or credentialsSecretRef: no source uses the
+    /// node's identity by leaving both out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ambient_credentials: bool,
 }
 
 impl S3Spec {

@@ -52,6 +52,18 @@ pub fn archive_stays() -> Rule {
     )
 }
 
+/// Exactly one source of credentials, so that no store is read or written
+/// with the node's identity by omission.
+pub fn credentials_chosen() -> Rule {
+    rule(
+        "has(self.credentialsSecretRef) != (has(self.ambientCredentials) && self.ambientCredentials)",
+        "set exactly one of credentialsSecretRef (a Secret with AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY) and ambientCredentials: true (the pods' own identity: IRSA, Pod \
+         Identity, or the node's instance metadata)"
+            .into(),
+    )
+}
+
 /// S3's naming rules for general purpose buckets.
 pub fn bucket() -> Rule {
     rule(
