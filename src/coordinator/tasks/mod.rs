@@ -130,6 +130,15 @@ impl Task {
         }
     }
 
+    /// The worker that holds or last held it.
+    fn worker(&self) -> Option<&str> {
+        match (&self.outcome, &self.lease) {
+            (Some(outcome), _) => outcome.worker.as_deref(),
+            (None, Some(lease)) => Some(&lease.worker),
+            (None, None) => None,
+        }
+    }
+
     fn leasable(&self) -> bool {
         self.committed && self.lease.is_none() && self.outcome.is_none()
     }

@@ -527,6 +527,41 @@ fn listing_filters_by_state_and_worker_and_pages_with_a_cursor() {
     assert_eq!(tasks.list(&mine, 10).0.len(), 3);
 }
 
+/// Archived tasks (kept for the live API, in the order they finished) and
+/// live ones come back as one list in id order, a page at a time.
+#[test]
+fn archived_and_live_tasks_page_together_in_id_order() {
+    let mut tasks = committed(&["a", "b", "c", "d", "e", "f", "g", "h"]);
+    tasks.lease("w1", 4, at(0));
+    tasks.complete(id("7-3"), done("w1", 1), at(1)).unwrap();
+    tasks.drain_finished();
+    tasks.complete(id("7-1"), done("w1", 1), at(2)).unwrap();
+    tasks.drain_finished();
+    let ids = |views: &[TaskView]| views.iter().map(|v| v.id.to_string()).collect::<Vec<_>>();
+    let (page, more) = tasks.list(&TaskQuery::default(), 3);
+    assert_eq!(
+        (ids(&page), more),
+        (vec!["7-1".into(), "7-2".into(), "7-3".into()], true)
+    );
+    let next = TaskQuery {
+        cursor: Some(page[2].id),
+        ..TaskQuery::default()
+    };
+    let (rest, more) = tasks.list(&next, 3);
+    assert_eq!((ids(&rest), more), (vec!["7-4".to_owned()], false));
+    let succeeded = TaskQuery {
+        state: Some(TaskState::Succeeded),
+        ..TaskQuery::default()
+    };
+    assert_eq!(ids(&tasks.list(&succeeded, 10).0), ["7-1", "7-3"]);
+    let running = TaskQuery {
+        state: Some(TaskState::Running),
+        worker: Some("w1".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(ids(&tasks.list(&running, 1).0), ["7-2"]);
+}
+
 #[test]
 fn the_summary_counts_tasks_and_the_lag_of_the_oldest_object() {
     let mut tasks = committed(&["a", "b", "c"]);

@@ -40,22 +40,15 @@ impl Tasks {
     }
 
     fn view(&self, task: &Task) -> TaskView {
-        let (worker, started, finished, records, bytes) = match (&task.outcome, &task.lease) {
+        let (started, finished, records, bytes) = match (&task.outcome, &task.lease) {
             (Some(outcome), _) => (
-                outcome.worker.clone(),
                 outcome.started,
                 Some(outcome.finished),
                 outcome.records,
                 outcome.bytes_read,
             ),
-            (None, Some(lease)) => (
-                Some(lease.worker.clone()),
-                Some(lease.started),
-                None,
-                lease.records,
-                lease.bytes,
-            ),
-            (None, None) => (None, None, None, 0, 0),
+            (None, Some(lease)) => (Some(lease.started), None, lease.records, lease.bytes),
+            (None, None) => (None, None, 0, 0),
         };
         TaskView {
             id: task.planned.id,
@@ -63,7 +56,7 @@ impl Tasks {
             collection: self.source.collection.clone(),
             source: self.source.to_string(),
             state: task.state(),
-            worker,
+            worker: task.worker().map(str::to_owned),
             attempt: task.planned.attempt,
             objects: task.planned.objects.len() as u32,
             size: task.size,
@@ -152,28 +145,47 @@ impl Tasks {
             return (Vec::new(), false);
         }
         let after = query.cursor;
-        let matches = |view: &TaskView| {
-            query.state.is_none_or(|state| view.state == state)
+        let wanted = |state: TaskState, worker: Option<&str>| {
+            query.state.is_none_or(|wanted| state == wanted)
                 && query
                     .worker
-                    .as_ref()
-                    .is_none_or(|worker| view.worker.as_ref() == Some(worker))
+                    .as_deref()
+                    .is_none_or(|wanted| worker == Some(wanted))
         };
-        let mut views: Vec<TaskView> = self
+        let after_cursor = |id: TaskId| after.is_none_or(|after| id > after);
+        // Both in id order; a view is built only for what is returned, so a
+        // request costs its page, not the whole table (the lock is held).
+        let mut recent: Vec<&TaskView> = self
             .recent
             .iter()
             .map(|detail| &detail.task)
-            .filter(|view| after.is_none_or(|after| view.id > after) && matches(view))
-            .cloned()
+            .filter(|view| after_cursor(view.id) && wanted(view.state, view.worker.as_deref()))
             .collect();
+        recent.sort_by_key(|view| view.id);
+        let mut recent = recent.into_iter().peekable();
         let live = match after {
             Some(after) => self
                 .live
                 .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.live.range(..),
         };
-        views.extend(live.map(|(_, task)| self.view(task)).filter(matches));
-        views.sort_by_key(|view| view.id);
+        let mut live = live
+            .map(|(_, task)| task)
+            .filter(|task| wanted(task.state(), task.worker()))
+            .peekable();
+        let mut views = Vec::with_capacity(limit.min(256) + 1);
+        while views.len() <= limit {
+            let recent_first = match (recent.peek(), live.peek()) {
+                (None, None) => break,
+                (Some(view), Some(task)) => view.id < task.planned.id,
+                (recent, _) => recent.is_some(),
+            };
+            views.push(if recent_first {
+                recent.next().expect("peeked").clone()
+            } else {
+                self.view(live.next().expect("peeked"))
+            });
+        }
         let more = views.len() > limit;
         views.truncate(limit);
         (views, more)
