@@ -350,8 +350,10 @@ impl Ingest<'_> {
             processes.push(self.start(&format!("worker-{n}"), worker, own));
         }
         let deadline = started + Duration::from_secs(1800);
+        let read_token = sluice_core::api::read_token(TOKEN);
+        let read = [(sluice_core::api::READ_TOKEN_HEADER, read_token.as_str())];
         let summary = loop {
-            if let Some((200, body)) = http(port, "GET", "/v1/summary", &[], b"") {
+            if let Some((200, body)) = http(port, "GET", "/v1/summary", &read, b"") {
                 let summary: Summary = serde_json::from_str(&body).unwrap();
                 let finished = summary.objects.ingested + summary.objects.failed;
                 if finished >= objects && summary.tasks.pending == 0 && summary.tasks.running == 0 {

@@ -8,13 +8,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 use tracing_subscriber::EnvFilter;
 
 /// How logs are written.
@@ -79,13 +83,49 @@ pub async fn serve_admin(
             readiness,
             registry: Arc::new(registry),
         });
-    let app = api.merge(admin);
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(error = %err, "admin server stopped");
-        }
-    });
+    tokio::spawn(serve(listener, api.merge(admin)));
     Ok(bound)
+}
+
+/// How long a connection may sit idle, or take to send a request's head,
+/// before it is closed: a client that opens connections and sends nothing
+/// (or a byte at a time) holds none of them for longer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves `app` over HTTP/1.1 on every connection `listener` accepts, at
+/// most [`MAX_CONNECTIONS`] at a time, each closed after [`IDLE_TIMEOUT`]
+/// without a request.
+async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let turn = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors, say: give the open ones time to close.
+                tracing::warn!(error = %err, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection closed");
+            }
+            drop(turn);
+        });
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand::{Rng, RngExt, SeedableRng};
 use sluice::worker::output::{self, PART_SIZE, UploadError};
-use sluice_core::api::{HeartbeatResponse, LeaseResponse, TaskDetail, TaskList, TaskState};
+use sluice_core::api::{self, HeartbeatResponse, LeaseResponse, TaskDetail, TaskList, TaskState};
 use sluice_testenv::MotoEnv;
 use support::dataplane::{Ingest, TOKEN, wait_until_done};
 use support::eventually;
@@ -708,16 +708,12 @@ async fn the_task_api_refuses_bad_requests_with_json_errors() {
         400,
         coordinator.request("POST", "/v1/tasks/garbage/complete", Some(TOKEN), complete),
     );
-    refused(404, coordinator.request("GET", "/v1/tasks/9-9", None, ""));
-    refused(
-        400,
-        coordinator.request("GET", "/v1/tasks?state=sleeping", None, ""),
-    );
-    refused(
-        400,
-        coordinator.request("GET", "/v1/tasks?limit=0", None, ""),
-    );
-    refused(404, coordinator.request("GET", "/v2/anything", None, ""));
+    let read_token = api::read_token(TOKEN);
+    let read = |path: &str| coordinator.read(path, Some(&read_token));
+    refused(404, read("/v1/tasks/9-9"));
+    refused(400, read("/v1/tasks?state=sleeping"));
+    refused(400, read("/v1/tasks?limit=0"));
+    refused(404, read("/v2/anything"));
 
     // A small fuzz: random methods, paths, tokens and bodies.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
@@ -1204,12 +1200,16 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
         "{{\"worker\":\"w\",\"attempt\":1,\"error\":\"{}\"}}",
         "e".repeat(600 << 10)
     );
-    let token = Some(TOKEN);
-    /// Method, path, token, content type, body, status, words of the message.
+    let read_token = api::read_token(TOKEN);
+    let worker = Some(("Authorization", "Bearer test-token"));
+    let reader = Some((api::READ_TOKEN_HEADER, read_token.as_str()));
+    let read_bearer = format!("Bearer {read_token}");
+    /// Method, path, credential header, content type, body, status, words
+    /// of the message.
     type Case<'a> = (
         &'a str,
         &'a str,
-        Option<&'a str>,
+        Option<(&'a str, &'a str)>,
         Option<&'a str>,
         &'a str,
         u16,
@@ -1217,47 +1217,42 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
     );
     #[rustfmt::skip]
     let cases: Vec<Case> = vec![
-        ("POST", "/v1/lease", token, json, r#"{"worker":1,"max":1}"#, 422, "worker: invalid type: integer `1`, expected a string"),
-        ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":"1"}"#, 422, "max: invalid type: string \"1\", expected u32"),
-        ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":-1}"#, 422, "max: invalid value: integer `-1`, expected u32"),
-        ("POST", "/v1/lease", token, json, r#"{"worker":"w","max":4294967296}"#, 422, "max"),
-        ("POST", "/v1/lease", token, json, r#"[1,2]"#, 422, "[0]: invalid type: integer `1`, expected a string"),
-        ("POST", "/v1/lease", token, json, "null", 422, "expected struct LeaseRequest"),
-        ("POST", "/v1/lease", token, json, "", 400, "EOF while parsing"),
-        ("POST", "/v1/lease", token, json, "\u{0}\u{1}garbage", 400, "expected value"),
-        ("POST", "/v1/lease", token, json, r#"{"worker":"","max":1}"#, 400, "worker: must be the worker's name"),
-        ("POST", "/v1/lease", token, None, r#"{"worker":"w","max":1}"#, 415, "Content-Type: application/json"),
-        ("POST", "/v1/lease", token, Some("text/plain"), r#"{"worker":"w","max":1}"#, 415, "Content-Type: application/json"),
-        ("POST", "/v1/lease", Some("Basic dXNlcjpwYXNz"), json, r#"{"worker":"w","max":1}"#, 401, "missing token"),
-        ("POST", "/v1/heartbeat", token, json, &many, 400, "tasks: at most 1000"),
-        ("POST", "/v1/heartbeat", token, json, r#"{"worker":"w","tasks":{}}"#, 422, "tasks: invalid type: map, expected a sequence"),
-        ("POST", "/v1/tasks/1-1/fail", token, json, &long_error, 400, "error: too long"),
-        ("POST", "/v1/tasks/%ff%fe/fail", token, json, r#"{"worker":"w","attempt":1,"error":"x"}"#, 400, "UTF-8"),
-        ("GET", "/v1/tasks/%ff", None, None, "", 400, "UTF-8"),
-        ("GET", "/v1/tasks/1-99999999999999999999999", None, None, "", 400, "\"1-99999999999999999999999\" is not a task id (EPOCH-SEQ, for example 3-1042)"),
-        ("POST", "/v1/tasks/garbage/complete", token, json, "{}", 400, "\"garbage\" is not a task id"),
-        ("GET", "/v1/tasks?cursor=7", None, None, "", 400, "cursor: \"7\" is not a task id"),
-        ("GET", "/v1/tasks/9-9", None, None, "", 404, "no task 9-9"),
-        ("GET", "/v1/tasks?limit=x", None, None, "", 400, "limit"),
-        ("GET", "/v1/tasks?limit=-1", None, None, "", 400, "limit"),
-        ("DELETE", "/v1/lease", token, json, "", 405, "method not allowed: workers POST to /v1/lease"),
+        ("POST", "/v1/lease", worker, json, r#"{"worker":1,"max":1}"#, 422, "worker: invalid type: integer `1`, expected a string"),
+        ("POST", "/v1/lease", worker, json, r#"{"worker":"w","max":"1"}"#, 422, "max: invalid type: string \"1\", expected u32"),
+        ("POST", "/v1/lease", worker, json, r#"{"worker":"w","max":-1}"#, 422, "max: invalid value: integer `-1`, expected u32"),
+        ("POST", "/v1/lease", worker, json, r#"{"worker":"w","max":4294967296}"#, 422, "max"),
+        ("POST", "/v1/lease", worker, json, r#"[1,2]"#, 422, "[0]: invalid type: integer `1`, expected a string"),
+        ("POST", "/v1/lease", worker, json, "null", 422, "expected struct LeaseRequest"),
+        ("POST", "/v1/lease", worker, json, "", 400, "EOF while parsing"),
+        ("POST", "/v1/lease", worker, json, "\u{0}\u{1}garbage", 400, "expected value"),
+        ("POST", "/v1/lease", worker, json, r#"{"worker":"","max":1}"#, 400, "worker: must be the worker's name"),
+        ("POST", "/v1/lease", worker, None, r#"{"worker":"w","max":1}"#, 415, "Content-Type: application/json"),
+        ("POST", "/v1/lease", worker, Some("text/plain"), r#"{"worker":"w","max":1}"#, 415, "Content-Type: application/json"),
+        ("POST", "/v1/lease", Some(("Authorization", "Basic dXNlcjpwYXNz")), json, r#"{"worker":"w","max":1}"#, 401, "missing token"),
+        ("POST", "/v1/heartbeat", worker, json, &many, 400, "tasks: at most 1000"),
+        ("POST", "/v1/heartbeat", worker, json, r#"{"worker":"w","tasks":{}}"#, 422, "tasks: invalid type: map, expected a sequence"),
+        ("POST", "/v1/tasks/1-1/fail", worker, json, &long_error, 400, "error: too long"),
+        ("POST", "/v1/tasks/%ff%fe/fail", worker, json, r#"{"worker":"w","attempt":1,"error":"x"}"#, 400, "UTF-8"),
+        ("GET", "/v1/tasks/%ff", reader, None, "", 400, "UTF-8"),
+        ("GET", "/v1/tasks/1-99999999999999999999999", reader, None, "", 400, "\"1-99999999999999999999999\" is not a task id (EPOCH-SEQ, for example 3-1042)"),
+        ("POST", "/v1/tasks/garbage/complete", worker, json, "{}", 400, "\"garbage\" is not a task id"),
+        ("GET", "/v1/tasks?cursor=7", reader, None, "", 400, "cursor: \"7\" is not a task id"),
+        ("GET", "/v1/tasks/9-9", reader, None, "", 404, "no task 9-9"),
+        ("GET", "/v1/tasks?limit=x", reader, None, "", 400, "limit"),
+        ("GET", "/v1/tasks?limit=-1", reader, None, "", 400, "limit"),
+        ("GET", "/v1/tasks", None, None, "", 401, "missing token: readers send the `read-token`"),
+        ("GET", "/v1/summary", worker, None, "", 401, "missing token: readers send"),
+        ("GET", "/v1/tasks/1-1", Some((api::READ_TOKEN_HEADER, TOKEN)), None, "", 401, "wrong token"),
+        ("POST", "/v1/lease", Some(("Authorization", read_bearer.as_str())), json, r#"{"worker":"w","max":1}"#, 401, "wrong token: workers"),
+        ("POST", "/v1/lease", reader, json, r#"{"worker":"w","max":1}"#, 401, "missing token: workers"),
+        ("DELETE", "/v1/lease", worker, json, "", 405, "method not allowed: workers POST to /v1/lease"),
         ("GET", "/v1/lease", None, None, "", 405, "method not allowed"),
         ("PUT", "/v1/tasks/1-1", None, None, "", 405, "method not allowed"),
         ("POST", "/v1/summary", None, json, "{}", 405, "method not allowed"),
     ];
     let mut wrong = Vec::new();
-    for (method, path, token, content_type, body, status, words) in cases {
-        let auth = token.map(|token| {
-            if token.contains(' ') {
-                token.to_owned()
-            } else {
-                format!("Bearer {token}")
-            }
-        });
-        let mut headers = Vec::new();
-        if let Some(auth) = &auth {
-            headers.push(("Authorization", auth.as_str()));
-        }
+    for (method, path, credential, content_type, body, status, words) in cases {
+        let mut headers: Vec<(&str, &str)> = credential.into_iter().collect();
         if let Some(content_type) = content_type {
             headers.push(("Content-Type", content_type));
         }
@@ -1293,6 +1288,33 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
     assert!(started.elapsed() < SHORT, "{:?}", started.elapsed());
     assert_eq!(summary.objects.discovered, 3, "{summary:?}");
     drop(stalled);
+
+    // Connections that go quiet, before a request's head is complete or
+    // between requests, are closed after the idle timeout: nobody holds
+    // the coordinator's connections open for good.
+    let closed = |sent: &'static [u8]| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(sent).unwrap();
+        stream
+            .set_read_timeout(Some(
+                sluice::telemetry::IDLE_TIMEOUT + Duration::from_secs(30),
+            ))
+            .unwrap();
+        let mut buffer = [0; 4096];
+        loop {
+            match std::io::Read::read(&mut stream, &mut buffer) {
+                Ok(0) => return Ok(()),
+                Ok(_) => continue,
+                Err(err) => return Err(format!("{:?}: still open: {err}", sent)),
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let half_head = scope.spawn(|| closed(b"GET /v1/summary HTTP/1.1\r\nHost: x\r\n"));
+        let kept_alive = scope.spawn(|| closed(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+        half_head.join().unwrap().unwrap();
+        kept_alive.join().unwrap().unwrap();
+    });
     // And it still works: a worker ingests everything.
     let _worker = ingest.worker(port, "w1");
     wait_until_done(&coordinator, 3, DONE).await;

@@ -94,8 +94,18 @@ async fn creates_every_child_and_reports_readiness() {
         assert_eq!(owners[0].controller, Some(true));
         assert_eq!(meta.labels.unwrap()["sluice.dev/account"], "acme");
     }
-    let token = get::<Secret>(&client, &ns, "orders-token").await.unwrap();
-    assert_eq!(token.data.unwrap()["token"].0.len(), 64);
+    let token = get::<Secret>(&client, &ns, "orders-token")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(token["token"].0.len(), 64);
+    // The read token, for `kubectl sluice tasks`, beside it.
+    let workers = String::from_utf8(token["token"].0.clone()).unwrap();
+    assert_eq!(
+        token["read-token"].0,
+        sluice_core::api::read_token(&workers).into_bytes()
+    );
     let config = get::<ConfigMap>(&client, &ns, "orders-config")
         .await
         .unwrap();

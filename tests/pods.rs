@@ -347,6 +347,48 @@ async fn the_coordinator_spills_its_merges_to_the_empty_dir_on_tmp() {
     .await;
 }
 
+/// Runs the sluice image with `args` as pod `name` of `namespace`, with no
+/// ServiceAccount token, until it ends: whether it succeeded, and its log.
+async fn pod_run(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "sluice",
+                "image": format!("docker.io/library/sluice:{TAG}"),
+                "imagePullPolicy": "Never",
+                "args": args,
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let phase = eventually(&format!("pod {name} to end"), DONE, || async {
+        let phase = pods.get(name).await.ok()?.status?.phase?;
+        ["Succeeded", "Failed"]
+            .contains(&phase.as_str())
+            .then_some(phase)
+    })
+    .await;
+    (
+        phase == "Succeeded",
+        kubectl(&["-n", namespace, "logs", name]),
+    )
+}
+
 /// `sluice tasks` as the user runs it, against the node's API server,
 /// its answer as NDJSON: one task per line.
 fn sluice_tasks(args: &[&str]) -> Vec<serde_json::Value> {
@@ -415,6 +457,28 @@ async fn kubectl_sluice_tasks_answers_through_the_api_servers_service_proxy() {
         sources.dedup();
         sources
     };
+    // Any other pod of the cluster reaches the coordinator's Service, but
+    // reads nothing without the read token, which only the token Secret
+    // holds.
+    let (succeeded, log) = pod_run(
+        &client,
+        &namespace,
+        "curious",
+        &[
+            "tasks",
+            "--coordinator",
+            "http://orders-coordinator:8080",
+            "--read-token",
+            "a-guess",
+        ],
+    )
+    .await;
+    assert!(
+        !succeeded && log.contains("HTTP 401") && log.contains("wrong token"),
+        "{log}"
+    );
+    assert!(!log.contains("orders/000.ndjson"), "{log}");
+
     let globex = sluice_tasks(&["-n", &namespace, "--account", "globex"]);
     assert_eq!(globex.len(), 3);
     assert_eq!(sources_of(&globex), [format!("{namespace}/refunds")]);

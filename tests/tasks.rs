@@ -7,17 +7,20 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_core::api::{TaskList, TaskView};
+use sluice_core::api::{self, TaskList, TaskView};
 use support::dataplane::{Ingest, Part, TOKEN};
 use support::{eventually, fail, kube_with_crd, operator, sources, succeed};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// `sluice tasks ARGS` with the read token of the test coordinators in
+/// `SLUICE_READ_TOKEN`, as after `kubectl port-forward`.
 fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("tasks")
         .args(args)
         .env_remove("KUBECONFIG")
+        .env("SLUICE_READ_TOKEN", api::read_token(TOKEN))
         .output()
         .unwrap()
 }
@@ -184,6 +187,28 @@ async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
         !table.chars().any(|c| c.is_control() && c != '\n'),
         "{table:?}"
     );
+
+    // Reads need the read token: a guess is refused, and without one the
+    // CLI says what to give it.
+    let refused = fail(sluice(&[
+        "--coordinator",
+        &orders_url,
+        "--read-token",
+        "guess",
+    ]));
+    assert!(
+        refused.contains("HTTP 401")
+            && refused.contains("wrong token: readers send the `read-token`"),
+        "{refused}"
+    );
+    let unasked = fail(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["tasks", "--coordinator", &orders_url])
+            .env_remove("SLUICE_READ_TOKEN")
+            .output()
+            .unwrap(),
+    );
+    assert!(unasked.contains("--read-token"), "{unasked}");
 
     // A bad filter is the coordinator's clear refusal, not an empty list.
     let refused = fail(sluice(&["--coordinator", &orders_url, "--state", "done"]));

@@ -7,7 +7,9 @@
 //! - `POST /v1/tasks/{id}/complete` [`Completion`] → 204
 //! - `POST /v1/tasks/{id}/fail` [`Failure`] → 204
 //!
-//! Readers (no token; reached through the API server's service proxy):
+//! Readers (read token required, in the [`READ_TOKEN_HEADER`] header, which
+//! the API server's service proxy passes on where it would consume an
+//! `Authorization` header):
 //! - `GET /v1/tasks?account=&collection=&source=&state=&worker=&limit=&cursor=` → [`TaskList`]
 //! - `GET /v1/tasks/{id}` → [`TaskDetail`]
 //! - `GET /v1/summary` → [`Summary`]
@@ -17,8 +19,23 @@
 use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::id::TaskId;
+
+/// The header that carries the read token.
+pub const READ_TOKEN_HEADER: &str = "sluice-read-token";
+
+/// The read token of the coordinator whose workers present `token`: a
+/// SHA-256 of it, hex-encoded. Whoever holds the workers' token can derive
+/// it; whoever holds only the read token cannot act as a worker.
+pub fn read_token(token: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"sluice read token\0")
+        .chain_update(token.as_bytes())
+        .finalize();
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
 
 /// One source object of a task.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

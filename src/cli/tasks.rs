@@ -1,20 +1,26 @@
 //! `sluice tasks`: who is doing what now. Asks the coordinator of every
-//! matching IngestSource for its live tasks (through the API server's
-//! service proxy, so Kubernetes RBAC decides who may look), merges them and
-//! prints them like `kubectl get`. A coordinator that does not answer is
-//! named; the others still print.
+//! matching IngestSource for its live tasks, merges them and prints them
+//! like `kubectl get`. A coordinator that does not answer is named; the
+//! others still print.
+//!
+//! Kubernetes RBAC decides who may look: the request goes through the API
+//! server's service proxy (`get` on services/proxy) and presents the read
+//! token from the source's token Secret (`get` on that Secret), which no
+//! pod of the cluster holds unless given it.
 
 use std::time::Duration;
 
 use clap::Args;
 use futures::{StreamExt, stream};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
 
-use sluice_core::api::{ErrorBody, TaskList, TaskQuery, TaskState, TaskView};
+use sluice_core::api::{ErrorBody, READ_TOKEN_HEADER, TaskList, TaskQuery, TaskState, TaskView};
 
 use super::cluster::{ClusterArgs, ClusterError};
 use super::output::{self, Format, Row};
 use crate::crd::IngestSource;
+use crate::operator::children::READ_TOKEN_KEY;
 
 /// How long one coordinator may take to answer one page.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +35,8 @@ const PARALLEL: usize = 16;
 ///   kubectl sluice tasks                         # every source in the namespace
 ///   kubectl sluice tasks orders --state running -o wide
 ///   kubectl sluice tasks -A --account acme --worker orders-worker-7d9f-x2x
-///   sluice tasks --coordinator http://127.0.0.1:8080   # after kubectl port-forward
+///   sluice tasks --coordinator http://127.0.0.1:8080 --read-token "$TOKEN"
+///       # after kubectl port-forward, with TOKEN the read-token of the source's token Secret
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct TasksArgs {
@@ -64,8 +71,21 @@ pub struct TasksArgs {
 
     /// Ask the coordinator at this URL directly instead of finding the
     /// coordinators through the cluster (repeat for several).
-    #[arg(long, value_name = "URL", conflicts_with_all = ["source", "all_namespaces", "namespace"])]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["source", "all_namespaces", "namespace"],
+          requires = "read_token")]
     pub coordinator: Vec<String>,
+
+    /// The read token to present to the coordinators of --coordinator: the
+    /// `read-token` of the source's token Secret (`SOURCE-token`). Without
+    /// --coordinator, each source's is read from its Secret and this is
+    /// not used.
+    #[arg(
+        long,
+        env = "SLUICE_READ_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub read_token: Option<String>,
 
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -162,6 +182,7 @@ async fn coordinators(args: &TasksArgs) -> Result<(Vec<Coordinator>, String), Ta
                 endpoint: Endpoint::Direct {
                     http: http.clone(),
                     base: url.trim_end_matches('/').to_owned(),
+                    read_token: args.read_token.clone().unwrap_or_default(),
                 },
             })
             .collect();
@@ -196,6 +217,8 @@ async fn coordinators(args: &TasksArgs) -> Result<(Vec<Coordinator>, String), Ta
                         "/api/v1/namespaces/{namespace}/services/{}:http/proxy",
                         names.coordinator
                     ),
+                    namespace: namespace.clone(),
+                    token_secret: names.token,
                 },
             }
         })
@@ -211,10 +234,20 @@ struct Coordinator {
 }
 
 enum Endpoint {
-    /// Through the API server's service proxy.
-    Proxy { client: kube::Client, base: String },
+    /// Through the API server's service proxy, with the read token of the
+    /// Secret `token_secret` of `namespace`.
+    Proxy {
+        client: kube::Client,
+        base: String,
+        namespace: String,
+        token_secret: String,
+    },
     /// Straight to its HTTP address.
-    Direct { http: reqwest::Client, base: String },
+    Direct {
+        http: reqwest::Client,
+        base: String,
+        read_token: String,
+    },
 }
 
 /// Up to a limit of the tasks of one coordinator.
@@ -227,6 +260,7 @@ struct Listed {
 impl Coordinator {
     /// Pages through `GET /v1/tasks` until `limit` tasks or the last page.
     async fn list(&self, mut query: TaskQuery, limit: u32) -> Result<Listed, String> {
+        let read_token = self.endpoint.read_token().await?;
         let mut tasks = Vec::new();
         loop {
             query.limit = Some((limit - tasks.len() as u32).clamp(1, PAGE));
@@ -234,9 +268,10 @@ impl Coordinator {
                 "/v1/tasks?{}",
                 serde_urlencoded::to_string(&query).expect("a task query encodes")
             );
-            let (status, body) = tokio::time::timeout(TIMEOUT, self.endpoint.get(&path))
-                .await
-                .map_err(|_| format!("no answer within {}s", TIMEOUT.as_secs()))??;
+            let (status, body) =
+                tokio::time::timeout(TIMEOUT, self.endpoint.get(&path, &read_token))
+                    .await
+                    .map_err(|_| format!("no answer within {}s", TIMEOUT.as_secs()))??;
             if status != 200 {
                 return Err(refusal(status, &body));
             }
@@ -258,11 +293,51 @@ impl Coordinator {
 }
 
 impl Endpoint {
+    /// The read token to present, or why there is none.
+    async fn read_token(&self) -> Result<String, String> {
+        let (secrets, name) = match self {
+            Endpoint::Direct { read_token, .. } => return Ok(read_token.clone()),
+            Endpoint::Proxy {
+                client,
+                namespace,
+                token_secret,
+                ..
+            } => (
+                Api::<Secret>::namespaced(client.clone(), namespace),
+                token_secret,
+            ),
+        };
+        let secret = tokio::time::timeout(TIMEOUT, secrets.get(name))
+            .await
+            .map_err(|_| format!("no answer within {}s", TIMEOUT.as_secs()))?
+            .map_err(|err| match err {
+                kube::Error::Api(status) if status.is_forbidden() => format!(
+                    "you may not read Secret {name}, which holds the read token: you need `get` on it \
+                     (the `edit` and `admin` roles of the namespace have it)"
+                ),
+                kube::Error::Api(status) if status.is_not_found() => format!(
+                    "its token Secret {name} does not exist (yet): see `kubectl describe ingestsource`"
+                ),
+                err => format!("cannot read Secret {name}: {err}"),
+            })?;
+        secret
+            .data
+            .and_then(|mut data| data.remove(READ_TOKEN_KEY))
+            .and_then(|token| String::from_utf8(token.0).ok())
+            .ok_or_else(|| {
+                format!(
+                    "Secret {name} holds no {READ_TOKEN_KEY} yet: an older operator wrote it; \
+                     the operator adds it when it next updates the pods"
+                )
+            })
+    }
+
     /// The status code and body of `GET path`, or why there was none.
-    async fn get(&self, path: &str) -> Result<(u16, bytes::Bytes), String> {
+    async fn get(&self, path: &str, read_token: &str) -> Result<(u16, bytes::Bytes), String> {
         match self {
-            Endpoint::Proxy { client, base } => {
+            Endpoint::Proxy { client, base, .. } => {
                 let request = http::Request::get(format!("{base}{path}"))
+                    .header(READ_TOKEN_HEADER, read_token)
                     .body(kube::client::Body::empty())
                     .expect("a GET request builds");
                 let response = client
@@ -277,9 +352,10 @@ impl Endpoint {
                     .map_err(|err| format!("the answer broke off: {err}"))?;
                 Ok((status, body))
             }
-            Endpoint::Direct { http, base } => {
+            Endpoint::Direct { http, base, .. } => {
                 let response = http
                     .get(format!("{base}{path}"))
+                    .header(READ_TOKEN_HEADER, read_token)
                     .send()
                     .await
                     .map_err(|err| format!("cannot reach it: {}", error_chain(&err)))?;

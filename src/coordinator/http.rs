@@ -3,6 +3,7 @@
 //! client sends can panic the coordinator.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -15,7 +16,7 @@ use jiff::Timestamp;
 
 use sluice_core::api::{
     Completion, ErrorBody, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
-    LeaseResponse, TaskDetail, TaskList, TaskQuery,
+    LeaseResponse, READ_TOKEN_HEADER, TaskDetail, TaskList, TaskQuery,
 };
 use sluice_core::id::TaskId;
 
@@ -82,11 +83,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/tasks/{id}/complete", post(complete))
         .route("/v1/tasks/{id}/fail", post(fail))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
-    Router::new()
+        .route_layer(middleware::from_fn_with_state(shared.clone(), workers_only));
+    let readers = Router::new()
         .route("/v1/tasks", get(list))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/summary", get(summary))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), readers_only));
+    Router::new()
+        .merge(readers)
         .merge(workers)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
         .method_not_allowed_fallback(|| async {
@@ -101,8 +105,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Lets through requests that carry the worker token.
-async fn authorize(
+/// Lets through requests that carry the workers' token.
+async fn workers_only(
     State(shared): State<Arc<Shared>>,
     request: Request,
     next: Next,
@@ -112,17 +116,62 @@ async fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
+    check(
+        presented,
+        &shared.token,
+        "workers authenticate with `Authorization: Bearer TOKEN`, TOKEN the `token` of their IngestSource's token Secret",
+    )?;
+    Ok(next.run(request).await)
+}
+
+/// Lets through requests that carry the read token, [`MAX_READS`] at a
+/// time: a reader waits up to [`READ_QUEUE`] for its turn, then is told to
+/// come back, so a flood of reads never starves the workers' calls.
+async fn readers_only(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(READ_TOKEN_HEADER)
+        .and_then(|value| value.to_str().ok());
+    check(
+        presented,
+        &shared.read_token,
+        &format!(
+            "readers send the `read-token` of the IngestSource's token Secret in the `{READ_TOKEN_HEADER}` \
+             header (`kubectl sluice tasks` does, for whoever may read that Secret)"
+        ),
+    )?;
+    let _turn = tokio::time::timeout(READ_QUEUE, shared.reads.acquire())
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("busy: {MAX_READS} reads are being answered; try again in a moment"),
+            )
+        })?
+        .expect("the read semaphore is never closed");
+    Ok(next.run(request).await)
+}
+
+/// Reads answered at once; more wait their turn.
+pub const MAX_READS: usize = 2;
+/// How long a read waits for its turn before it is refused (503).
+const READ_QUEUE: Duration = Duration::from_secs(5);
+
+/// Refuses (401) a request that presents no token or another than `expected`.
+fn check(presented: Option<&str>, expected: &str, how: &str) -> Result<(), ApiError> {
     match presented {
-        Some(token) if same(token.as_bytes(), shared.token.as_bytes()) => {
-            Ok(next.run(request).await)
-        }
+        Some(token) if same(token.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "wrong token: workers authenticate with the token of their IngestSource".into(),
+            format!("wrong token: {how}"),
         )),
         None => Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "missing token: send `Authorization: Bearer TOKEN`".into(),
+            format!("missing token: {how}"),
         )),
     }
 }

@@ -87,7 +87,12 @@ const MIN_COMMIT_SPACING: Duration = Duration::from_millis(100);
 /// What the HTTP handlers, the listing and the commit loop share.
 pub struct Shared {
     tasks: Mutex<Tasks>,
+    /// What workers present.
     token: String,
+    /// What readers present: derived from `token`.
+    read_token: String,
+    /// Turns for reads ([`http::MAX_READS`]).
+    reads: tokio::sync::Semaphore,
     lease_duration: Duration,
     metrics: metrics::Metrics,
     /// Signalled when tasks were planned that need a commit.
@@ -109,7 +114,9 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new(Shared {
             tasks: Mutex::new(tasks),
+            read_token: sluice_core::api::read_token(&token),
             token,
+            reads: tokio::sync::Semaphore::new(http::MAX_READS),
             lease_duration,
             metrics: metrics::Metrics::new(registry),
             planned: Notify::new(),

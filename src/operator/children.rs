@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, KeyInit, Mac};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
@@ -34,8 +35,11 @@ use crate::crd::{IngestSource, Names};
 /// The HTTP port of the coordinator (task API, health, metrics) and of the
 /// workers (health, metrics).
 pub const HTTP_PORT: i32 = 8080;
-/// The key of the token in the token Secret.
+/// The key of the workers' token in the token Secret.
 pub const TOKEN_KEY: &str = "token";
+/// The key of the read token in the token Secret: what `kubectl sluice
+/// tasks` presents ([`sluice_core::api::read_token`]).
+pub const READ_TOKEN_KEY: &str = "read-token";
 /// Where pods find the configuration and the token.
 const CONFIG_DIR: &str = "/etc/sluice";
 const TOKEN_DIR: &str = "/var/run/secrets/sluice";
@@ -234,14 +238,25 @@ pub fn build(
     }
 }
 
-/// The token Secret, holding `token`.
+/// The token Secret, holding `token` and its read token.
 pub fn token_secret(source: &IngestSource, token: &str) -> Secret {
     Secret {
         metadata: meta(source, &Names::of(source).token, None),
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), token.to_owned())])),
+        data: Some(token_data(token)),
         type_: Some("Opaque".into()),
         ..Secret::default()
     }
+}
+
+/// The data of the token Secret: the workers' token and the read token.
+pub fn token_data(token: &str) -> BTreeMap<String, ByteString> {
+    BTreeMap::from([
+        (TOKEN_KEY.to_owned(), ByteString(token.as_bytes().to_vec())),
+        (
+            READ_TOKEN_KEY.to_owned(),
+            ByteString(sluice_core::api::read_token(token).into_bytes()),
+        ),
+    ])
 }
 
 /// The operator's secret key for the coordinators' tokens (`--token-key-file`).

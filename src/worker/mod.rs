@@ -165,6 +165,8 @@ pub async fn run(args: WorkerArgs) -> Result<(), Error> {
         token,
         http: reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            // Before the coordinator closes an idle connection.
+            .pool_idle_timeout(telemetry::IDLE_TIMEOUT / 2)
             .build()
             .map_err(|err| Error::Config(format!("cannot create an HTTP client: {err}")))?,
         source: s3::client_for(Store::Source, &config.source.s3, args.pod.s3_timeout).await,

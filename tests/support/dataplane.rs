@@ -11,7 +11,7 @@ use backon::Retryable;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
-use sluice_core::api::Summary;
+use sluice_core::api::{self, Summary};
 use sluice_core::archive::TaskRecord;
 use sluice_core::encoding::{Compression, Format};
 use sluice_core::id::SourceId;
@@ -456,9 +456,19 @@ impl Part {
             .unwrap_or_else(|| panic!("{method} {path}: no answer\n{}", self.log()))
     }
 
-    /// GET `path` as JSON.
+    /// GET `path` of the task API, presenting `read_token` (if any).
+    pub fn read(&self, path: &str, read_token: Option<&str>) -> (u16, String) {
+        let headers: Vec<(&str, &str)> = read_token
+            .map(|token| (api::READ_TOKEN_HEADER, token))
+            .into_iter()
+            .collect();
+        http(self.port, "GET", path, &headers, b"")
+            .unwrap_or_else(|| panic!("GET {path}: no answer\n{}", self.log()))
+    }
+
+    /// GET `path` of the task API as JSON, as a reader with the read token.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> T {
-        let (status, body) = self.request("GET", path, None, "");
+        let (status, body) = self.read(path, Some(&api::read_token(TOKEN)));
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|err| panic!("GET {path}: {err}: {body}"))
     }

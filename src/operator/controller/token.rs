@@ -3,19 +3,18 @@
 //! IngestSource's uid ([`children::token`]), so the operator knows it
 //! without a Secret, and holds no right to read any Secret.
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::crd::{IngestSource, Names};
-use crate::operator::children::{self, TOKEN_KEY};
+use crate::operator::children;
 
 use super::{Context, Error};
 
 impl Context {
-    /// Makes sure the token Secret holds `token`: created the first time;
+    /// Makes sure the token Secret holds `token` and its read token: created the first time;
     /// when it exists, one JSON patch that first tests that the Secret is
     /// this source's (its controller owner's uid) and then sets the token.
     /// A Secret of that name that another owner made fails the test and is
@@ -51,7 +50,7 @@ impl Context {
             {
                 "op": "add",
                 "path": "/data",
-                "value": {TOKEN_KEY: ByteString(token.as_bytes().to_vec())},
+                "value": children::token_data(token),
             },
         ]))
         .expect("a JSON patch");
