@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use sluice::config::{RuntimeConfig, SourceConfig, Store, TaskLimits, credential_env};
 use sluice::coordinator::checkpoint::{Checkpoint, Manifest, SegmentRef};
 use sluice::coordinator::finished::{Finished, FinishedKeys, Segment};
-use sluice::coordinator::http::MAX_READS;
+use sluice::coordinator::http::READS_PER_SECOND;
 use sluice::coordinator::tasks::{Limits, Planned, Tasks, Totals};
 use sluice_core::api::{self, Completion, LeaseRequest, LeaseResponse, ObjectRef, Summary};
 use sluice_core::encoding::{Compression, Format};
@@ -465,9 +465,10 @@ async fn main() {
          Under a read flood: the same run while {FLOOD_READERS} more clients, each in a \
          loop without pause, read `GET /v1/tasks?limit=1000` (the largest page, built from \
          the live table of {LEASE_OBJECTS} tasks) and `GET /v1/summary` by turns, with the \
-         read token. The coordinator answers {MAX_READS} reads at a time and lets the others \
-         wait (up to 5 s, then 503), so leases and heartbeats keep the lock; the bar is the \
-         lease rate under the flood against the same run without it."
+         read token. The coordinator answers them one at a time, {READS_PER_SECOND} a second at \
+         most, and lets the others wait (up to 5 s, then 503), so leases and heartbeats keep the \
+         lock and the cores; the bar is the lease rate under the flood against the same run \
+         without it."
     );
     println!();
     let mut table = Table::new(&[

@@ -109,7 +109,11 @@ async fn serve(listener: tokio::net::TcpListener, app: Router) {
             .await
             .expect("the connection semaphore is never closed");
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                // Answers go out at once, not held back to fill a segment.
+                let _ = stream.set_nodelay(true);
+                stream
+            }
             Err(err) => {
                 // Out of file descriptors, say: give the open ones time to close.
                 tracing::warn!(error = %err, "cannot accept a connection");

@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use rand::{Rng, RngExt, SeedableRng};
 use sluice::worker::output::{self, PART_SIZE, UploadError};
-use sluice_core::api::{self, HeartbeatResponse, LeaseResponse, TaskDetail, TaskList, TaskState};
+use sluice_core::api::{
+    self, HeartbeatResponse, LeaseResponse, Summary, TaskDetail, TaskList, TaskState,
+};
 use sluice_testenv::MotoEnv;
-use support::dataplane::{Ingest, TOKEN, wait_until_done};
+use support::dataplane::{Ingest, Part, TOKEN, wait_until_done};
 use support::eventually;
 use support::silence::Silence;
 
 const SHORT: Duration = Duration::from_secs(2);
+/// How long a coordinator may take to say or do what a test waits for.
+const SETTLE: Duration = Duration::from_secs(60);
 const DONE: Duration = Duration::from_secs(120);
 
 /// Object `index` holding `records` records with ids `o{index}-r{n}`, in
@@ -275,21 +279,34 @@ async fn a_store_that_ignores_conditional_writes_is_refused() {
     ingest.config.archive = moto.location("archive");
     ingest.write_config();
     let mut coordinator = ingest.coordinator_unchecked();
-    let status = coordinator
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the coordinator started on moto:\n{}", coordinator.log()));
-    assert!(!status.success());
-    let log = coordinator.log();
     let why = format!(
         "the S3 store at {} accepted a PUT of s3://archive/checkpoints/shop.unfenced/probes/",
         moto.endpoint()
     );
-    assert!(
-        log.contains(&why) && log.contains("If-None-Match: *"),
-        "{log}"
-    );
+    let log = waiting_unready(&mut coordinator, &[&why, "If-None-Match: *"]).await;
     assert!(log.contains("This coordinator refuses to start"), "{log}");
     assert!(!log.contains("claimed the checkpoint"), "{log}");
+}
+
+/// Waits until the log of a coordinator that cannot use its checkpoint
+/// holds each of `words`, and checks that it stays up meanwhile (no crash
+/// loop), alive but not ready, its task API saying it has not started.
+/// Returns the log.
+async fn waiting_unready(coordinator: &mut Part, words: &[&str]) -> String {
+    let log = eventually("the coordinator to say why it waits", SETTLE, || async {
+        let log = coordinator.log();
+        words.iter().all(|word| log.contains(word)).then_some(log)
+    })
+    .await;
+    assert!(coordinator.running(), "it exited:\n{log}");
+    assert_eq!(coordinator.request("GET", "/healthz", None, "").0, 200);
+    assert_eq!(coordinator.request("GET", "/readyz", None, "").0, 503);
+    let (status, body) = coordinator.read("/v1/summary", Some(&api::read_token(TOKEN)));
+    assert!(
+        status == 503 && body.contains("not claimed yet"),
+        "{status} {body}"
+    );
+    log
 }
 
 /// A start that finds no checkpoint (deleted by hand, or by a bucket
@@ -750,33 +767,102 @@ async fn the_task_api_refuses_bad_requests_with_json_errors() {
     let _ = SHORT;
 }
 
+/// A damaged checkpoint (a manifest overwritten, a segment deleted by a
+/// bucket lifecycle rule) is named in the log, and the coordinator waits,
+/// alive but not ready, instead of crash-looping or starting from zero;
+/// once the object is back it resumes by itself, without a restart.
 #[tokio::test]
-async fn a_corrupt_checkpoint_stops_the_coordinator_with_the_object_named() {
-    let ingest = Ingest::new("corrupt", 5, Duration::from_secs(30), 3).await;
+async fn a_damaged_checkpoint_is_named_and_waited_out_without_a_restart() {
+    let ingest = Ingest::new("damaged", 5, Duration::from_secs(30), 3).await;
+    ingest.put((0..6).map(|i| object(i, 2)).collect()).await;
+    let mut first = ingest.coordinator(None, &[]);
+    let worker = ingest.worker(first.port, "w1");
+    wait_until_done(&first, 6, DONE).await;
+    drop(worker);
+    first.terminate(SHORT);
+    let archive = &ingest.config.archive.bucket;
+    let segments = ingest
+        .objects(archive, &format!("{}segments/", checkpoint_dir(&ingest)))
+        .await;
+    let (segment, bytes) = segments
+        .first()
+        .expect("a segment of finished keys")
+        .clone();
+    let manifest = ingest.objects(archive, &ingest.manifest_key()).await;
+
+    // A lifecycle rule deletes a segment.
+    ingest
+        .client
+        .delete_object()
+        .bucket(archive)
+        .key(&segment)
+        .send()
+        .await
+        .unwrap();
+    let mut coordinator = ingest.coordinator_unchecked();
+    let object = format!("s3://{archive}/{segment}");
+    waiting_unready(
+        &mut coordinator,
+        &[&object, "it does not exist", "Refusing to start from zero"],
+    )
+    .await;
+    // It tries again, and writes nothing to the checkpoint meanwhile.
+    eventually("a second try", SETTLE, || async {
+        (coordinator.log().matches(&object).count() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ingest.objects(archive, &ingest.manifest_key()).await,
+        manifest
+    );
+
+    // The segment is restored: the same process resumes where it was.
+    let pid = coordinator.pid();
     ingest
         .client
         .put_object()
-        .bucket(&ingest.config.archive.bucket)
+        .bucket(archive)
+        .key(&segment)
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+    let summary = eventually("the coordinator to serve", SETTLE, || async {
+        let (status, body) = coordinator.read("/v1/summary", Some(&api::read_token(TOKEN)));
+        (status == 200).then(|| serde_json::from_str::<Summary>(&body).unwrap())
+    })
+    .await;
+    assert_eq!(coordinator.pid(), pid);
+    assert_eq!(summary.objects.ingested, 6, "{summary:?}");
+    assert_eq!(coordinator.request("GET", "/readyz", None, "").0, 200);
+    coordinator.terminate(SHORT);
+
+    // An overwritten manifest: named too, never taken for a fresh start.
+    ingest
+        .client
+        .put_object()
+        .bucket(archive)
         .key(ingest.manifest_key())
         .body(b"definitely not a checkpoint".to_vec().into())
         .send()
         .await
         .unwrap();
     let mut coordinator = ingest.coordinator_unchecked();
-    let status = coordinator
-        .wait_exit(Duration::from_secs(30))
-        .expect("the coordinator refuses to start");
-    assert!(!status.success());
-    let log = coordinator.log();
-    let object = format!(
-        "s3://{}/{}",
-        ingest.config.archive.bucket,
-        ingest.manifest_key()
-    );
-    assert!(
-        log.contains(&object) && log.contains("Refusing to start from zero"),
-        "{log}"
-    );
+    let manifest = format!("s3://{archive}/{}", ingest.manifest_key());
+    waiting_unready(
+        &mut coordinator,
+        &[&manifest, "Refusing to start from zero"],
+    )
+    .await;
+}
+
+/// The checkpoint directory of `ingest`'s source in its archive bucket.
+fn checkpoint_dir(ingest: &Ingest) -> String {
+    sluice_core::layout::checkpoint_dir(
+        ingest.config.archive.prefix.as_deref(),
+        &ingest.config.id.namespace,
+        &ingest.config.id.name,
+    )
 }
 
 /// `records` NDJSON records with ids `big-N` and 64 hardly compressible

@@ -236,3 +236,93 @@ async fn the_phase_follows_a_real_ingest() {
     assert_eq!(row[9], "0", "no lag once caught up: {wide}");
     assert_eq!(row[10], summary.bytes_ingested.to_string(), "{wide}");
 }
+
+/// A coordinator that cannot use its checkpoint says why in the status
+/// (`startupError`), and the operator makes that the Degraded reason
+/// CheckpointUnusable, shown by `kubectl describe`; once the checkpoint is
+/// reset on purpose, the same coordinator serves and the reason is gone.
+#[tokio::test]
+async fn a_coordinator_that_cannot_use_its_checkpoint_says_why_in_the_status() {
+    let kube = kube_with_crd();
+    let client = kube.client().await;
+    let namespace = kube.namespace("unusable").unwrap();
+    let _operator = Operator::start(
+        kube,
+        "status-unusable",
+        &["--watch-namespace", &namespace, "--leader-election=false"],
+    );
+    let mut ingest = Ingest::new("orders", 5, Duration::from_secs(30), 3).await;
+    ingest.config.id.namespace = namespace.clone();
+    ingest.write_config();
+    ingest.use_kubeconfig(kube.kubeconfig());
+    sources::create_credentials(&client, &namespace).await;
+    let mut source = sources::orders("orders");
+    source["spec"]["source"]["s3"]["bucket"] = json!(ingest.config.source.s3.bucket);
+    sources::apply(&client, &namespace, &source).await;
+    ingest
+        .put(vec![("0.ndjson".into(), b"{\"id\":\"o0\"}\n".to_vec())])
+        .await;
+    let archive = ingest.config.archive.bucket.clone();
+    ingest
+        .client
+        .put_object()
+        .bucket(&archive)
+        .key(ingest.manifest_key())
+        .body(b"overwritten".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    let coordinator = ingest.coordinator_unchecked();
+    let manifest = format!("s3://{archive}/{}", ingest.manifest_key());
+    let degraded = eventually("Degraded: CheckpointUnusable", DONE, || async {
+        let status = sources::source(&client, &namespace, "orders")
+            .await
+            .status?;
+        let degraded = status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.reason == "CheckpointUnusable")?;
+        (status.phase == Some(Phase::Degraded)).then_some(degraded)
+    })
+    .await;
+    assert!(
+        degraded.message.contains(&manifest)
+            && degraded
+                .message
+                .contains("delete the checkpoint's manifest"),
+        "{}",
+        degraded.message
+    );
+    let described = succeed(kubectl(
+        &["describe", "isrc", "orders", "-n", &namespace],
+        None,
+    ));
+    assert!(described.contains("CheckpointUnusable"), "{described}");
+
+    // Reset on purpose: the manifest deleted, the next try starts afresh.
+    ingest
+        .client
+        .delete_object()
+        .bucket(&archive)
+        .key(ingest.manifest_key())
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        "the coordinator's counts back, and no more Degraded",
+        DONE,
+        || async {
+            let status = sources::source(&client, &namespace, "orders")
+                .await
+                .status?;
+            let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
+            (status.startup_error.is_none()
+                && status.objects.as_ref()?.discovered == 1
+                && degraded.status == "False")
+                .then_some(())
+        },
+    )
+    .await;
+    drop(coordinator);
+}

@@ -17,7 +17,8 @@ use sluice::coordinator::Shared;
 use sluice::coordinator::finished::FinishedKeys;
 use sluice::coordinator::http::router;
 use sluice::coordinator::tasks::{Limits, Listed, Tasks};
-use sluice_core::api::ObjectRef;
+use sluice::coordinator::metrics::Metrics;
+use sluice_core::api::{self, ObjectRef};
 use sluice_core::id::SourceId;
 use sluice_core::layout::Sink;
 use tower::ServiceExt;
@@ -88,14 +89,17 @@ fn shared() -> Arc<Shared> {
         TOKEN.into(),
         Duration::from_secs(30),
         None,
-        &mut Registry::default(),
+        Metrics::new(&mut Registry::default()),
     )
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        // Paused time: a read's wait for its turn passes at once.
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
             .build()
             .expect("a current-thread runtime starts")
     })
@@ -110,10 +114,12 @@ fuzz_target!(|calls: Vec<Call>| {
             let mut request = Request::builder()
                 .method(method)
                 .uri(format!("{path}{}", call.suffix));
-            match call.token % 4 {
+            match call.token % 6 {
                 1 => request = request.header(header::AUTHORIZATION, format!("Bearer {TOKEN}")),
                 2 => request = request.header(header::AUTHORIZATION, "Bearer nope"),
                 3 => request = request.header(header::AUTHORIZATION, TOKEN),
+                4 => request = request.header(api::READ_TOKEN_HEADER, api::read_token(TOKEN)),
+                5 => request = request.header(api::READ_TOKEN_HEADER, TOKEN),
                 _ => {}
             }
             if call.json {

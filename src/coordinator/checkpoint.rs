@@ -84,12 +84,14 @@ pub enum CheckpointError {
     #[error(
         "checkpoint s3://{bucket}/{key} cannot be read: {reason}. Refusing to start from zero, \
          which would ingest everything again: restore the object (or an older version of it), \
-         or delete it to start over deliberately"
+         or delete the checkpoint's manifest s3://{bucket}/{manifest} to start over deliberately \
+         (in a new lineage, beside the earlier output)"
     )]
     Corrupt {
         bucket: String,
         key: String,
         reason: String,
+        manifest: String,
     },
     #[error(
         "the S3 store at {endpoint} accepted a PUT of s3://{bucket}/{key} with `{condition}` \
@@ -160,12 +162,14 @@ impl Checkpoint {
                     Condition::Absent,
                 ),
             };
+            // Everything is read before the claim: a damaged checkpoint is
+            // refused with nothing written to it.
+            let segments = checkpoint.load_segments(&manifest.segments).await?;
             manifest.epoch += 1;
             checkpoint.epoch = manifest.epoch;
             match checkpoint.put_manifest(&manifest, condition).await {
                 Ok(etag) => {
                     checkpoint.etag = etag;
-                    let segments = checkpoint.load_segments(&manifest.segments).await?;
                     checkpoint
                         .uploaded
                         .extend(manifest.segments.iter().map(|s| s.name.clone()));
@@ -386,6 +390,7 @@ impl Checkpoint {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             reason,
+            manifest: self.manifest_key(),
         }
     }
 

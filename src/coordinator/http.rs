@@ -2,8 +2,8 @@
 //! bodies). Every refusal is a 4xx with a JSON [`ErrorBody`]; nothing a
 //! client sends can panic the coordinator.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -13,12 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiff::Timestamp;
+use tower::ServiceExt;
 
 use sluice_core::api::{
     Completion, ErrorBody, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
     LeaseResponse, READ_TOKEN_HEADER, TaskDetail, TaskList, TaskQuery,
 };
 use sluice_core::id::TaskId;
+use sluice_core::sync::lock;
 
 use super::Shared;
 use super::tasks::Refusal;
@@ -105,6 +107,24 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The task API of a coordinator that may not have claimed its checkpoint
+/// yet: [`router`] once `api` is set; until then every request is a 503
+/// that says why.
+pub fn once_claimed(api: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback(move |request: Request| async move {
+        match api.get() {
+            Some(router) => router.clone().oneshot(request).await.into_response(),
+            None => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: the checkpoint is not claimed yet (the IngestSource's \
+                 status.startupError says why, if it cannot be)"
+                    .into(),
+            )
+            .into_response(),
+        }
+    })
+}
+
 /// Lets through requests that carry the workers' token.
 async fn workers_only(
     State(shared): State<Arc<Shared>>,
@@ -124,9 +144,11 @@ async fn workers_only(
     Ok(next.run(request).await)
 }
 
-/// Lets through requests that carry the read token, [`MAX_READS`] at a
-/// time: a reader waits up to [`READ_QUEUE`] for its turn, then is told to
-/// come back, so a flood of reads never starves the workers' calls.
+/// Lets through requests that carry the read token, one at a time and at
+/// most [`READS_PER_SECOND`]: a reader waits up to [`READ_QUEUE`] for its
+/// turn, then is told to come back (503). Reads build their answers under
+/// the lock that leases and heartbeats take, so a flood of them must not
+/// take the coordinator's cores from the workers.
 async fn readers_only(
     State(shared): State<Arc<Shared>>,
     request: Request,
@@ -144,22 +166,56 @@ async fn readers_only(
              header (`kubectl sluice tasks` does, for whoever may read that Secret)"
         ),
     )?;
-    let _turn = tokio::time::timeout(READ_QUEUE, shared.reads.acquire())
+    let busy = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "busy: this coordinator answers {READS_PER_SECOND} reads a second, one at a time, \
+                 and more are waiting; try again in a moment"
+            ),
+        )
+    };
+    let wait = shared.reads.reserve(Instant::now()).ok_or_else(busy)?;
+    tokio::time::sleep(wait).await;
+    let _turn = tokio::time::timeout(READ_QUEUE, shared.reading.lock())
         .await
-        .map_err(|_| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("busy: {MAX_READS} reads are being answered; try again in a moment"),
-            )
-        })?
-        .expect("the read semaphore is never closed");
+        .map_err(|_| busy())?;
     Ok(next.run(request).await)
 }
 
-/// Reads answered at once; more wait their turn.
-pub const MAX_READS: usize = 2;
-/// How long a read waits for its turn before it is refused (503).
+/// Reads answered per second at most.
+pub const READS_PER_SECOND: u32 = 25;
+/// How long a read may wait for its turn before it is refused (503).
 const READ_QUEUE: Duration = Duration::from_secs(5);
+
+/// Turns for reads, [`READS_PER_SECOND`] apart.
+#[derive(Debug)]
+pub struct Pace {
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            next: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Pace {
+    /// Takes the next free turn and says how long to wait for it, or None
+    /// when it is more than [`READ_QUEUE`] away.
+    pub fn reserve(&self, now: Instant) -> Option<Duration> {
+        let mut next = lock(&self.next);
+        let turn = (*next).max(now);
+        let wait = turn - now;
+        if wait > READ_QUEUE {
+            return None;
+        }
+        *next = turn + Duration::from_secs(1) / READS_PER_SECOND;
+        Some(wait)
+    }
+}
 
 /// Refuses (401) a request that presents no token or another than `expected`.
 fn check(presented: Option<&str>, expected: &str, how: &str) -> Result<(), ApiError> {
@@ -281,4 +337,29 @@ async fn task(State(shared): State<Arc<Shared>>, id: PathId) -> Result<Json<Task
 
 async fn summary(State(shared): State<Arc<Shared>>) -> Json<sluice_core::api::Summary> {
     Json(shared.summary())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_take_turns_a_pace_apart_and_are_refused_past_the_queue() {
+        let pace = Pace::default();
+        let start = Instant::now();
+        let spacing = Duration::from_secs(1) / READS_PER_SECOND;
+        assert_eq!(pace.reserve(start), Some(Duration::ZERO));
+        assert_eq!(pace.reserve(start), Some(spacing));
+        assert_eq!(pace.reserve(start), Some(2 * spacing));
+        // A burst fills the queue; past it, readers are turned away.
+        let queued = (READ_QUEUE.as_millis() / spacing.as_millis()) as u32;
+        for n in 3..=queued {
+            assert_eq!(pace.reserve(start), Some(n * spacing));
+        }
+        assert_eq!(pace.reserve(start), None);
+        // Time passes: turns are free again, and an idle pace saves none up.
+        let later = start + 10 * READ_QUEUE;
+        assert_eq!(pace.reserve(later), Some(Duration::ZERO));
+        assert_eq!(pace.reserve(later), Some(spacing));
+    }
 }

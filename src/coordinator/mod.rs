@@ -17,14 +17,14 @@ pub mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use sluice_core::api::Summary;
 use sluice_core::archive::{Appender, Batch};
@@ -32,8 +32,8 @@ use sluice_core::layout::Sink;
 use sluice_core::sync::lock;
 
 use crate::config::{PodArgs, RuntimeConfig, Store};
-use crate::s3;
 use crate::telemetry::{self, Readiness};
+use crate::{retry, s3};
 use archiver::{Unwritten, Written, append};
 use checkpoint::{Checkpoint, CheckpointError, Manifest, SegmentRef};
 use finished::{ApplyError, FinishedKeys, Merged};
@@ -91,8 +91,10 @@ pub struct Shared {
     token: String,
     /// What readers present: derived from `token`.
     read_token: String,
-    /// Turns for reads ([`http::MAX_READS`]).
-    reads: tokio::sync::Semaphore,
+    /// When reads may be answered ([`http::READS_PER_SECOND`]).
+    reads: http::Pace,
+    /// Held by the read being answered: one at a time.
+    reading: tokio::sync::Mutex<()>,
     lease_duration: Duration,
     metrics: metrics::Metrics,
     /// Signalled when tasks were planned that need a commit.
@@ -103,22 +105,23 @@ pub struct Shared {
 
 impl Shared {
     /// The state of a coordinator serving `tasks` to workers that present
-    /// `token`, its metrics registered in `registry`. Needs no S3: the fuzz
+    /// `token`, counting in `metrics`. Needs no S3: the fuzz
     /// targets drive [`http::router`] with it in process.
     pub fn new(
         tasks: Tasks,
         token: String,
         lease_duration: Duration,
         last_checkpoint: Option<Timestamp>,
-        registry: &mut Registry,
+        metrics: metrics::Metrics,
     ) -> Arc<Self> {
         Arc::new(Shared {
             tasks: Mutex::new(tasks),
             read_token: sluice_core::api::read_token(&token),
             token,
-            reads: tokio::sync::Semaphore::new(http::MAX_READS),
+            reads: http::Pace::default(),
+            reading: tokio::sync::Mutex::new(()),
             lease_duration,
-            metrics: metrics::Metrics::new(registry),
+            metrics,
             planned: Notify::new(),
             listing_passes: AtomicU64::new(0),
             last_checkpoint: Mutex::new(last_checkpoint),
@@ -142,14 +145,27 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
     let (config, token) = args.pod.start().map_err(Error::Config)?;
     let source_client = s3::client_for(Store::Source, &config.source.s3, args.pod.s3_timeout).await;
     let archive_client = s3::client_for(Store::Archive, &config.archive, args.pod.s3_timeout).await;
+    let kube = kube::Client::try_default()
+        .await
+        .inspect_err(
+            |err| info!(reason = %err, "no Kubernetes configuration: not publishing status"),
+        )
+        .ok();
 
-    let (checkpoint, resumed) = Checkpoint::claim(
-        archive_client.clone(),
-        &config.archive,
-        &config.id.namespace,
-        &config.id.name,
+    // Alive (and answering probes) from the start, ready once it serves.
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::new(&mut registry);
+    let readiness = Readiness::default();
+    let api = Arc::new(OnceLock::new());
+    let address = telemetry::serve_admin(
+        args.pod.address,
+        readiness.clone(),
+        registry,
+        http::once_claimed(api.clone()),
     )
     .await?;
+
+    let (checkpoint, resumed) = claim(archive_client.clone(), &config, kube.as_ref()).await?;
     let manifest = resumed.manifest;
     info!(
         checkpoint = %checkpoint.location(),
@@ -174,23 +190,16 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         manifest.tasks,
         manifest.totals,
     );
-    let mut registry = Registry::default();
     let shared = Shared::new(
         tasks,
         token,
         config.tasks.lease_duration.0,
         manifest.written,
-        &mut registry,
+        metrics,
     );
-    let readiness = Readiness::default();
+    api.set(http::router(shared.clone()))
+        .expect("the task API is set once");
     readiness.set(true);
-    let address = telemetry::serve_admin(
-        args.pod.address,
-        readiness,
-        registry,
-        http::router(shared.clone()),
-    )
-    .await?;
     info!(%address, "serving the task API");
 
     tokio::spawn(listing::run(
@@ -200,18 +209,15 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         args.max_live_objects,
     ));
     tokio::spawn(expire_leases(shared.clone()));
-    match kube::Client::try_default().await {
-        Ok(client) => {
-            tokio::spawn(publish::run(
-                shared.clone(),
-                client,
-                config.id.namespace.clone(),
-                config.id.name.clone(),
-                args.status_interval,
-                args.heartbeat_interval,
-            ));
-        }
-        Err(err) => info!(reason = %err, "no Kubernetes configuration: not publishing status"),
+    if let Some(client) = kube {
+        tokio::spawn(publish::run(
+            shared.clone(),
+            client,
+            config.id.namespace.clone(),
+            config.id.name.clone(),
+            args.status_interval,
+            args.heartbeat_interval,
+        ));
     }
     let appender = Appender::new(
         config.archive.prefix.as_deref(),
@@ -231,6 +237,47 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         last: None,
     };
     committer.run(args.checkpoint_interval).await
+}
+
+/// The first and the longest wait between tries to claim the checkpoint
+/// (each stretched by up to 100 %): the longest stays well inside the
+/// operator's --coordinator-timeout, since every try is also a heartbeat.
+const CLAIM_RETRY: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(30));
+
+/// Claims the checkpoint. While it cannot (an object of it damaged or
+/// deleted, a store that ignores conditional writes, S3 refusing), it says
+/// why in its log and in the IngestSource's `status.startupError`, and tries
+/// again, so a repaired store or a restored object is picked up without a
+/// restart, and the pod does not crash-loop. Gives up only on SIGTERM.
+async fn claim(
+    client: aws_sdk_s3::Client,
+    config: &RuntimeConfig,
+    kube: Option<&kube::Client>,
+) -> Result<(Checkpoint, checkpoint::Resumed), Error> {
+    let mut waits = retry::Waits::new(CLAIM_RETRY.0, CLAIM_RETRY.1);
+    let mut stop = std::pin::pin!(telemetry::terminated());
+    loop {
+        let err = match Checkpoint::claim(
+            client.clone(),
+            &config.archive,
+            &config.id.namespace,
+            &config.id.name,
+        )
+        .await
+        {
+            Ok(claimed) => return Ok(claimed),
+            Err(err) => err,
+        };
+        let wait = waits.current();
+        error!(error = %err, retry_in = ?wait, "cannot use the checkpoint; not serving until it can");
+        if let Some(kube) = kube {
+            publish::startup_error(kube, &config.id, &err.to_string()).await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => waits.advance(),
+            () = &mut stop => return Err(err.into()),
+        }
+    }
 }
 
 /// Returns expired leases' tasks to the queue, several times per lease.

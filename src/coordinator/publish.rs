@@ -19,6 +19,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use sluice_core::api::{Summary, TaskView};
+use sluice_core::id::SourceId;
 
 use super::Shared;
 use crate::crd::{ActiveTask, IngestSource, IngestSourceStatus, TaskFailure};
@@ -28,6 +29,8 @@ use crate::crd::{MAX_ACTIVE_TASKS, MAX_RECENT_FAILURES};
 pub const MANAGER: &str = "sluice-coordinator";
 /// Errors in the status are cut to this many bytes (the schema's limit).
 const MAX_ERROR: usize = 512;
+/// `startupError` is cut to this many bytes (the schema's limit).
+const MAX_STARTUP_ERROR: usize = 1024;
 
 /// The coordinator's part of the status.
 pub fn status(summary: &Summary, running: &[TaskView], failed: &[TaskView]) -> IngestSourceStatus {
@@ -123,23 +126,7 @@ pub async fn run(
         if !due(last.as_ref(), &current, now, heartbeat) {
             continue;
         }
-        let stamped = IngestSourceStatus {
-            coordinator_heartbeat_time: Some(Time(jiff::Timestamp::now())),
-            ..current.clone()
-        };
-        let patch = json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "IngestSource",
-            "status": stamped,
-        });
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
+        match apply(&api, &name, current.clone()).await {
             Ok(_) => {
                 shared.metrics.status_writes.inc();
                 if last.is_none() {
@@ -149,6 +136,44 @@ pub async fn run(
             }
             Err(err) => warn!(error = %err, "cannot publish the status; retrying"),
         }
+    }
+}
+
+/// Applies `status`, stamped with the heartbeat time, as the coordinator's
+/// whole part of the status: what it leaves out, it no longer claims.
+async fn apply(
+    api: &Api<IngestSource>,
+    name: &str,
+    status: IngestSourceStatus,
+) -> Result<IngestSource, kube::Error> {
+    let stamped = IngestSourceStatus {
+        coordinator_heartbeat_time: Some(Time(jiff::Timestamp::now())),
+        ..status
+    };
+    let patch = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "IngestSource",
+        "status": stamped,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+}
+
+/// Says in the status of `source` that the coordinator cannot start and
+/// why (and, by the heartbeat, that it is alive); its counts and lists are
+/// gone until it serves again.
+pub async fn startup_error(client: &kube::Client, source: &SourceId, why: &str) {
+    let api: Api<IngestSource> = Api::namespaced(client.clone(), &source.namespace);
+    let status = IngestSourceStatus {
+        startup_error: Some(cut(why, MAX_STARTUP_ERROR)),
+        ..IngestSourceStatus::default()
+    };
+    if let Err(err) = apply(&api, &source.name, status).await {
+        warn!(error = %err, "cannot publish why the coordinator cannot start");
     }
 }
 

@@ -49,6 +49,15 @@ pub struct IngestSourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator_heartbeat_time: Option<Time>,
 
+    /// Why the coordinator cannot start: it cannot use its checkpoint (an
+    /// object of it damaged or deleted, say by a lifecycle rule; a store
+    /// that ignores conditional writes; S3 refusing it). It stays up but
+    /// not ready, tries again within a minute, and serves once it can; the
+    /// operator reports CheckpointUnusable meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub startup_error: Option<String>,
+
     /// Tasks by state, as the coordinator counts them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<TaskCounts>,

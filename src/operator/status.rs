@@ -9,8 +9,9 @@
 //! (Pending until they are ready, then Running); after it, the phase follows
 //! the coordinator's counts: Running while tasks are pending or running,
 //! Idle when caught up, Degraded while a task failed for good recently
-//! (TasksFailed) or when the coordinator stopped reporting
-//! (CoordinatorUnavailable).
+//! (TasksFailed), when the coordinator stopped reporting
+//! (CoordinatorUnavailable) or reports that it cannot use its checkpoint
+//! (CheckpointUnusable).
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub const DEGRADED: &str = "Degraded";
 
 pub const TASKS_FAILED: &str = "TasksFailed";
 pub const COORDINATOR_UNAVAILABLE: &str = "CoordinatorUnavailable";
+pub const CHECKPOINT_UNUSABLE: &str = "CheckpointUnusable";
 
 /// How the operator judges the coordinator's reports (its flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +141,8 @@ enum Report<'a> {
     Missing,
     /// It has not reported for too long; `since` is its last heartbeat.
     Stale { since: &'a Time },
+    /// It is alive but cannot use its checkpoint, and says why.
+    Blocked { why: &'a str },
     Fresh {
         /// Tasks pending or running.
         work: u64,
@@ -168,6 +172,9 @@ fn judge<'a>(
     let stale_at = later(heartbeat.0.max(rollout_changed), limits.coordinator_timeout);
     if now >= stale_at {
         return (Report::Stale { since: heartbeat }, None);
+    }
+    if let Some(why) = status.startup_error.as_deref() {
+        return (Report::Blocked { why }, Some(stale_at));
     }
     let failing = status
         .recent_failures
@@ -296,6 +303,14 @@ pub fn compute(
                 coordinator = names.coordinator,
             ),
         )),
+        (None, Report::Blocked { why }) => Some((
+            CHECKPOINT_UNUSABLE,
+            format!(
+                "the coordinator cannot start: {why}. It tries again within a minute; see \
+                 `kubectl logs deployment/{coordinator} -n {namespace}`",
+                coordinator = names.coordinator,
+            ),
+        )),
         (
             None,
             Report::Fresh {
@@ -357,7 +372,7 @@ pub fn compute(
         (Some(Problem::InvalidSpec(_)), _) => Phase::Failed,
         (Some(_), _) => Phase::Degraded,
         (None, _) if spec.suspend => Phase::Suspended,
-        (None, Report::Stale { .. }) => Phase::Degraded,
+        (None, Report::Stale { .. } | Report::Blocked { .. }) => Phase::Degraded,
         (
             None,
             Report::Fresh {
@@ -1029,6 +1044,47 @@ mod tests {
         let back = status_at(&source, &all_ready(), 5002);
         assert_eq!(back.phase, Some(Phase::Running));
         assert_eq!(notices(&source, &back)[0].reason, "Recovered");
+    }
+
+    #[test]
+    fn a_coordinator_that_cannot_use_its_checkpoint_says_why_until_it_serves() {
+        let mut source = source();
+        settle(&mut source, &all_ready(), 50);
+        let why = "checkpoint s3://archive/c/segments/7 cannot be read: the manifest names it \
+                   but it does not exist";
+        let status = source.status.get_or_insert_with(Default::default);
+        status.coordinator_heartbeat_time = Some(at(100));
+        status.startup_error = Some(why.into());
+        let blocked = compute(&source, &all_ready(), &at(120), &LIMITS);
+        let status = &blocked.status;
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        assert_eq!(reason(status, READY), ("False", CHECKPOINT_UNUSABLE));
+        assert_eq!(reason(status, DEGRADED), ("True", CHECKPOINT_UNUSABLE));
+        let message = &find(status, DEGRADED).message;
+        assert!(
+            message.contains(why)
+                && message.contains("kubectl logs deployment/orders-coordinator -n shop"),
+            "{message}"
+        );
+        assert_eq!(
+            blocked.recheck_at,
+            Some(at(280).0),
+            "when it would go stale"
+        );
+        assert_eq!(notices(&source, status)[0].reason, CHECKPOINT_UNUSABLE);
+        keep(&mut source, status);
+
+        // It stopped trying (its pod gone): unavailable, as any silent one.
+        let stale = status_at(&source, &all_ready(), 280);
+        assert_eq!(reason(&stale, DEGRADED), ("True", COORDINATOR_UNAVAILABLE));
+
+        // It serves: its report has no startupError any more.
+        let status = source.status.as_mut().unwrap();
+        status.startup_error = None;
+        report(&mut source, 130, 2, 0);
+        let serving = status_at(&source, &all_ready(), 131);
+        assert_eq!(serving.phase, Some(Phase::Running));
+        assert_eq!(notices(&source, &serving)[0].reason, "Recovered");
     }
 
     #[test]
