@@ -184,7 +184,7 @@ async fn readers_only(
 }
 
 /// Reads answered per second at most.
-pub const READS_PER_SECOND: u32 = 25;
+pub const READS_PER_SECOND: u32 = 10;
 /// How long a read may wait for its turn before it is refused (503).
 const READ_QUEUE: Duration = Duration::from_secs(5);
 

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{self, CREDENTIAL_KEYS, RuntimeConfig, Store};
 use crate::crd::{IngestSource, Names};
+use crate::telemetry::LogFormat;
 
 /// The HTTP port of the coordinator (task API, health, metrics) and of the
 /// workers (health, metrics).
@@ -62,6 +63,9 @@ pub struct PodDefaults {
     /// The coordinator's requests and limits: it holds every finished key,
     /// so it must not be BestEffort, the first pod evicted.
     pub coordinator_resources: ResourceRequirements,
+    /// How the pods log: the operator's own `--log-format` and `RUST_LOG`.
+    pub log_format: LogFormat,
+    pub log_filter: Option<String>,
     /// The size limit of the coordinator's `/tmp` emptyDir, where it spills
     /// merges of finished keys.
     pub coordinator_scratch: Quantity,
@@ -77,6 +81,8 @@ impl PodDefaults {
             coordinator_resources: serde_json::from_str(DEFAULT_COORDINATOR_RESOURCES)
                 .expect("the default resources parse"),
             coordinator_scratch: Quantity(DEFAULT_COORDINATOR_SCRATCH.into()),
+            log_format: LogFormat::default(),
+            log_filter: None,
         }
     }
 }
@@ -453,10 +459,24 @@ fn pod(
         }),
         ..EnvVar::default()
     };
+    let value_env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    let log_format = clap::ValueEnum::to_possible_value(&defaults.log_format)
+        .expect("every log format has a name");
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
+        value_env("SLUICE_LOG_FORMAT", log_format.get_name()),
     ];
+    env.extend(
+        defaults
+            .log_filter
+            .as_deref()
+            .map(|filter| value_env("RUST_LOG", filter)),
+    );
     for store in parts.stores {
         let Some(secret) = &store.spec(source).credentials_secret_ref else {
             continue;
@@ -664,6 +684,36 @@ mod tests {
             assert_eq!(token.secret.as_ref().unwrap().default_mode, Some(0o440));
             let security = spec.security_context.as_ref().unwrap();
             assert_eq!(security.fs_group, Some(65532));
+        }
+    }
+
+    #[test]
+    fn the_pods_log_as_the_operator_was_told_to() {
+        let source = orders();
+        let config = RuntimeConfig::from_source(&source).unwrap();
+        let env_of = |defaults: &PodDefaults| {
+            let children = build(&source, &config, "t", defaults, 2);
+            [&children.coordinator, &children.workers].map(|deployment| {
+                pod_spec(deployment).containers[0]
+                    .env
+                    .iter()
+                    .flatten()
+                    .filter_map(|var| Some((var.name.clone(), var.value.clone()?)))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        };
+        for env in env_of(&defaults()) {
+            assert_eq!(env["SLUICE_LOG_FORMAT"], "text");
+            assert!(!env.contains_key("RUST_LOG"), "{env:?}");
+        }
+        let told = PodDefaults {
+            log_format: LogFormat::Json,
+            log_filter: Some("debug,kube=info".into()),
+            ..defaults()
+        };
+        for env in env_of(&told) {
+            assert_eq!(env["SLUICE_LOG_FORMAT"], "json");
+            assert_eq!(env["RUST_LOG"], "debug,kube=info");
         }
     }
 

@@ -111,7 +111,8 @@ pub struct OperatorArgs {
     #[arg(long, env = "SLUICE_SCALE_DOWN_STABILIZATION", default_value = "5m", value_parser = sluice_core::duration::parse_std)]
     pub scale_down_stabilization: Duration,
 
-    /// How logs are written.
+    /// How logs are written, here and by the coordinators and workers
+    /// (which also get this process's `RUST_LOG`).
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
 }
@@ -225,6 +226,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
             image_pull_policy: args.image_pull_policy,
             coordinator_resources: args.coordinator_resources,
             coordinator_scratch: args.coordinator_scratch_limit,
+            log_format: args.log_format,
+            log_filter: std::env::var("RUST_LOG").ok(),
         },
         limits: status::Limits {
             coordinator_timeout: args.coordinator_timeout,
