@@ -6,6 +6,7 @@
 //! per bar. Progress goes to stderr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -808,22 +809,29 @@ async fn lease_run(
         .build()
         .expect("an HTTP client");
     let started = Instant::now();
-    let done = AtomicUsize::new(0);
-    let workers = futures::future::join_all((0..clients).map(|i| {
-        let (http, base, done) = (http.clone(), base.clone(), &done);
-        async move { worker(&http, &base, &format!("bench-worker-{i}"), batch, done).await }
-    }));
+    let done = Arc::new(AtomicUsize::new(0));
+    // The readers are other clients: tasks of their own, so they neither
+    // share the lease clients' task nor keep the clock running while their
+    // last read waits for its turn.
     let reader_http = reqwest::Client::builder()
         .pool_max_idle_per_host(readers)
         .build()
         .expect("an HTTP client");
-    let flood =
-        futures::future::join_all((0..readers).map(|i| reader(&reader_http, &base, i, &done)));
-    let (counts, read) = futures::join!(workers, flood);
-    let (reads, busy) = read
-        .iter()
-        .fold((0, 0), |(reads, busy), (r, b)| (reads + r, busy + b));
+    let flood: Vec<_> = (0..readers)
+        .map(|i| tokio::spawn(reader(reader_http.clone(), base.clone(), i, done.clone())))
+        .collect();
+    let counts = futures::future::join_all((0..clients).map(|i| {
+        let (http, base, done) = (http.clone(), base.clone(), &done);
+        async move { worker(&http, &base, &format!("bench-worker-{i}"), batch, done).await }
+    }))
+    .await;
     let elapsed = started.elapsed();
+    let (mut reads, mut busy) = (0, 0);
+    for reader in flood {
+        let (answered, refused) = reader.await.expect("a reader");
+        reads += answered;
+        busy += refused;
+    }
     let leased: usize = counts.iter().map(|(leased, _)| leased).sum();
     let requests: usize = counts.iter().map(|(_, requests)| requests).sum();
     assert_eq!(leased, LEASE_OBJECTS, "every task leased once");
@@ -844,12 +852,12 @@ async fn lease_run(
 
 /// Reads the task API in a loop, a page of 1000 tasks and the summary by
 /// turns, until every task is done. Returns the reads answered and those
-/// refused as busy.
+/// refused as busy before then.
 async fn reader(
-    http: &reqwest::Client,
-    base: &str,
+    http: reqwest::Client,
+    base: String,
     n: usize,
-    done: &AtomicUsize,
+    done: Arc<AtomicUsize>,
 ) -> (usize, usize) {
     let read_token = api::read_token(TOKEN);
     let (mut reads, mut busy) = (0, 0);
@@ -861,12 +869,15 @@ async fn reader(
             .send()
             .await
             .expect("a read");
-        match response.status().as_u16() {
-            200 => reads += 1,
-            503 => busy += 1,
+        let status = response.status().as_u16();
+        response.bytes().await.expect("a read's body");
+        // Only what was answered while the clock ran counts.
+        let timed = done.load(Ordering::Relaxed) < LEASE_OBJECTS;
+        match status {
+            200 => reads += usize::from(timed),
+            503 => busy += usize::from(timed),
             status => panic!("a read answered {status}"),
         }
-        response.bytes().await.expect("a read's body");
     }
     (reads, busy)
 }
