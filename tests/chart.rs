@@ -191,6 +191,8 @@ fn defaults_render_the_operator_with_cluster_wide_rbac() {
                 "ServiceAccount sluice-system/sluice",
                 "ClusterRole /sluice",
                 "ClusterRoleBinding /sluice",
+                "ClusterRole /sluice-sluice-system-view",
+                "ClusterRole /sluice-sluice-system-edit",
                 "Role sluice-system/sluice-leader-election",
                 "RoleBinding sluice-system/sluice-leader-election",
                 "Deployment sluice-system/sluice",
@@ -281,7 +283,7 @@ const OTHER_VALUES: &str = r#"
 image: {repository: registry.example/sluice, tag: 1.2.3, pullPolicy: Always}
 replicaCount: 2
 leaderElection: {leaseDuration: 30s, renewInterval: 10s}
-rbac: {scope: namespaces}
+rbac: {scope: namespaces, aggregateToDefaultRoles: false}
 watchNamespaces: [team-a, team-b]
 serviceAccount: {name: ingest-operator, annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::1:role/x"}}
 logLevel: info,sluice=debug
@@ -315,6 +317,7 @@ fn other_values_render_where_they_belong() {
                 "Role ops/sluice-leader-election",
                 "RoleBinding ops/sluice-leader-election",
                 "Deployment ops/sluice",
+                "PodDisruptionBudget ops/sluice",
                 "Service ops/sluice-metrics",
                 "ServiceMonitor ops/sluice",
                 "ServiceMonitor ops/sluice-coordinators",
@@ -810,6 +813,58 @@ async fn the_operator_may_read_no_secret() {
         ];
         let said = succeed(kubectl(&args, None));
         assert_eq!(said.trim(), "yes", "kubectl {}", args.join(" "));
+    }
+}
+
+/// Namespace users get IngestSources through Kubernetes' own roles, by
+/// aggregation: `view` reads them; `edit` also changes and scales them and
+/// may use `kubectl sluice tasks` (services/proxy and the token Secret),
+/// which `view` may not (no Secret).
+#[tokio::test]
+async fn the_namespace_roles_include_ingestsources() {
+    release();
+    let ns = kube().namespace("team").unwrap();
+    for (user, role) in [("alice", "view"), ("bob", "edit")] {
+        let binding = format!("{user}-{role}");
+        succeed(kubectl(
+            &[
+                "create",
+                "rolebinding",
+                &binding,
+                "--clusterrole",
+                role,
+                "--user",
+                user,
+                "-n",
+                &ns,
+            ],
+            None,
+        ));
+    }
+    let can = |user: &str, what: &[&str]| {
+        let mut args = vec!["auth", "can-i", "--as", user, "-n", &ns];
+        args.extend(what);
+        String::from_utf8_lossy(&kubectl(&args, None).stdout).trim() == "yes"
+    };
+    let isrc = "ingestsources.sluice.dev";
+    eventually(
+        "the rules aggregated into view and edit",
+        Duration::from_secs(60),
+        || async { (can("alice", &["list", isrc]) && can("bob", &["create", isrc])).then_some(()) },
+    )
+    .await;
+    assert!(can("alice", &["watch", isrc]));
+    assert!(can("alice", &["get", isrc, "--subresource=status"]));
+    assert!(!can("alice", &["patch", isrc]));
+    assert!(!can("alice", &["get", "secrets"]));
+    for what in [
+        &["patch", isrc][..],
+        &["delete", isrc],
+        &["patch", isrc, "--subresource=scale"],
+        &["get", "services", "--subresource=proxy"],
+        &["get", "secrets"],
+    ] {
+        assert!(can("bob", what), "edit may {what:?}");
     }
 }
 

@@ -383,10 +383,20 @@ async fn pod_run(
             .then_some(phase)
     })
     .await;
-    (
-        phase == "Succeeded",
-        kubectl(&["-n", namespace, "logs", name]),
-    )
+    // The log is read through the runtime, which another test of this
+    // binary restarts now and then: asked again until it answers.
+    let log = eventually(&format!("the log of pod {name}"), DONE, || async {
+        let output = node()
+            .kube()
+            .kubectl_output(&["-n", namespace, "logs", name])
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    })
+    .await;
+    (phase == "Succeeded", log)
 }
 
 /// `sluice tasks` as the user runs it, against the node's API server,

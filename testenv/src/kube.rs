@@ -382,7 +382,7 @@ fn start_controller_manager(
             .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
             .arg("--use-service-account-credentials=true");
     } else {
-        command.arg("--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,endpoints-controller");
+        command.arg("--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,endpoints-controller,clusterrole-aggregation-controller");
     }
     let mut daemon = Daemon::spawn(
         "kube-controller-manager",
