@@ -116,19 +116,25 @@ async fn the_status_follows_the_coordinator_within_its_write_budget() {
     assert_eq!(status.tasks.unwrap().succeeded, summary.tasks.succeeded);
 }
 
-/// The operator follows a real coordinator's reports: Running during the
-/// ingest, Idle after it, and the coordinator's frequent count updates do
-/// not each cost a reconcile.
-#[tokio::test]
-async fn the_phase_follows_a_real_ingest() {
+/// A namespace with an operator of its own (for it alone, so its
+/// reconciles are this source's) and the IngestSource `orders` over the
+/// source of `ingest`, whose coordinator, run as a process, publishes to
+/// the same API server.
+struct Watched {
+    client: kube::Client,
+    namespace: String,
+    operator: Operator,
+    ingest: Ingest,
+}
+
+/// A [`Watched`] source in a new namespace `prefix-N`.
+async fn watched(prefix: &str) -> Watched {
     let kube = kube_with_crd();
     let client = kube.client().await;
-    let namespace = kube.namespace("phase").unwrap();
-    // Its own operator, for this namespace only, so its reconciles are this
-    // source's.
+    let namespace = kube.namespace(prefix).unwrap();
     let operator = Operator::start(
         kube,
-        "status-phase",
+        &format!("status-{prefix}"),
         &["--watch-namespace", &namespace, "--leader-election=false"],
     );
     let mut ingest = Ingest::new("orders", 5, Duration::from_secs(30), 3).await;
@@ -139,6 +145,25 @@ async fn the_phase_follows_a_real_ingest() {
     let mut source = sources::orders("orders");
     source["spec"]["source"]["s3"]["bucket"] = json!(ingest.config.source.s3.bucket);
     sources::apply(&client, &namespace, &source).await;
+    Watched {
+        client,
+        namespace,
+        operator,
+        ingest,
+    }
+}
+
+/// The operator follows a real coordinator's reports: Running during the
+/// ingest, Idle after it, and the coordinator's frequent count updates do
+/// not each cost a reconcile.
+#[tokio::test]
+async fn the_phase_follows_a_real_ingest() {
+    let Watched {
+        client,
+        namespace,
+        operator,
+        ingest,
+    } = watched("phase").await;
     sources::wait_for_phase(&client, &namespace, "orders", Phase::Pending).await;
 
     let mut objects: Vec<_> = (0..100)
@@ -243,22 +268,12 @@ async fn the_phase_follows_a_real_ingest() {
 /// reset on purpose, the same coordinator serves and the reason is gone.
 #[tokio::test]
 async fn a_coordinator_that_cannot_use_its_checkpoint_says_why_in_the_status() {
-    let kube = kube_with_crd();
-    let client = kube.client().await;
-    let namespace = kube.namespace("unusable").unwrap();
-    let _operator = Operator::start(
-        kube,
-        "status-unusable",
-        &["--watch-namespace", &namespace, "--leader-election=false"],
-    );
-    let mut ingest = Ingest::new("orders", 5, Duration::from_secs(30), 3).await;
-    ingest.config.id.namespace = namespace.clone();
-    ingest.write_config();
-    ingest.use_kubeconfig(kube.kubeconfig());
-    sources::create_credentials(&client, &namespace).await;
-    let mut source = sources::orders("orders");
-    source["spec"]["source"]["s3"]["bucket"] = json!(ingest.config.source.s3.bucket);
-    sources::apply(&client, &namespace, &source).await;
+    let Watched {
+        client,
+        namespace,
+        operator: _operator,
+        ingest,
+    } = watched("unusable").await;
     ingest
         .put(vec![("0.ndjson".into(), b"{\"id\":\"o0\"}\n".to_vec())])
         .await;

@@ -131,13 +131,9 @@ async fn workers_only(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
     check(
-        presented,
+        &request,
+        (header::AUTHORIZATION.as_str(), "Bearer "),
         &shared.token,
         "workers authenticate with `Authorization: Bearer TOKEN`, TOKEN the `token` of their IngestSource's token Secret",
     )?;
@@ -154,12 +150,9 @@ async fn readers_only(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = request
-        .headers()
-        .get(READ_TOKEN_HEADER)
-        .and_then(|value| value.to_str().ok());
     check(
-        presented,
+        &request,
+        (READ_TOKEN_HEADER, ""),
         &shared.read_token,
         &format!(
             "readers send the `read-token` of the IngestSource's token Secret in the `{READ_TOKEN_HEADER}` \
@@ -217,8 +210,19 @@ impl Pace {
     }
 }
 
-/// Refuses (401) a request that presents no token or another than `expected`.
-fn check(presented: Option<&str>, expected: &str, how: &str) -> Result<(), ApiError> {
+/// Refuses (401) a request that presents no token or another than
+/// `expected` in `header` (after its scheme, such as `Bearer `).
+fn check(
+    request: &Request,
+    (header, scheme): (&str, &str),
+    expected: &str,
+    how: &str,
+) -> Result<(), ApiError> {
+    let presented = request
+        .headers()
+        .get(header)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix(scheme));
     match presented {
         Some(token) if same(token.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError(
