@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::hex::hex;
 use crate::id::TaskId;
 
 /// The header that carries the read token.
@@ -30,11 +31,10 @@ pub const READ_TOKEN_HEADER: &str = "sluice-read-token";
 /// SHA-256 of it, hex-encoded. Whoever holds the workers' token can derive
 /// it; whoever holds only the read token cannot act as a worker.
 pub fn read_token(token: &str) -> String {
-    let digest = Sha256::new()
+    hex(&Sha256::new()
         .chain_update(b"sluice read token\0")
         .chain_update(token.as_bytes())
-        .finalize();
-    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+        .finalize())
 }
 
 /// One source object of a task.

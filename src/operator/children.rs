@@ -28,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
+use sluice_core::hex::hex;
 
 use crate::config::{self, CREDENTIAL_KEYS, RuntimeConfig, Store};
 use crate::crd::{IngestSource, Names};
@@ -612,10 +613,6 @@ pub(super) fn digest(parts: &[&[u8]]) -> String {
         hasher.update(part);
     }
     hex(&hasher.finalize()[..16])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use std::path::Path;
 use fst::map::OpBuilder;
 use fst::{Map, MapBuilder, Streamer};
 use sha2::{Digest, Sha256};
+use sluice_core::hex::hex;
 
-use super::segment::{Segment, hex};
+use super::segment::Segment;
 
 /// More segments than this are merged even when the size ratio does not ask
 /// for it: each lookup probes every segment, so their number bounds the cost of

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fst::{Map, MapBuilder};
 use sha2::{Digest, Sha256};
+use sluice_core::hex::hex;
 
 use super::Finished;
 
@@ -160,14 +161,4 @@ impl fmt::Debug for Segment {
 
 pub(super) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
-}
-
-pub(super) fn hex(digest: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(2 * digest.len());
-    for byte in digest.iter() {
-        hex.push(char::from(HEX[usize::from(byte >> 4)]));
-        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    hex
 }
