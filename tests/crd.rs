@@ -289,6 +289,29 @@ fn explain_teaches_the_fields() {
     assert!(account.contains("Immutable"), "{account}");
     let bucket = succeed(kubectl(&["explain", "isrc.spec.source.s3.bucket"], None));
     assert!(bucket.contains("3 to 63 characters"), "{bucket}");
+    let template = succeed(kubectl(
+        &["explain", "isrc.spec.template.workers.pod"],
+        None,
+    ));
+    for expected in [
+        "imagePullSecrets",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "topologySpreadConstraints",
+        "priorityClassName",
+        "hostPath",
+    ] {
+        assert!(
+            template.contains(expected),
+            "{expected:?} not in:\n{template}"
+        );
+    }
+    let account = succeed(kubectl(
+        &["explain", "isrc.spec.template.workers.serviceAccount"],
+        None,
+    ));
+    assert!(account.contains("IRSA"), "{account}");
     let autoscale = succeed(kubectl(&["explain", "isrc.spec.workers.autoscale"], None));
     for expected in ["tasksPerWorker", "minReplicas", "maxReplicas", "ignored"] {
         assert!(
@@ -417,6 +440,54 @@ fn invalid_manifests_are_refused_with_clear_messages() {
             "endpoint without a host",
             with(valid("x"), "/spec/sink/s3/endpoint", json!("http://")),
             "endpoint must be an http:// or https:// URL with a host",
+        ),
+        (
+            "a template volume named like sluice's own",
+            with(
+                valid("x"),
+                "/spec/template",
+                json!({"workers": {"pod": {"volumes": [{"name": "token", "emptyDir": {}}]}}}),
+            ),
+            "the names ['config', 'token', 'tmp'] are sluice's own",
+        ),
+        (
+            "a hostPath volume",
+            with(
+                valid("x"),
+                "/spec/template",
+                json!({"coordinator": {"pod": {"volumes": [{"name": "node", "hostPath": {"path": "/"}}]}}}),
+            ),
+            "hostPath volumes are refused",
+        ),
+        (
+            "a mount over sluice's token",
+            with(
+                valid("x"),
+                "/spec/template",
+                json!({"workers": {
+                    "pod": {"volumes": [{"name": "mine", "emptyDir": {}}]},
+                    "container": {"volumeMounts": [{"name": "mine", "mountPath": "/var/run/secrets/sluice/token"}]},
+                }}),
+            ),
+            "sluice mounts its own volumes at",
+        ),
+        (
+            "a mount of no template volume",
+            with(
+                valid("x"),
+                "/spec/template",
+                json!({"workers": {"container": {"volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/ca"}]}}}),
+            ),
+            "every container.volumeMounts[].name must be the name of one of pod.volumes",
+        ),
+        (
+            "an environment variable sluice sets",
+            with(
+                valid("x"),
+                "/spec/template",
+                json!({"workers": {"container": {"env": [{"name": "SLUICE_TOKEN", "value": "x"}]}}}),
+            ),
+            "are set by sluice itself",
         ),
     ];
     for (what, manifest, expected) in cases {

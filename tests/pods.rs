@@ -801,3 +801,121 @@ fn container_running(pod: &Pod) -> bool {
         .and_then(|container| container.state.as_ref()?.running.as_ref())
         .is_some()
 }
+
+/// `spec.template` on real pods: a node selector that matches keeps them
+/// running and ingesting, with the pull secret, the CA bundle (a ConfigMap
+/// mounted and named by SSL_CERT_FILE), the pod label and the
+/// ServiceAccount annotation where the template put them; a node selector
+/// that matches no node leaves the workers Pending, and `kubectl describe
+/// isrc` says why in the scheduler's words.
+#[tokio::test]
+async fn a_template_places_the_pods_and_an_unschedulable_one_is_explained() {
+    chart();
+    let client = node().kube().client().await;
+    let namespace = restricted_namespace("template");
+    let (mut placed, sink) = ingest_source(&client, &namespace, "placed", 4, 1).await;
+    // The first certificate of the host's bundle: a real PEM file.
+    let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let first = &bundle[..bundle.find(end).unwrap() + end.len()];
+    let ca = first[first.find("-----BEGIN").unwrap()..].to_owned() + "\n";
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &namespace)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "private-ca"},
+                "data": {"ca.crt": ca},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let template = json!({
+        "pod": {
+            "metadata": {"labels": {"team": "data-platform"}},
+            "imagePullSecrets": [{"name": "registry-credentials"}],
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "volumes": [{"name": "private-ca", "configMap": {"name": "private-ca"}}],
+        },
+        "container": {
+            "env": [{"name": "SSL_CERT_FILE", "value": "/etc/ssl/private-ca/ca.crt"}],
+            "volumeMounts": [{"name": "private-ca", "mountPath": "/etc/ssl/private-ca", "readOnly": true}],
+        },
+        "serviceAccount": {"metadata": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/ingest"}}},
+    });
+    placed["spec"]["template"] = json!({"coordinator": template, "workers": template});
+    sources::apply(&client, &namespace, &placed).await;
+    for deployment in ["placed-coordinator", "placed-worker"] {
+        rolled_out(&client, &namespace, deployment).await;
+    }
+    eventually("every object ingested", DONE, || async {
+        let status = sources::source(&client, &namespace, "placed")
+            .await
+            .status?;
+        (status.objects.as_ref()?.ingested == 4).then_some(())
+    })
+    .await;
+    let records = sluice_testenv::demo::sink_records(&minio().client().await, &sink)
+        .await
+        .unwrap();
+    assert_eq!(records, 100, "the sink holds every record once");
+    for component in ["coordinator", "worker"] {
+        let pods = running_pods(&client, &namespace, "placed", component).await;
+        let pod = pods
+            .first()
+            .unwrap_or_else(|| panic!("a running {component}"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(pod.labels()["team"], "data-platform");
+        assert_eq!(
+            spec.image_pull_secrets.as_ref().unwrap()[0].name,
+            "registry-credentials"
+        );
+        let container = &spec.containers[0];
+        let env = container.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "SSL_CERT_FILE"), "{env:?}");
+        // The bundle is there, seen from inside the container.
+        let (pid, _, _) = container_process(pod);
+        let mounted =
+            std::fs::read_to_string(format!("/proc/{pid}/root/etc/ssl/private-ca/ca.crt")).unwrap();
+        assert_eq!(mounted, ca);
+        let account: k8s_openapi::api::core::v1::ServiceAccount =
+            sources::get(&client, &namespace, &format!("placed-{component}"))
+                .await
+                .unwrap();
+        assert_eq!(
+            account.annotations()["eks.amazonaws.com/role-arn"],
+            "arn:aws:iam::123456789012:role/ingest"
+        );
+    }
+
+    // Workers for a node that does not exist.
+    let (mut unplaced, _) = ingest_source(&client, &namespace, "unplaced", 1, 1).await;
+    unplaced["spec"]["template"] =
+        json!({"workers": {"pod": {"nodeSelector": {"sluice.dev/pool": "nowhere"}}}});
+    sources::apply(&client, &namespace, &unplaced).await;
+    let described = eventually(
+        "kubectl describe isrc naming the unschedulable worker",
+        DONE,
+        || async {
+            let described = kubectl(&["-n", &namespace, "describe", "isrc", "unplaced"]);
+            (described.contains("didn't match Pod's node affinity/selector")
+                && described.contains("WorkersNotReady"))
+            .then_some(described)
+        },
+    )
+    .await;
+    assert!(described.contains("is Unschedulable"), "{described}");
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(
+            &ListParams::default()
+                .labels("app.kubernetes.io/instance=unplaced,app.kubernetes.io/component=worker"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        pods.items
+            .iter()
+            .all(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")),
+        "{pods:?}"
+    );
+}

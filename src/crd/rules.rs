@@ -5,6 +5,8 @@ use kube::core::{Message, Rule};
 
 use sluice_core::duration;
 
+use super::template::{RESERVED_ENV, RESERVED_ENV_PREFIX, RESERVED_VOLUMES};
+
 fn rule(expression: impl Into<String>, message: String) -> Rule {
     Rule::new(expression).message(Message::Message(message))
 }
@@ -123,4 +125,63 @@ pub fn min_at_most_max(field: &str) -> Rule {
         format!("{field}.minReplicas must not be greater than {field}.maxReplicas"),
     )
     .field_path(".minReplicas")
+}
+
+/// A CEL list literal of `items`.
+fn cel_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = items.into_iter().map(|item| format!("'{item}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// Template volumes take no name of sluice's own, and none reaches into
+/// the node.
+pub fn volumes_allowed() -> Rule {
+    let names = cel_list(RESERVED_VOLUMES.map(|(name, _)| name));
+    rule(
+        format!("self.all(v, !(v.name in {names}) && !has(v.hostPath))"),
+        format!(
+            "spec.template.*.pod.volumes: the names {names} are sluice's own, and hostPath \
+             volumes are refused; rename the volume, or use a configMap, secret, projected, \
+             emptyDir or persistentVolumeClaim volume"
+        ),
+    )
+}
+
+/// Template environment variables set nothing sluice sets itself.
+pub fn env_allowed() -> Rule {
+    let names = cel_list(RESERVED_ENV);
+    rule(
+        format!("self.all(e, !(e.name in {names}) && !e.name.startsWith('{RESERVED_ENV_PREFIX}'))"),
+        format!(
+            "spec.template.*.container.env: {names} and {RESERVED_ENV_PREFIX}* are set by sluice \
+             itself; configure sluice through the IngestSource's spec instead"
+        ),
+    )
+}
+
+/// Template mounts cover nothing sluice mounts.
+pub fn mounts_allowed() -> Rule {
+    let names = cel_list(RESERVED_VOLUMES.map(|(name, _)| name));
+    let paths = cel_list(RESERVED_VOLUMES.map(|(_, path)| path));
+    rule(
+        format!(
+            "self.all(m, !(m.name in {names}) \
+             && {paths}.all(p, m.mountPath != p && !m.mountPath.startsWith(p + '/')))"
+        ),
+        format!(
+            "spec.template.*.container.volumeMounts: sluice mounts its own volumes at {paths}; \
+             mount yours elsewhere, for example under /etc/ssl/private-ca"
+        ),
+    )
+}
+
+/// Every template mount names a template volume: caught here rather than
+/// when the operator's Deployment is refused.
+pub fn mounts_name_volumes() -> Rule {
+    rule(
+        "!has(self.container) || !has(self.container.volumeMounts) \
+         || self.container.volumeMounts.all(m, has(self.pod) && has(self.pod.volumes) \
+         && self.pod.volumes.exists(v, v.name == m.name))",
+        "every container.volumeMounts[].name must be the name of one of pod.volumes".into(),
+    )
 }

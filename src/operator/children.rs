@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use sluice_core::hex::hex;
 
 use crate::config::{self, CREDENTIAL_KEYS, RuntimeConfig, Store};
-use crate::crd::{IngestSource, Names};
+use crate::crd::{ComponentTemplate, IngestSource, MetadataTemplate, Names, RESERVED_VOLUMES};
 use crate::telemetry::LogFormat;
 
 /// The HTTP port of the coordinator (task API, health, metrics) and of the
@@ -42,14 +42,20 @@ pub const TOKEN_KEY: &str = "token";
 /// The key of the read token in the token Secret: what `kubectl sluice
 /// tasks` presents ([`sluice_core::api::read_token`]).
 pub const READ_TOKEN_KEY: &str = "read-token";
-/// Where pods find the configuration and the token.
-const CONFIG_DIR: &str = "/etc/sluice";
-const TOKEN_DIR: &str = "/var/run/secrets/sluice";
+/// The pods' own volumes, by name and where they are mounted: the
+/// configuration, the token and the scratch space.
+const CONFIG: (&str, &str) = RESERVED_VOLUMES[0];
+const TOKEN: (&str, &str) = RESERVED_VOLUMES[1];
+const TMP: (&str, &str) = RESERVED_VOLUMES[2];
+const CONFIG_DIR: &str = CONFIG.1;
+const TOKEN_DIR: &str = TOKEN.1;
 /// The pod annotation whose change restarts pods when what they read at
 /// start (configuration or token) changes.
 pub const CHECKSUM_ANNOTATION: &str = "sluice.dev/config-checksum";
 /// The label every child carries, which the operator's watches select on.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sluice-operator");
+/// The label that names a child's (and a pod's) IngestSource.
+pub const SOURCE_LABEL: &str = "sluice.dev/source";
 /// An unprivileged uid/gid, the one distroless images use for `nonroot`.
 const NON_ROOT_ID: i64 = 65532;
 /// The token file: readable by the pod's user and group, nobody else.
@@ -125,6 +131,7 @@ pub fn build(
     let config_json = serde_json::to_string_pretty(config).expect("a RuntimeConfig serializes");
     let checksum = digest(&[config_json.as_bytes(), token.as_bytes()]);
     let replicas = |wanted: i32| if source.spec.suspend { 0 } else { wanted };
+    let template = source.spec.template.as_ref();
     let coordinator_pod = PodParts {
         component: Component::Coordinator,
         service_account: &names.coordinator,
@@ -136,8 +143,16 @@ pub fn build(
             format!("{TOKEN_DIR}/{TOKEN_KEY}"),
         ],
         stores: &[Store::Source, Store::Archive],
-        resources: Some(defaults.coordinator_resources.clone()),
+        resources: Some(
+            source
+                .spec
+                .coordinator
+                .resources
+                .clone()
+                .unwrap_or_else(|| defaults.coordinator_resources.clone()),
+        ),
         scratch: Some(defaults.coordinator_scratch.clone()),
+        template: template.and_then(|t| t.coordinator.as_ref()),
     };
     let worker_pod = PodParts {
         component: Component::Worker,
@@ -154,15 +169,16 @@ pub fn build(
         stores: &[Store::Source, Store::Sink],
         resources: source.spec.workers.resources.clone(),
         scratch: None,
+        template: template.and_then(|t| t.workers.as_ref()),
     };
 
     Children {
         coordinator_account: ServiceAccount {
-            metadata: meta(source, &names.coordinator, Some(Component::Coordinator)),
+            metadata: service_account_meta(source, &coordinator_pod),
             ..ServiceAccount::default()
         },
         worker_account: ServiceAccount {
-            metadata: meta(source, &names.worker, Some(Component::Worker)),
+            metadata: service_account_meta(source, &worker_pod),
             automount_service_account_token: Some(false),
             ..ServiceAccount::default()
         },
@@ -301,8 +317,9 @@ pub fn credential_secrets(source: &IngestSource) -> Vec<(Store, String)> {
     seen
 }
 
+/// The two kinds of pods an IngestSource runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Component {
+pub enum Component {
     Coordinator,
     Worker,
 }
@@ -326,6 +343,43 @@ struct PodParts<'a> {
     resources: Option<ResourceRequirements>,
     /// The size limit of its `/tmp` emptyDir.
     scratch: Option<Quantity>,
+    /// What spec.template adds.
+    template: Option<&'a ComponentTemplate>,
+}
+
+/// None for an empty list, as the API server would store it.
+fn none_if_empty<T>(list: Vec<T>) -> Option<Vec<T>> {
+    Some(list).filter(|list| !list.is_empty())
+}
+
+/// `extra` with `ours` over it: sluice's own labels and annotations win.
+fn merged(
+    ours: BTreeMap<String, String>,
+    extra: Option<&MetadataTemplate>,
+    field: fn(&MetadataTemplate) -> &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut all = extra.map(field).cloned().unwrap_or_default();
+    all.extend(ours);
+    all
+}
+
+/// The metadata of a component's ServiceAccount, with what its template
+/// adds.
+fn service_account_meta(source: &IngestSource, parts: &PodParts) -> ObjectMeta {
+    let mut metadata = meta(source, parts.service_account, Some(parts.component));
+    let extra = parts
+        .template
+        .and_then(|t| t.service_account.as_ref())
+        .and_then(|a| a.metadata.as_ref());
+    if let Some(extra) = extra {
+        metadata.labels = Some(merged(
+            metadata.labels.unwrap_or_default(),
+            Some(extra),
+            |m| &m.labels,
+        ));
+        metadata.annotations = Some(extra.annotations.clone()).filter(|a| !a.is_empty());
+    }
+    metadata
 }
 
 /// The labels by which a Deployment selects its pods and a Service its
@@ -339,6 +393,17 @@ fn selector_labels(source: &IngestSource, component: Component) -> BTreeMap<Stri
             component.as_str().into(),
         ),
     ])
+}
+
+/// Whether a pod with `metadata` is one of `source`'s pods of `component`,
+/// as its Deployment selects them.
+pub fn selects(source: &IngestSource, component: Component, metadata: &ObjectMeta) -> bool {
+    metadata.namespace == source.namespace()
+        && metadata.labels.as_ref().is_some_and(|labels| {
+            selector_labels(source, component)
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value))
+        })
 }
 
 /// The label selector of the worker pods as a string, as the scale
@@ -358,7 +423,7 @@ fn labels(source: &IngestSource, component: Option<Component>) -> BTreeMap<Strin
         ("app.kubernetes.io/instance".into(), source.name_any()),
         ("app.kubernetes.io/part-of".into(), "sluice".into()),
         (MANAGED_BY.0.into(), MANAGED_BY.1.into()),
-        ("sluice.dev/source".into(), source.name_any()),
+        (SOURCE_LABEL.into(), source.name_any()),
         ("sluice.dev/account".into(), source.spec.account.clone()),
         (
             "sluice.dev/collection".into(),
@@ -497,17 +562,86 @@ fn pod(
             });
         }
     }
+    let pod_template = parts
+        .template
+        .and_then(|t| t.pod.clone())
+        .unwrap_or_default();
+    let container_template = parts
+        .template
+        .and_then(|t| t.container.clone())
+        .unwrap_or_default();
+    // Admission lets a template set only RUST_LOG of what sluice sets.
+    env.retain(|ours| !container_template.env.iter().any(|e| e.name == ours.name));
+    env.extend(container_template.env);
+    let mut volume_mounts = vec![
+        VolumeMount {
+            name: CONFIG.0.into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: TOKEN.0.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: TMP.0.into(),
+            mount_path: TMP.1.into(),
+            ..VolumeMount::default()
+        },
+    ];
+    volume_mounts.extend(container_template.volume_mounts);
+    let mut volumes = vec![
+        Volume {
+            name: CONFIG.0.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: TOKEN.0.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.token.clone()),
+                default_mode: Some(TOKEN_MODE),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: TMP.0.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: parts.scratch.clone(),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    volumes.extend(pod_template.volumes);
+    let extra = pod_template.metadata.as_ref();
 
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(source, Some(parts.component))),
-            annotations: Some(BTreeMap::from([(
-                CHECKSUM_ANNOTATION.to_owned(),
-                checksum.to_owned(),
-            )])),
+            labels: Some(merged(labels(source, Some(parts.component)), extra, |m| {
+                &m.labels
+            })),
+            annotations: Some(merged(
+                BTreeMap::from([(CHECKSUM_ANNOTATION.to_owned(), checksum.to_owned())]),
+                extra,
+                |m| &m.annotations,
+            )),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
+            image_pull_secrets: none_if_empty(pod_template.image_pull_secrets),
+            node_selector: Some(pod_template.node_selector).filter(|s| !s.is_empty()),
+            tolerations: none_if_empty(pod_template.tolerations),
+            affinity: pod_template.affinity,
+            topology_spread_constraints: none_if_empty(pod_template.topology_spread_constraints),
+            priority_class_name: pod_template.priority_class_name,
             service_account_name: Some(parts.service_account.to_owned()),
             automount_service_account_token: Some(parts.component == Component::Coordinator),
             security_context: Some(PodSecurityContext {
@@ -551,54 +685,10 @@ fn pod(
                     }),
                     ..SecurityContext::default()
                 }),
-                volume_mounts: Some(vec![
-                    VolumeMount {
-                        name: "config".into(),
-                        mount_path: CONFIG_DIR.into(),
-                        read_only: Some(true),
-                        ..VolumeMount::default()
-                    },
-                    VolumeMount {
-                        name: "token".into(),
-                        mount_path: TOKEN_DIR.into(),
-                        read_only: Some(true),
-                        ..VolumeMount::default()
-                    },
-                    VolumeMount {
-                        name: "tmp".into(),
-                        mount_path: "/tmp".into(),
-                        ..VolumeMount::default()
-                    },
-                ]),
+                volume_mounts: Some(volume_mounts),
                 ..Container::default()
             }],
-            volumes: Some(vec![
-                Volume {
-                    name: "config".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: names.config.clone(),
-                        ..ConfigMapVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
-                Volume {
-                    name: "token".into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(names.token.clone()),
-                        default_mode: Some(TOKEN_MODE),
-                        ..SecretVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
-                Volume {
-                    name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource {
-                        size_limit: parts.scratch.clone(),
-                        ..EmptyDirVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
-            ]),
+            volumes: Some(volumes),
             ..PodSpec::default()
         }),
     }
@@ -618,6 +708,7 @@ pub(super) fn digest(parts: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::IngestSourceSpec;
 
     /// The example manifests, as the API server would hand them over.
     fn example(yaml: &str) -> IngestSource {
@@ -682,6 +773,186 @@ mod tests {
             let security = spec.security_context.as_ref().unwrap();
             assert_eq!(security.fs_group, Some(65532));
         }
+    }
+
+    /// examples/full.yaml's template (for the workers), here for the
+    /// coordinator too.
+    fn templated() -> IngestSource {
+        let mut source = example(include_str!("../../examples/full.yaml"));
+        let template = source.spec.template.as_mut().unwrap();
+        template.coordinator = template.workers.clone();
+        source
+    }
+
+    #[test]
+    fn the_template_reaches_the_pods_and_service_accounts() {
+        let source = templated();
+        let children = build_for(&source);
+        for (deployment, account) in [
+            (&children.coordinator, &children.coordinator_account),
+            (&children.workers, &children.worker_account),
+        ] {
+            let spec = pod_spec(deployment);
+            let pulls: Vec<_> = spec.image_pull_secrets.iter().flatten().collect();
+            assert_eq!(pulls.len(), 1);
+            assert_eq!(pulls[0].name, "registry-credentials");
+            assert_eq!(
+                spec.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+                "linux"
+            );
+            assert_eq!(
+                spec.tolerations.as_ref().unwrap()[0].key.as_deref(),
+                Some("dedicated")
+            );
+            assert_eq!(spec.priority_class_name.as_deref(), Some("ingest"));
+            let volumes: Vec<&str> = spec
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| v.name.as_str())
+                .collect();
+            assert_eq!(volumes, ["config", "token", "tmp", "private-ca"]);
+            let container = &spec.containers[0];
+            let mounts: Vec<(&str, &str)> = container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+                .collect();
+            assert_eq!(mounts[3], ("private-ca", "/etc/ssl/private-ca"));
+            let env: Vec<&str> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| e.name.as_str())
+                .collect();
+            assert!(
+                env.contains(&"SSL_CERT_FILE") && env.contains(&"POD_NAME"),
+                "{env:?}"
+            );
+            let template = deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap();
+            assert_eq!(template.labels.as_ref().unwrap()["team"], "data-platform");
+            let annotations = template.annotations.as_ref().unwrap();
+            assert!(annotations.contains_key(CHECKSUM_ANNOTATION));
+            assert_eq!(
+                annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"],
+                "true"
+            );
+            assert_eq!(
+                account.metadata.annotations.as_ref().unwrap()["eks.amazonaws.com/role-arn"],
+                "arn:aws:iam::123456789012:role/globex-ingest"
+            );
+            assert_eq!(
+                account.metadata.labels.as_ref().unwrap()[MANAGED_BY.0],
+                MANAGED_BY.1
+            );
+        }
+        // The template's own coordinator resources replace the operator's.
+        let coordinator = &pod_spec(&children.coordinator).containers[0];
+        let resources = coordinator.resources.as_ref().unwrap();
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "2Gi");
+    }
+
+    #[test]
+    fn the_template_cannot_loosen_security_or_move_the_pods_selector() {
+        let mut source = templated();
+        let workers = source
+            .spec
+            .template
+            .as_mut()
+            .unwrap()
+            .workers
+            .as_mut()
+            .unwrap();
+        let metadata = workers.pod.as_mut().unwrap().metadata.as_mut().unwrap();
+        metadata
+            .labels
+            .insert("app.kubernetes.io/component".into(), "coordinator".into());
+        metadata
+            .annotations
+            .insert(CHECKSUM_ANNOTATION.into(), "forged".into());
+        let plain = build_for(&IngestSource {
+            spec: IngestSourceSpec {
+                template: None,
+                ..source.spec.clone()
+            },
+            ..source.clone()
+        });
+        let children = build_for(&source);
+        let security = |d: &Deployment| {
+            let spec = pod_spec(d);
+            (
+                spec.security_context.clone(),
+                spec.containers[0].security_context.clone(),
+                spec.automount_service_account_token,
+                spec.service_account_name.clone(),
+            )
+        };
+        assert_eq!(security(&children.workers), security(&plain.workers));
+        assert_eq!(
+            security(&children.coordinator),
+            security(&plain.coordinator)
+        );
+        let template = children
+            .workers
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .clone()
+            .unwrap();
+        assert_eq!(
+            template.labels.unwrap()["app.kubernetes.io/component"],
+            "worker"
+        );
+        assert_ne!(template.annotations.unwrap()[CHECKSUM_ANNOTATION], "forged");
+    }
+
+    #[test]
+    fn a_templates_rust_log_replaces_the_operators_and_nothing_else_doubles() {
+        let mut source = templated();
+        let container = source
+            .spec
+            .template
+            .as_mut()
+            .unwrap()
+            .workers
+            .as_mut()
+            .unwrap()
+            .container
+            .as_mut()
+            .unwrap();
+        container.env.push(EnvVar {
+            name: "RUST_LOG".into(),
+            value: Some("debug".into()),
+            ..EnvVar::default()
+        });
+        let config = RuntimeConfig::from_source(&source).unwrap();
+        let told = PodDefaults {
+            log_filter: Some("info".into()),
+            ..defaults()
+        };
+        let children = build(&source, &config, "t", &told, 1);
+        let env = pod_spec(&children.workers).containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let rust_log: Vec<_> = env.iter().filter(|e| e.name == "RUST_LOG").collect();
+        assert_eq!(rust_log.len(), 1);
+        assert_eq!(rust_log[0].value.as_deref(), Some("debug"));
+        let mut names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        let all = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all, "{names:?}");
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub struct OperatorArgs {
     /// The coordinator pods' requests and limits, as JSON
     /// (`{"requests": {"cpu": …, "memory": …}, "limits": {…}}`). A
     /// coordinator holds every finished key of its source in memory, so it
-    /// is not BestEffort, the first pod evicted.
+    /// is not BestEffort, the first pod evicted. A source's
+    /// spec.coordinator.resources replaces these for its coordinator.
     #[arg(long, env = "SLUICE_COORDINATOR_RESOURCES", default_value = DEFAULT_COORDINATOR_RESOURCES, value_parser = resources)]
     pub coordinator_resources: ResourceRequirements,
 

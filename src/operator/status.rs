@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
@@ -81,7 +82,8 @@ impl Rollout {
         }
     }
 
-    fn settled(self) -> bool {
+    /// Complete, with every wanted pod ready.
+    pub fn settled(self) -> bool {
         self.complete && self.ready >= self.desired
     }
 }
@@ -129,6 +131,11 @@ pub struct Observed {
     /// None while the Deployment does not exist.
     pub coordinator: Option<Rollout>,
     pub workers: Option<Rollout>,
+    /// Why the coordinator's and the workers' pods are not ready, as a
+    /// pod of each says ([`pod_trouble`]), while their rollout is not
+    /// settled.
+    pub coordinator_pods: Option<String>,
+    pub worker_pods: Option<String>,
     pub problem: Option<Problem>,
     /// The worker count spec.workers.autoscale chose, when it is set.
     pub autoscaled: Option<i32>,
@@ -259,14 +266,19 @@ pub fn compute(
         )
     } else {
         let waiting: Vec<String> = [
-            (&names.coordinator, observed.coordinator),
-            (&names.worker, observed.workers),
+            (
+                &names.coordinator,
+                observed.coordinator,
+                &observed.coordinator_pods,
+            ),
+            (&names.worker, observed.workers, &observed.worker_pods),
         ]
         .into_iter()
-        .filter(|(_, rollout)| !rollout.is_some_and(Rollout::settled))
-        .map(|(name, rollout)| match rollout {
-            None => format!("{name} (not created yet)"),
-            Some(r) => format!("{name} ({} of {} ready)", r.ready, r.desired),
+        .filter(|(_, rollout, _)| !rollout.is_some_and(Rollout::settled))
+        .map(|(name, rollout, pods)| match (rollout, pods) {
+            (None, _) => format!("{name} (not created yet)"),
+            (Some(r), None) => format!("{name} ({} of {} ready)", r.ready, r.desired),
+            (Some(r), Some(why)) => format!("{name} ({} of {} ready: {why})", r.ready, r.desired),
         })
         .collect();
         condition(
@@ -339,15 +351,21 @@ pub fn compute(
         (
             false,
             "CoordinatorNotReady",
-            format!("Deployment {} has no ready pod yet", names.coordinator),
+            format!(
+                "Deployment {} has no ready pod yet{}",
+                names.coordinator,
+                because(&observed.coordinator_pods)
+            ),
         )
     } else if workers.ready < desired_workers {
         (
             false,
             "WorkersNotReady",
             format!(
-                "{} of {desired_workers} workers are ready (Deployment {})",
-                workers.ready, names.worker
+                "{} of {desired_workers} workers are ready (Deployment {}){}",
+                workers.ready,
+                names.worker,
+                because(&observed.worker_pods)
             ),
         )
     } else {
@@ -403,6 +421,54 @@ pub fn compute(
         ..IngestSourceStatus::default()
     };
     Computed { status, recheck_at }
+}
+
+/// ": WHY", or nothing.
+fn because(why: &Option<String>) -> String {
+    why.as_deref()
+        .map(|why| format!(": {why}"))
+        .unwrap_or_default()
+}
+
+/// Why `pod` does not run as it should, as its status says: it cannot be
+/// scheduled, or its container cannot start (image not pulled, a missing
+/// Secret or ConfigMap, crash looping). None while it is fine or on its
+/// way (being created, pulling, starting).
+pub fn pod_trouble(pod: &Pod) -> Option<String> {
+    const STUCK: [&str; 7] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    ];
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.as_ref()?;
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|condition| condition.type_ == "PodScheduled" && condition.status == "False");
+    if let Some(condition) = unscheduled {
+        let reason = condition.reason.as_deref().unwrap_or("Unschedulable");
+        let message = condition.message.as_deref().unwrap_or_default();
+        return Some(format!("pod {name} is {reason}: {message}"));
+    }
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses);
+    containers.flatten().find_map(|container| {
+        let waiting = container.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref().filter(|r| STUCK.contains(r))?;
+        let message = waiting.message.as_deref().unwrap_or_default();
+        Some(format!("pod {name}: {reason}: {message}"))
+    })
 }
 
 /// What a person reads when tasks failed for good: the latest failure, and
@@ -666,6 +732,76 @@ mod tests {
             "waiting for orders-worker (1 of 2 ready)"
         );
         assert_eq!(status.workers.unwrap().summary, "1/2");
+    }
+
+    #[test]
+    fn what_a_stuck_pod_says_is_in_the_conditions() {
+        let observed = Observed {
+            workers: Some(Rollout {
+                desired: 1,
+                current: 1,
+                ready: 0,
+                complete: true,
+            }),
+            worker_pods: Some(
+                "pod orders-worker-x is Unschedulable: 0/1 nodes are available".into(),
+            ),
+            ..all_ready()
+        };
+        let status = status_at(&source(), &observed, 100);
+        assert_eq!(
+            find(&status, READY).message,
+            "0 of 2 workers are ready (Deployment orders-worker): \
+             pod orders-worker-x is Unschedulable: 0/1 nodes are available"
+        );
+        assert_eq!(
+            find(&status, PROGRESSING).message,
+            "waiting for orders-worker (0 of 1 ready: \
+             pod orders-worker-x is Unschedulable: 0/1 nodes are available)"
+        );
+    }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders-worker-x"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_tell_what_keeps_them_from_running() {
+        let unschedulable = pod(serde_json::json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."}
+        ]}));
+        assert_eq!(
+            pod_trouble(&unschedulable).unwrap(),
+            "pod orders-worker-x is Unschedulable: 0/1 nodes are available: \
+             1 node(s) didn't match Pod's node affinity/selector."
+        );
+        let waiting = |reason: &str| {
+            pod(
+                serde_json::json!({"phase": "Pending", "containerStatuses": [{
+                    "name": "worker", "image": "sluice", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": "details"}},
+                }]}),
+            )
+        };
+        assert_eq!(
+            pod_trouble(&waiting("ImagePullBackOff")).unwrap(),
+            "pod orders-worker-x: ImagePullBackOff: details"
+        );
+        assert_eq!(
+            pod_trouble(&waiting("CrashLoopBackOff")).unwrap(),
+            "pod orders-worker-x: CrashLoopBackOff: details"
+        );
+        // On its way: nothing to tell.
+        assert_eq!(pod_trouble(&waiting("ContainerCreating")), None);
+        assert_eq!(
+            pod_trouble(&pod(serde_json::json!({"phase": "Running"}))),
+            None
+        );
     }
 
     #[test]

@@ -65,6 +65,12 @@ hold these rules. tests/chart.rs drops each verb in turn and shows what breaks.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch"]
+# Pods are only read, from a cache: why a coordinator or a worker is not
+# ready (unschedulable, image not pulled, crash looping) goes into the
+# IngestSource's conditions.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
 # Secrets: never read (no get, list or watch), so the operator's token
 # reads no Secret. It creates each token Secret (the token is derived from
 # its key, not read back), patches one only after a test that it is the

@@ -151,7 +151,17 @@ impl Context {
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&desired),
             )
-            .await?;
+            .await
+            .map_err(|err| match err {
+                // What spec.template adds can be what the API server
+                // refuses (a label too long, an affinity without terms).
+                kube::Error::Api(status) if status.code == 422 => Error::Rejected {
+                    kind: K::kind(&()).into_owned(),
+                    name: name.clone(),
+                    message: status.message.clone(),
+                },
+                err => Error::Kube(err),
+            })?;
         self.metrics.wrote(&K::kind(&()));
         let created = match cached {
             None => Some(format!("{} {name}", K::kind(&()))),

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
@@ -30,7 +30,7 @@ use tracing::{Instrument, info, info_span, warn};
 use sluice_core::sync::lock;
 
 use super::autoscale::History;
-use super::children::{MANAGED_BY, PodDefaults, TokenKey};
+use super::children::{MANAGED_BY, PodDefaults, SOURCE_LABEL, TokenKey};
 use super::events::Recorder;
 use super::metrics::Metrics;
 use super::status::{self, Limits};
@@ -98,6 +98,8 @@ struct Stores {
     config_maps: Store<ConfigMap>,
     services: Store<Service>,
     deployments: Store<Deployment>,
+    /// The pods of the Deployments, for why they are not ready.
+    pods: Store<Pod>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,14 @@ pub enum Error {
     /// An object of a child's name exists and is not the source's child.
     #[error("{kind} {name:?} exists and is not the IngestSource's")]
     NameConflict { kind: String, name: String },
+    /// The API server refused a child as invalid: something in the spec
+    /// (its template) that admission could not see.
+    #[error("{kind} {name:?} was refused: {message}")]
+    Rejected {
+        kind: String,
+        name: String,
+        message: String,
+    },
     /// A child the operator made a moment ago is not in its cache yet.
     #[error("{kind} {name:?} exists but is not in the operator's cache yet")]
     NotCached { kind: String, name: String },
@@ -120,6 +130,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
             Error::NameConflict { .. } => "name_conflict",
+            Error::Rejected { .. } => "rejected",
             Error::NotCached { .. } => "not_cached",
         }
     }
@@ -161,7 +172,12 @@ pub async fn run(
     let (role_bindings, role_binding_events) = watch_owned(scope.api(&client), owned.clone());
     let (config_maps, config_map_events) = watch_owned(scope.api(&client), owned.clone());
     let (services, service_events) = watch_owned(scope.api(&client), owned.clone());
-    let (deployments, deployment_events) = watch_owned(scope.api(&client), owned);
+    let (deployments, deployment_events) = watch_owned(scope.api(&client), owned.clone());
+    // Pods belong to ReplicaSets, not to the IngestSource: they are mapped
+    // to it by label, and wake it only when what they say about being ready
+    // changes.
+    let (pods, pod_events) = watch_owned(scope.api(&client), owned);
+    let pod_events = pod_events.predicate_filter(pod_key, PredicateConfig::default());
     // No Secret is watched: the operator may not read Secrets (see
     // `token.rs` and `Context::missing_credentials`).
 
@@ -196,6 +212,10 @@ pub async fn run(
         .owns_stream(config_map_events)
         .owns_stream(service_events)
         .owns_stream(deployment_events)
+        .watches_stream(pod_events, |pod: Pod| {
+            let source = pod.labels().get(SOURCE_LABEL)?.clone();
+            Some(ObjectRef::new(&source).within(&pod.namespace()?))
+        })
         .graceful_shutdown_on({
             let mut stop = stop.clone();
             async move {
@@ -210,6 +230,7 @@ pub async fn run(
         config_maps,
         services,
         deployments,
+        pods,
     };
     let (synced_sender, synced_receiver) = tokio::sync::watch::channel(false);
     let context = Arc::new(Context {
@@ -267,6 +288,7 @@ impl Stores {
             synced(&self.config_maps),
             synced(&self.services),
             synced(&self.deployments),
+            synced(&self.pods),
         );
     }
 }
@@ -396,6 +418,22 @@ fn trigger_key(guarded: &DeserializeGuard<IngestSource>) -> Option<u64> {
         }
         Err(_) => guarded.meta().resource_version.hash(&mut hasher),
     }
+    Some(hasher.finish())
+}
+
+/// What in a pod can change the IngestSource's status: whether it is
+/// ready, and what is wrong with it.
+fn pod_key(pod: &Pod) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    let ready = pod
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten());
+    ready
+        .filter(|condition| condition.type_ == "Ready")
+        .for_each(|condition| condition.status.hash(&mut hasher));
+    status::pod_trouble(pod).hash(&mut hasher);
+    pod.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     Some(hasher.finish())
 }
 

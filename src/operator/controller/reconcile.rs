@@ -18,9 +18,9 @@ use sluice_core::sync::lock;
 use crate::config::RuntimeConfig;
 use crate::crd::{IngestSource, IngestSourceStatus, Names, Phase};
 use crate::operator::autoscale::{self, History};
-use crate::operator::children;
+use crate::operator::children::{self, Component};
 use crate::operator::events::EventType;
-use crate::operator::status::{self, Observed, Problem};
+use crate::operator::status::{self, Observed, Problem, Rollout};
 
 use super::{Context, Error, MANAGER};
 
@@ -56,6 +56,13 @@ pub(super) async fn reconcile_source(
             match applied {
                 Ok((drop, running)) => {
                     next_drop = drop;
+                    if !observed.coordinator.is_some_and(Rollout::settled) {
+                        observed.coordinator_pods =
+                            context.pod_trouble(source, Component::Coordinator);
+                    }
+                    if !observed.workers.is_some_and(Rollout::settled) {
+                        observed.worker_pods = context.pod_trouble(source, Component::Worker);
+                    }
                     // Pods that run found every Secret they need.
                     if !running {
                         observed.problem = context.missing_credentials(source, &namespace).await?;
@@ -63,6 +70,11 @@ pub(super) async fn reconcile_source(
                 }
                 Err(Error::NameConflict { kind, name }) => {
                     observed.problem = Some(Problem::NameConflict { kind, name });
+                }
+                Err(rejected @ Error::Rejected { .. }) => {
+                    observed.problem = Some(Problem::InvalidSpec(format!(
+                        "the API server refused what spec.template asks for: {rejected}"
+                    )));
                 }
                 Err(err) => return Err(err),
             }
@@ -120,6 +132,20 @@ pub(super) struct Scaling {
 }
 
 impl Context {
+    /// Why one of `source`'s pods of `component` is not ready, if one says
+    /// (from the operator's cache of its pods; the first by name).
+    fn pod_trouble(&self, source: &IngestSource, component: Component) -> Option<String> {
+        let mut pods: Vec<_> = self
+            .stores
+            .pods
+            .state()
+            .into_iter()
+            .filter(|pod| children::selects(source, component, &pod.metadata))
+            .collect();
+        pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        pods.iter().find_map(|pod| status::pod_trouble(pod))
+    }
+
     /// Renders the source's children and applies them, with the events
     /// that say what changed. Returns when autoscale shrinks the pool next,
     /// and whether the pods were already running as desired (see
