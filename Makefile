@@ -1,7 +1,7 @@
 # sluice: `make demo` to see it work, `make test` to check it.
 #
 # Build products live outside the clone, so CI and later clones reuse them:
-#   ~/.cache/sluice/<tool>-<version>/  the control plane, MinIO, helm and the test
+#   ~/.cache/sluice/<tool>-<version>/  the control plane, MinIO, helm, helm-docs and the test
 #                                      node (kubelet, containerd, runc, CNI, CoreDNS)
 #   ~/.cache/sluice/target/            Rust build output (CARGO_TARGET_DIR)
 SLUICE_CACHE ?= $(HOME)/.cache/sluice
@@ -12,7 +12,7 @@ CRD := crds/ingestsources.sluice.dev.yaml
 # The Helm chart ships the same file (a copy: helm warns about symlinks).
 CHART_CRD := charts/sluice/$(CRD)
 
-.PHONY: all test tools crds lint demo test-env bench chaos fuzz
+.PHONY: all test tools crds chart-docs lint demo test-env bench chaos fuzz
 
 all: test
 
@@ -30,6 +30,10 @@ tools:
 crds:
 	$(CARGO) run --locked --quiet -- crd > $(CRD)
 	cp $(CRD) $(CHART_CRD)
+
+## chart-docs: regenerate charts/sluice/README.md from the values.yaml comments
+chart-docs: tools
+	PATH="$$(tools/build.sh path):$$PATH" helm-docs --chart-search-root charts --sort-values-order file
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -45,6 +45,31 @@ enum Command {
     /// they also run as plain processes.
     Worker(sluice::worker::WorkerArgs),
 
+    /// Ask a health endpoint and succeed on a 2xx answer.
+    ///
+    /// The chart's `helm test` runs it in a pod of the sluice image (which
+    /// has no shell and no curl) against the operator's /readyz.
+    Probe {
+        /// The URL to GET, such as http://sluice-metrics.sluice-system:8080/readyz.
+        url: String,
+        /// How long to wait for the answer, as a duration such as 10s.
+        #[arg(long, default_value = "10s", value_parser = sluice_core::duration::parse_std)]
+        timeout: std::time::Duration,
+    },
+
+    /// Print the shell completion script of `sluice`.
+    ///
+    /// bash: `source <(sluice completion bash)`; zsh:
+    /// `sluice completion zsh >"${fpath[1]}/_sluice"`; fish:
+    /// `sluice completion fish | source`.
+    /// For `kubectl sluice <TAB>` (kubectl 1.26 and later), put the binary
+    /// on the PATH as `kubectl_complete-sluice` too (a symlink will do):
+    /// kubectl asks it, and it completes source names from the cluster.
+    Completion {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+
     Tasks(sluice::cli::tasks::TasksArgs),
 
     History(sluice::cli::history::HistoryArgs),
@@ -52,28 +77,44 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if invoked_as().as_deref() == Some(sluice::cli::complete::COMPLETER) {
+        let words: Vec<String> = std::env::args().skip(1).collect();
+        return print(&sluice::cli::complete::complete(Cli::command(), &words).await);
+    }
     match parse().command {
         Command::Crd => print(&sluice::crd::crd_yaml()),
         Command::Operator(args) => exit("operator", sluice::operator::run(args).await),
         Command::Coordinator(args) => exit("coordinator", sluice::coordinator::run(args).await),
         Command::Worker(args) => exit("worker", sluice::worker::run(args).await),
+        Command::Probe { url, timeout } => {
+            exit("probe", sluice::telemetry::probe(&url, timeout).await)
+        }
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut script);
+            print(&String::from_utf8_lossy(&script))
+        }
         Command::Tasks(args) => exit("tasks", sluice::cli::tasks::run(args).await),
         Command::History(args) => exit("history", sluice::cli::history::run(args).await),
     }
+}
+
+/// The name the binary was run by: `sluice`, or one of its kubectl names.
+fn invoked_as() -> Option<String> {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|path| {
+            path.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
 }
 
 /// The command line; invoked as `kubectl-sluice` (kubectl runs plugins so),
 /// the help names the command `kubectl sluice`.
 fn parse() -> Cli {
     let mut command = Cli::command();
-    let invoked_as = std::env::args_os()
-        .next()
-        .map(PathBuf::from)
-        .and_then(|path| {
-            path.file_stem()
-                .map(|stem| stem.to_string_lossy().into_owned())
-        });
-    if invoked_as.as_deref() == Some(sluice::cli::PLUGIN) {
+    if invoked_as().as_deref() == Some(sluice::cli::PLUGIN) {
         command = command.name("kubectl sluice").bin_name("kubectl sluice");
     }
     Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|err| err.exit())

@@ -64,8 +64,9 @@ struct AdminState {
     registry: Arc<Registry>,
 }
 
-/// Binds `addr` and serves the health and metrics endpoints, and the
-/// routes of `api`, until the process exits. Returns the bound address
+/// Binds `addr` and serves the health and metrics endpoints (`registry`'s
+/// metrics and `sluice_build_info`), and the routes of `api`, until the
+/// process exits. Returns the bound address
 /// (useful with port 0).
 pub async fn serve_admin(
     addr: SocketAddr,
@@ -73,6 +74,12 @@ pub async fn serve_admin(
     registry: Registry,
     api: Router,
 ) -> std::io::Result<SocketAddr> {
+    let mut registry = registry;
+    registry.register(
+        "sluice_build",
+        "The sluice version this process runs",
+        prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let admin = Router::new()
@@ -172,5 +179,54 @@ pub async fn terminated() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
+    }
+}
+
+/// Asks `url` (a health endpoint such as an operator's `/readyz`) and
+/// succeeds on a 2xx answer; `sluice probe` is how `helm test` asks it, the
+/// image having no shell and no curl.
+pub async fn probe(url: &str, timeout: Duration) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|err| err.to_string())?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|err| format!("GET {url}: {err}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        println!("GET {url}: {status} {}", body.trim());
+        Ok(())
+    } else {
+        Err(format!("GET {url}: {status} {}", body.trim()))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// `<prefix>_tasks_finished_total{state}`: what ended, by state. The
+/// coordinator counts tasks (succeeded, or failed for good), a worker its
+/// attempts, in the same shape.
+#[derive(Clone, Debug, Default)]
+pub struct FinishedTasks(
+    prometheus_client::metrics::family::Family<
+        StateLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+);
+
+impl FinishedTasks {
+    pub fn register(&self, registry: &mut Registry, help: &str) {
+        registry.register("tasks_finished", help, self.0.clone());
+    }
+
+    pub fn count(&self, state: &'static str) {
+        self.0.get_or_create(&StateLabels { state }).inc();
     }
 }

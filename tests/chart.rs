@@ -196,6 +196,8 @@ fn defaults_render_the_operator_with_cluster_wide_rbac() {
                 "Role sluice-system/sluice-leader-election",
                 "RoleBinding sluice-system/sluice-leader-election",
                 "Deployment sluice-system/sluice",
+                "Service sluice-system/sluice-metrics",
+                "Pod sluice-system/sluice-test",
                 "Secret sluice-system/sluice-token-key",
             ]
             .map(String::from)
@@ -281,6 +283,7 @@ fn defaults_render_the_operator_with_cluster_wide_rbac() {
 /// Every value changed from its default (and the optional objects on).
 const OTHER_VALUES: &str = r#"
 image: {repository: registry.example/sluice, tag: 1.2.3, pullPolicy: Always}
+imagePullSecrets: [{name: regcred}]
 replicaCount: 2
 leaderElection: {leaseDuration: 30s, renewInterval: 10s}
 rbac: {scope: namespaces, aggregateToDefaultRoles: false}
@@ -297,7 +300,7 @@ priorityClassName: system-cluster-critical
 extraEnv: [{name: AWS_REGION, value: eu-west-1}]
 podAnnotations: {example.com/team: ingest}
 podLabels: {example.com/cost-center: data}
-metrics: {serviceMonitor: {enabled: true, workloads: true, interval: 15s, labels: {release: prometheus}}}
+metrics: {serviceMonitor: {enabled: true, workloads: true, interval: 15s, labels: {release: prometheus}}, prometheusRule: {enabled: true, lagSeconds: 600}}
 networkPolicy: {enabled: true, from: [{ipBlock: {cidr: 10.0.0.10/32}}]}
 "#;
 
@@ -319,9 +322,11 @@ fn other_values_render_where_they_belong() {
                 "Deployment ops/sluice",
                 "PodDisruptionBudget ops/sluice",
                 "Service ops/sluice-metrics",
+                "Pod ops/sluice-test",
                 "ServiceMonitor ops/sluice",
                 "ServiceMonitor ops/sluice-coordinators",
                 "PodMonitor ops/sluice-workers",
+                "PrometheusRule ops/sluice",
                 "NetworkPolicy team-a/sluice-coordinators",
                 "NetworkPolicy team-b/sluice-coordinators",
             ]
@@ -377,6 +382,19 @@ fn other_values_render_where_they_belong() {
     assert_eq!(pod["metadata"]["annotations"]["example.com/team"], "ingest");
     assert_eq!(pod["metadata"]["labels"]["example.com/cost-center"], "data");
     assert_eq!(pod["spec"]["serviceAccountName"], "ingest-operator");
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
+    let test = find(&objects, "Pod", "ops", "sluice-test");
+    assert_eq!(
+        test["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
+    assert_eq!(
+        test["spec"]["containers"][0]["args"],
+        json!(["probe", "http://sluice-metrics.ops.svc:9090/readyz"])
+    );
     assert_eq!(pod["spec"]["nodeSelector"]["kubernetes.io/os"], "linux");
     assert_eq!(pod["spec"]["tolerations"][0]["value"], "ingest");
     assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
@@ -388,6 +406,55 @@ fn other_values_render_where_they_belong() {
         find(&objects, "ServiceMonitor", "ops", "sluice-coordinators")["spec"]["namespaceSelector"],
         json!({"matchNames": ["team-a", "team-b"]})
     );
+}
+
+/// nameOverride and fullnameOverride rename what the chart makes, and
+/// everything that selects or names the operator follows.
+#[test]
+fn name_overrides_rename_everything_consistently() {
+    for (values, fullname, name) in [
+        ("nameOverride: ingest\n", "sluice-ingest", "ingest"),
+        (
+            "fullnameOverride: platform-ingest\n",
+            "platform-ingest",
+            "sluice",
+        ),
+    ] {
+        let objects = render("ops", values).unwrap();
+        let deployment = find(&objects, "Deployment", "ops", fullname);
+        let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(pod_labels["app.kubernetes.io/name"], name, "{values}");
+        assert!(selects(
+            &deployment["spec"]["selector"]["matchLabels"],
+            pod_labels
+        ));
+        let service = find(&objects, "Service", "ops", &format!("{fullname}-metrics"));
+        assert!(
+            selects(&service["spec"]["selector"], pod_labels),
+            "{values}"
+        );
+        find(&objects, "ServiceAccount", "ops", fullname);
+        find(&objects, "ClusterRoleBinding", "", fullname);
+        find(&objects, "Secret", "ops", &format!("{fullname}-token-key"));
+        let test = find(&objects, "Pod", "ops", &format!("{fullname}-test"));
+        assert_eq!(
+            test["spec"]["containers"][0]["args"][1],
+            format!("http://{fullname}-metrics.ops.svc:8080/readyz")
+        );
+        // The test pod is not one of the operator's pods.
+        assert!(!selects(
+            &service["spec"]["selector"],
+            &test["metadata"]["labels"]
+        ));
+        let args = args(deployment);
+        let lease = format!("--lease-name={fullname}-operator");
+        assert!(args.contains(&lease), "{args:?}");
+        let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(
+            volumes[0]["secret"]["secretName"],
+            format!("{fullname}-token-key")
+        );
+    }
 }
 
 #[test]
@@ -464,6 +531,112 @@ fn bad_values_are_refused_naming_the_value() {
         assert!(
             refused.contains(message),
             "helm should refuse `{values}` saying {message:?}; it said:\n{refused}"
+        );
+    }
+}
+
+/// charts/sluice/README.md is what helm-docs makes of the chart and its
+/// values.yaml comments now.
+#[test]
+fn the_chart_readme_is_generated_from_the_values() {
+    let helm_docs = sluice_testenv::tools::binary("helm-docs").unwrap();
+    let output = Command::new(helm_docs)
+        .args([
+            "--chart-search-root",
+            "charts",
+            "--sort-values-order",
+            "file",
+        ])
+        .arg("--dry-run")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let generated = succeed(output);
+    let on_disk = std::fs::read_to_string(chart().join("README.md")).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "charts/sluice/README.md is not what helm-docs makes of values.yaml: \
+         run `make chart-docs` and commit the result"
+    );
+    // Every value is described.
+    for line in generated
+        .lines()
+        .filter(|line| line.starts_with("| ") && line.contains(" | `"))
+    {
+        assert!(
+            !line.ends_with("|  |"),
+            "a value without a description: {line}"
+        );
+    }
+}
+
+/// The chart's PrometheusRule: promtool accepts its rules, its unit tests
+/// (`tests/corpus/alerts.test.yaml`) show each alert firing on the series
+/// that should fire it, after its `for`, and not on the others, and every
+/// alert's runbook section exists.
+#[test]
+fn the_alerting_rules_pass_promtool_and_have_runbooks() {
+    let objects = render(
+        "ops",
+        "metrics: {prometheusRule: {enabled: true, labels: {release: prometheus}}}\n",
+    )
+    .unwrap();
+    let rule = find(&objects, "PrometheusRule", "ops", "sluice");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.rules.yaml"),
+        serde_yaml::to_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("tests/corpus/alerts.test.yaml"),
+        dir.path().join("alerts.test.yaml"),
+    )
+    .unwrap();
+    let promtool = sluice_testenv::tools::binary("promtool").unwrap();
+    for args in [
+        ["check", "rules", "sluice.rules.yaml"],
+        ["test", "rules", "alerts.test.yaml"],
+    ] {
+        let output = Command::new(&promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let printed = succeed(output);
+        eprintln!("promtool {}: {printed}", args.join(" "));
+    }
+
+    let runbook = std::fs::read_to_string(repo().join("docs/runbook.md")).unwrap();
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|line| line.strip_prefix("## "))
+        .map(|heading| heading.trim().to_lowercase())
+        .collect();
+    let alerts = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    assert_eq!(alerts.len(), 5);
+    for alert in alerts {
+        let name = alert["alert"].as_str().unwrap();
+        let url = alert["annotations"]["runbook_url"].as_str().unwrap();
+        assert_eq!(url, format!("docs/runbook.md#{}", name.to_lowercase()));
+        assert!(
+            anchors.contains(&name.to_lowercase()),
+            "docs/runbook.md has no section {name}"
+        );
+    }
+    // And one for every reason a source is Degraded.
+    for reason in [
+        "TasksFailed",
+        "CoordinatorUnavailable",
+        "CheckpointUnusable",
+        "CredentialsSecretNotFound",
+        "NameConflict",
+        "InvalidSpec",
+    ] {
+        assert!(
+            anchors.contains(&reason.to_lowercase()),
+            "docs/runbook.md has no section {reason}"
         );
     }
 }
@@ -717,6 +890,9 @@ async fn install_creates_the_crd_the_operator_and_its_rbac() {
         "kubectl get isrc",
         "kubectl sluice tasks",
         "kubectl sluice history",
+        "helm test sluice",
+        "kubectl-sluice",
+        "docker cp",
     ] {
         assert!(
             release.notes.contains(next_step),
@@ -1509,6 +1685,16 @@ async fn every_pod_meets_pod_security_restricted() {
     dry_run(&client, &release.namespace, &pod_of(&template, "operator"))
         .await
         .unwrap_or_else(|err| panic!("the operator's pod: {err}"));
+    // `helm test`'s.
+    let rendered = render(&release.namespace, "").unwrap();
+    let test = find(&rendered, "Pod", &release.namespace, "sluice-test");
+    dry_run(
+        &client,
+        &release.namespace,
+        &serde_json::from_value(test.clone()).unwrap(),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("the helm test pod: {err}"));
 
     // The coordinator's and the workers', from the Deployments the operator
     // wrote into another such namespace.

@@ -77,6 +77,21 @@ fn chart() {
     });
 }
 
+/// `helm test`: the chart's test pod, of the sluice image, finds the
+/// operator answering /readyz through its Service.
+#[test]
+fn helm_test_finds_the_operator_answering() {
+    chart();
+    let printed = sluice_testenv::demo::test_chart(node().kube()).unwrap_or_else(|err| {
+        panic!(
+            "{err}\n{}",
+            kubectl(&["-n", "sluice-system", "get", "pods", "-o", "wide"])
+        )
+    });
+    assert!(printed.contains("TEST SUITE:     sluice-test"), "{printed}");
+    assert!(printed.contains("Phase:          Succeeded"), "{printed}");
+}
+
 /// Waits for the operator to write Deployment `name`, then for its pods to
 /// be available, as `kubectl rollout status` judges it.
 async fn rolled_out(client: &kube::Client, namespace: &str, name: &str) {

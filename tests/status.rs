@@ -183,7 +183,7 @@ async fn the_phase_follows_a_real_ingest() {
     // No kubelet runs the Deployment: the coordinator runs as a process
     // with the same configuration.
     let coordinator = ingest.coordinator(None, &["--status-interval=100ms"]);
-    let _workers: Vec<_> = ["w1", "w2"]
+    let workers: Vec<_> = ["w1", "w2"]
         .iter()
         .map(|name| ingest.worker(coordinator.port, name))
         .collect();
@@ -198,6 +198,14 @@ async fn the_phase_follows_a_real_ingest() {
     })
     .await;
     assert!(running.coordinator_heartbeat_time.is_some());
+    // The operator exports the source's state for alerts, from the status.
+    let source = format!("namespace=\"{namespace}\",name=\"orders\",account=\"acme\"");
+    eventually("the operator's metrics show work to do", DONE, || async {
+        (operator.metric_with("sluice_source_tasks", &source) > 0.0
+            && operator.metric_with("sluice_source_phase", "phase=\"Running\"") == 1.0)
+            .then_some(())
+    })
+    .await;
     let count = || {
         (
             coordinator.metric("sluice_coordinator_status_writes_total"),
@@ -241,6 +249,40 @@ async fn the_phase_follows_a_real_ingest() {
         .find(|c| c.type_ == "Degraded")
         .unwrap();
     assert_eq!(degraded.status, "False", "{degraded:?}");
+    eventually(
+        "the operator's metrics show the source caught up",
+        DONE,
+        || async {
+            (operator.metric_with("sluice_source_ingested_objects", &source) == 101.0
+                && operator.metric_with("sluice_source_tasks", &source) == 0.0
+                && operator.metric_with("sluice_source_phase", "phase=\"Idle\"") == 1.0
+                && operator.metric_with("sluice_source_degraded", "reason=\"AsExpected\"") == 0.0
+                && operator.metric("sluice_source_last_checkpoint_timestamp_seconds") > 1.7e9)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(operator.metric("sluice_source_lag_seconds"), 0.0);
+    assert_eq!(operator.metric("sluice_source_dead_letter_objects"), 0.0);
+    for part in [&coordinator, &workers[0]] {
+        assert_eq!(part.metric("sluice_build_info"), 1.0);
+    }
+    assert_eq!(operator.metric("sluice_build_info"), 1.0);
+    let succeeded = |part: &support::dataplane::Part| {
+        let (_, body) = part.request("GET", "/metrics", None, "");
+        support::metric_with(
+            &body,
+            "sluice_worker_tasks_finished_total",
+            "state=\"succeeded\"",
+        )
+    };
+    let attempts: f64 = workers.iter().map(succeeded).sum();
+    assert!(attempts as u64 >= summary.tasks.succeeded, "{attempts}");
+    let read: f64 = workers
+        .iter()
+        .map(|worker| worker.metric("sluice_worker_read_bytes_total"))
+        .sum();
+    assert!(read > 0.0);
 
     let wide = succeed(kubectl(
         &[

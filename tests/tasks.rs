@@ -217,6 +217,68 @@ async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
         "{refused}"
     );
 
+    // As kubectl prints: names, and tables without their header.
+    let names = succeed(sluice(&["--coordinator", &orders_url, "-o", "name"]));
+    let mut expected: Vec<String> = orders
+        .get::<TaskList>("/v1/tasks")
+        .items
+        .iter()
+        .map(|task| format!("task/shop/orders/{}", task.id))
+        .collect();
+    expected.sort();
+    let mut printed: Vec<&str> = names.lines().collect();
+    printed.sort();
+    assert_eq!(printed, expected, "{names}");
+    let bare = succeed(sluice(&["--coordinator", &orders_url, "--no-headers"]));
+    assert_eq!(bare.lines().count(), 3, "{bare}");
+    assert!(!bare.contains("SOURCE"), "{bare}");
+
+    // --watch into a pipe: every task once, then each change once.
+    let mut watching = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "tasks",
+            "--coordinator",
+            &orders_url,
+            "--watch",
+            "-o",
+            "name",
+        ])
+        .env("SLUICE_READ_TOKEN", api::read_token(TOKEN))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = watching.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let next = || received.recv_timeout(SETTLE).expect("a line from --watch");
+    let mut first: Vec<String> = (0..3).map(|_| next()).collect();
+    first.sort();
+    assert_eq!(first, expected);
+    let (status, body) = orders.request(
+        "POST",
+        "/v1/lease",
+        Some(TOKEN),
+        r#"{"worker":"w-2","max":1}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let leased: Value = serde_json::from_str(&body).unwrap();
+    let changed = format!(
+        "task/shop/orders/{}",
+        leased["tasks"][0]["id"].as_str().unwrap()
+    );
+    assert_eq!(next(), changed, "the leased task, printed again");
+    assert!(
+        received.recv_timeout(Duration::from_secs(5)).is_err(),
+        "nothing else changed"
+    );
+    watching.kill().unwrap();
+    watching.wait().unwrap();
+
     // One coordinator down: the other still answers, the missing one is
     // named, and the exit code says not everything was seen.
     clicks.kill();
@@ -352,6 +414,24 @@ async fn tasks_finds_the_coordinators_through_the_cluster_and_names_the_unavaila
             .output()
             .unwrap()
     };
+    // kubectl's identity flags: --as acts as another user, whom RBAC
+    // refuses; --user and --cluster choose from the kubeconfig.
+    let stderr = fail(sluice(&[
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        &namespace,
+        "--as",
+        "nobody",
+        "--request-timeout",
+        "20s",
+    ]));
+    assert!(stderr.contains("User \"nobody\" cannot list"), "{stderr}");
+    for flag in ["--user", "--cluster"] {
+        let stderr = fail(sluice(&["--kubeconfig", kubeconfig, flag, "nosuch"]));
+        assert!(stderr.contains("nosuch"), "{flag}: {stderr}");
+    }
+
     let help = succeed(plugin(&["sluice", "tasks", "--help"]));
     assert!(help.contains("Usage: kubectl sluice tasks"), "{help}");
     let stderr = fail(plugin(&[
@@ -366,5 +446,47 @@ async fn tasks_finds_the_coordinators_through_the_cluster_and_names_the_unavaila
     assert!(
         stderr.contains(&format!("IngestSource {namespace}/clicks")),
         "{stderr}"
+    );
+
+    // `kubectl sluice <TAB>`: kubectl asks kubectl_complete-sluice, the
+    // same binary, which completes commands, flag values and the sources
+    // in the cluster.
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_sluice"),
+        bin.path().join("kubectl_complete-sluice"),
+    )
+    .unwrap();
+    let complete = |words: &[&str]| {
+        let mut args = vec!["__complete", "sluice"];
+        args.extend(words);
+        let output = Command::new(kube.kubectl().get_program())
+            .args(&args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap();
+        let printed = succeed(output);
+        printed.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let commands = complete(&[""]);
+    assert!(
+        commands.contains(&"tasks".into()) && commands.contains(&"history".into()),
+        "{commands:?}"
+    );
+    let sources = complete(&["tasks", "-n", &namespace, ""]);
+    assert_eq!(sources, ["clicks", "orders", ":4"]);
+    let states = complete(&["tasks", "--state", "r"]);
+    assert_eq!(states, ["running", ":4"]);
+
+    // And the shells' own scripts for `sluice`.
+    let script = succeed(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["completion", "bash"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        script.contains("complete -F") && script.contains("tasks"),
+        "{script}"
     );
 }

@@ -1,4 +1,5 @@
 //! Reaching the cluster the way kubectl does: `--kubeconfig`, `--context`,
+//! `--cluster`, `--user`, `--as`, `--as-group`, `--request-timeout`,
 //! `-n/--namespace` and `-A/--all-namespaces`, and finding IngestSources.
 
 use std::path::PathBuf;
@@ -30,6 +31,42 @@ pub struct ClusterArgs {
     /// Look in every namespace.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
     pub all_namespaces: bool,
+
+    /// The kubeconfig cluster to use (default: the context's).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// The kubeconfig user to use (default: the context's).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Act as this user (impersonation; you need the `impersonate` right).
+    #[arg(long = "as", value_name = "USER")]
+    pub as_user: Option<String>,
+
+    /// Act as a member of this group, with --as; repeat for more groups.
+    #[arg(long = "as-group", value_name = "GROUP", requires = "as_user")]
+    pub as_groups: Vec<String>,
+
+    /// How long to wait for each answer, as kubectl takes it: a duration
+    /// such as 30s or 1m, or a number of seconds; 0 waits as long as it
+    /// takes.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = request_timeout)]
+    pub request_timeout: RequestTimeout,
+}
+
+/// `--request-timeout`: none (0), or how long.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestTimeout(pub Option<std::time::Duration>);
+
+/// kubectl's `--request-timeout`: `0`, a number of seconds, or a duration.
+fn request_timeout(text: &str) -> Result<RequestTimeout, String> {
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => std::time::Duration::from_secs(seconds),
+        Err(_) => sluice_core::duration::parse_std(text)
+            .map_err(|err| format!("{err}: give a duration such as 30s or a number of seconds"))?,
+    };
+    Ok(RequestTimeout((!duration.is_zero()).then_some(duration)))
 }
 
 /// What went wrong reaching the cluster, said so a person can act on it.
@@ -45,6 +82,12 @@ pub enum ClusterError {
         path: String,
         source: kube::config::KubeconfigError,
     },
+    #[error("kubeconfig {path} has no {what} {name:?}")]
+    NotInKubeconfig {
+        path: String,
+        what: &'static str,
+        name: String,
+    },
     #[error("cannot reach the API server at {server}: {source}")]
     Unreachable { server: String, source: kube::Error },
     #[error(
@@ -52,6 +95,8 @@ pub enum ClusterError {
          {server}: install sluice with `helm install sluice charts/sluice`"
     )]
     NoCrd { server: String },
+    #[error("the API server refused: {message}")]
+    Forbidden { message: String },
     #[error("IngestSource {name:?} not found in namespace {namespace:?}")]
     NotFound { namespace: String, name: String },
     #[error("a single IngestSource is named within one namespace: drop -A or the name")]
@@ -73,33 +118,76 @@ impl ClusterArgs {
     pub async fn connect(&self) -> Result<Cluster, ClusterError> {
         let options = KubeConfigOptions {
             context: self.context.clone(),
-            ..KubeConfigOptions::default()
+            cluster: self.cluster.clone(),
+            user: self.user.clone(),
         };
         let kubeconfig_error =
             |path: String| move |source| ClusterError::Kubeconfig { path, source };
-        let config = match &self.kubeconfig {
+        let read = match &self.kubeconfig {
             Some(path) => {
                 let shown = path.display().to_string();
                 let kubeconfig =
                     Kubeconfig::read_from(path).map_err(kubeconfig_error(shown.clone()))?;
+                Some((kubeconfig, shown))
+            }
+            None => match Kubeconfig::read() {
+                Ok(kubeconfig) => Some((kubeconfig, default_kubeconfig())),
+                Err(_) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => None,
+                Err(_) => return Err(ClusterError::NoKubeconfig),
+            },
+        };
+        let config = match read {
+            Some((kubeconfig, shown)) => {
+                // kube would go on without a named user (as anonymous);
+                // kubectl refuses, and so does this.
+                let missing = [
+                    (
+                        "user",
+                        &self.user,
+                        kubeconfig
+                            .auth_infos
+                            .iter()
+                            .map(|a| &a.name)
+                            .collect::<Vec<_>>(),
+                    ),
+                    (
+                        "cluster",
+                        &self.cluster,
+                        kubeconfig.clusters.iter().map(|c| &c.name).collect(),
+                    ),
+                ]
+                .into_iter()
+                .find_map(|(what, wanted, names)| {
+                    let wanted = wanted.as_ref()?;
+                    (!names.contains(&wanted)).then(|| (what, wanted.clone()))
+                });
+                if let Some((what, name)) = missing {
+                    return Err(ClusterError::NotInKubeconfig {
+                        path: shown,
+                        what,
+                        name,
+                    });
+                }
                 Config::from_custom_kubeconfig(kubeconfig, &options)
                     .await
                     .map_err(kubeconfig_error(shown))?
             }
-            None => match Kubeconfig::read() {
-                Ok(kubeconfig) => Config::from_custom_kubeconfig(kubeconfig, &options)
-                    .await
-                    .map_err(kubeconfig_error(default_kubeconfig()))?,
-                Err(_) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-                    Config::incluster().map_err(|_| ClusterError::NoKubeconfig)?
-                }
-                Err(_) => return Err(ClusterError::NoKubeconfig),
-            },
+            None => Config::incluster().map_err(|_| ClusterError::NoKubeconfig)?,
         };
         // A person waits: a coordinator without a ready pod (503 from the
         // service proxy) is reported at once, not retried for seconds.
         let mut config = config;
         config.default_retry = false;
+        if let Some(user) = &self.as_user {
+            config.auth_info.impersonate = Some(user.clone());
+            config.auth_info.impersonate_groups =
+                Some(self.as_groups.clone()).filter(|groups| !groups.is_empty());
+        }
+        if let RequestTimeout(Some(timeout)) = self.request_timeout {
+            config.connect_timeout = Some(timeout);
+            config.read_timeout = Some(timeout);
+            config.write_timeout = Some(timeout);
+        }
         let server = config.cluster_url.to_string();
         let namespace = (!self.all_namespaces).then(|| {
             self.namespace
@@ -147,6 +235,9 @@ impl Cluster {
         let mut sources = result.map_err(|source| match &source {
             kube::Error::Api(status) if status.code == 404 => ClusterError::NoCrd {
                 server: self.server.clone(),
+            },
+            kube::Error::Api(status) if status.is_forbidden() => ClusterError::Forbidden {
+                message: status.message.clone(),
             },
             _ => ClusterError::Unreachable {
                 server: self.server.clone(),

@@ -6,6 +6,25 @@ use std::io::Write;
 use clap::ValueEnum;
 use serde::Serialize;
 
+/// `-o/--output` and `--no-headers`, as kubectl takes them.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub format: Format,
+
+    /// Print tables without their header row.
+    #[arg(long)]
+    pub no_headers: bool,
+}
+
+impl OutputArgs {
+    /// Whether the output is a table (for people, with notes on stderr).
+    pub fn is_table(self) -> bool {
+        matches!(self.format, Format::Table | Format::Wide)
+    }
+}
+
 /// `-o/--output`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Format {
@@ -14,6 +33,8 @@ pub enum Format {
     Table,
     /// The table with more columns.
     Wide,
+    /// `task/ID`, one per line, like `kubectl get -o name`.
+    Name,
     /// `{"items": [...]}`, indented.
     Json,
     /// `items:` as YAML.
@@ -28,33 +49,30 @@ pub trait Row: Serialize {
     fn headers(wide: bool) -> Vec<&'static str>;
     /// The cells, in the order of [`Row::headers`]; `now` is for ages.
     fn cells(&self, wide: bool, now: jiff::Timestamp) -> Vec<String>;
+    /// `TYPE/ID`, as `-o name` prints it.
+    fn name(&self) -> String;
 }
 
-/// `items` in `format`, ending in a newline; an empty table is no text.
-pub fn render<T: Row>(format: Format, items: &[T], now: jiff::Timestamp) -> String {
+/// `items` as `output` asks, ending in a newline; an empty table is no
+/// text.
+pub fn render<T: Row>(output: OutputArgs, items: &[T], now: jiff::Timestamp) -> String {
     #[derive(Serialize)]
     struct Items<'a, T> {
         items: &'a [T],
     }
-    match format {
+    match output.format {
         Format::Table | Format::Wide => {
-            let wide = format == Format::Wide;
+            let wide = output.format == Format::Wide;
             let rows: Vec<Vec<String>> = items.iter().map(|item| item.cells(wide, now)).collect();
-            if rows.is_empty() {
-                String::new()
-            } else {
-                table(&T::headers(wide), &rows)
+            let text = table(&T::headers(wide), &rows);
+            match text.split_once('\n') {
+                _ if rows.is_empty() => String::new(),
+                Some((_, rows)) if output.no_headers => rows.to_owned(),
+                _ => text,
             }
         }
-        Format::Json => {
-            let mut text = serde_json::to_string_pretty(&Items { items })
-                .expect("serializing plain data cannot fail");
-            text.push('\n');
-            text
-        }
-        Format::Yaml => {
-            serde_yaml::to_string(&Items { items }).expect("serializing plain data cannot fail")
-        }
+        Format::Name => items.iter().map(|item| item.name() + "\n").collect(),
+        Format::Json | Format::Yaml => document(output.format, &Items { items }, String::new),
         Format::Ndjson => items
             .iter()
             .map(|item| {
@@ -65,6 +83,20 @@ pub fn render<T: Row>(format: Format, items: &[T], now: jiff::Timestamp) -> Stri
             })
             .collect(),
     }
+}
+
+/// One value as a JSON, YAML or NDJSON document, ending in a newline; in
+/// the other formats, what `text` makes of it.
+pub fn document<T: Serialize>(format: Format, value: &T, text: impl FnOnce() -> String) -> String {
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(value),
+        Format::Ndjson => serde_json::to_string(value),
+        Format::Yaml => {
+            return serde_yaml::to_string(value).expect("serializing plain data cannot fail");
+        }
+        Format::Table | Format::Wide | Format::Name => return text(),
+    };
+    text.expect("serializing plain data cannot fail") + "\n"
 }
 
 /// Columns as kubectl aligns them: upper-case titles, three spaces apart,
@@ -195,6 +227,16 @@ mod tests {
             }
             cells
         }
+        fn name(&self) -> String {
+            format!("pet/{}", self.name)
+        }
+    }
+
+    fn as_(format: Format) -> OutputArgs {
+        OutputArgs {
+            format,
+            no_headers: false,
+        }
     }
 
     const PETS: [Pet; 2] = [
@@ -210,8 +252,22 @@ mod tests {
 
     #[test]
     fn a_table_aligns_columns_three_spaces_apart_without_trailing_blanks() {
-        let text = render(Format::Wide, &PETS, jiff::Timestamp::UNIX_EPOCH);
+        let text = render(as_(Format::Wide), &PETS, jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(text, "NAME        LEGS\ncentipede   100\ncat         4\n");
+    }
+
+    #[test]
+    fn no_headers_and_names_print_as_kubectl_does() {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let bare = OutputArgs {
+            format: Format::Wide,
+            no_headers: true,
+        };
+        assert_eq!(render(bare, &PETS, now), "centipede   100\ncat         4\n");
+        assert_eq!(
+            render(as_(Format::Name), &PETS, now),
+            "pet/centipede\npet/cat\n"
+        );
     }
 
     #[test]
@@ -235,18 +291,18 @@ mod tests {
     #[test]
     fn an_empty_table_prints_nothing_but_empty_json_is_an_empty_list() {
         let now = jiff::Timestamp::UNIX_EPOCH;
-        assert_eq!(render::<Pet>(Format::Table, &[], now), "");
-        assert_eq!(render::<Pet>(Format::Ndjson, &[], now), "");
+        assert_eq!(render::<Pet>(as_(Format::Table), &[], now), "");
+        assert_eq!(render::<Pet>(as_(Format::Ndjson), &[], now), "");
         assert_eq!(
-            render::<Pet>(Format::Json, &[], now),
+            render::<Pet>(as_(Format::Json), &[], now),
             "{\n  \"items\": []\n}\n"
         );
-        assert_eq!(render::<Pet>(Format::Yaml, &[], now), "items: []\n");
+        assert_eq!(render::<Pet>(as_(Format::Yaml), &[], now), "items: []\n");
     }
 
     #[test]
     fn ndjson_is_one_object_per_line() {
-        let text = render(Format::Ndjson, &PETS, jiff::Timestamp::UNIX_EPOCH);
+        let text = render(as_(Format::Ndjson), &PETS, jiff::Timestamp::UNIX_EPOCH);
         assert_eq!(
             text,
             "{\"name\":\"centipede\",\"legs\":100}\n{\"name\":\"cat\",\"legs\":4}\n"

@@ -8,6 +8,8 @@
 //! token from the source's token Secret (`get` on that Secret), which no
 //! pod of the cluster holds unless given it.
 
+use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Args;
@@ -18,7 +20,7 @@ use kube::{Api, ResourceExt};
 use sluice_core::api::{ErrorBody, READ_TOKEN_HEADER, TaskList, TaskQuery, TaskState, TaskView};
 
 use super::cluster::{ClusterArgs, ClusterError};
-use super::output::{self, Format, Row};
+use super::output::{self, OutputArgs, Row};
 use crate::crd::IngestSource;
 use crate::operator::children::READ_TOKEN_KEY;
 
@@ -52,17 +54,23 @@ pub struct TasksArgs {
     #[arg(long)]
     pub collection: Option<String>,
 
-    /// Only tasks in this state: pending, running, succeeded or failed.
-    #[arg(long)]
+    /// Only tasks in this state.
+    #[arg(long, value_parser = super::task_states(&TaskState::ALL))]
     pub state: Option<TaskState>,
 
     /// Only tasks leased to this worker (its pod name).
     #[arg(long)]
     pub worker: Option<String>,
 
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    pub output: Format,
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    /// After listing, keep watching: on a terminal the list is redrawn
+    /// every 2 seconds; otherwise each task that appears or changes is
+    /// printed again, one line per change (with -o ndjson, one object).
+    /// Stops on Ctrl-C.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 
     /// At most this many tasks from each source.
     #[arg(long, default_value_t = 500, value_name = "N",
@@ -103,8 +111,98 @@ pub enum TasksError {
 }
 
 /// Lists, prints and reports; fails when any coordinator did not answer.
+/// With --watch, goes on until Ctrl-C.
 pub async fn run(args: TasksArgs) -> Result<(), TasksError> {
     let (coordinators, scope) = coordinators(&args).await?;
+    if args.watch {
+        return watch(&args, &coordinators).await;
+    }
+    let look = look(&args, &coordinators).await;
+    output::print(&output::render(
+        args.output,
+        &look.tasks,
+        jiff::Timestamp::now(),
+    ))?;
+    if coordinators.is_empty() {
+        eprintln!("No IngestSources found {scope}.");
+    } else if look.tasks.is_empty() && look.failed.is_empty() && args.output.is_table() {
+        eprintln!("No tasks found {scope}.");
+    }
+    for label in &look.truncated {
+        eprintln!(
+            "{label}: more than {} tasks; showing the first (raise --limit)",
+            args.limit
+        );
+    }
+    for (label, error) in &look.failed {
+        eprintln!("error: {label}: {error}");
+    }
+    match look.failed.len() {
+        0 => Ok(()),
+        failed => Err(TasksError::Unanswered {
+            failed,
+            asked: coordinators.len(),
+        }),
+    }
+}
+
+/// How often --watch looks again.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// --watch: a terminal gets the list redrawn, a pipe each change once.
+async fn watch(args: &TasksArgs, coordinators: &[Coordinator]) -> Result<(), TasksError> {
+    let terminal = std::io::stdout().is_terminal();
+    let mut printed: HashMap<(String, String), String> = HashMap::new();
+    let mut errors: HashMap<String, String> = HashMap::new();
+    let mut output = args.output;
+    let stop = crate::telemetry::terminated();
+    tokio::pin!(stop);
+    loop {
+        let look = look(args, coordinators).await;
+        let now = jiff::Timestamp::now();
+        if terminal {
+            // Home, clear, then the list as without --watch.
+            let list = output::render(args.output, &look.tasks, now);
+            output::print(&format!("\x1b[H\x1b[2J{list}"))?;
+        } else {
+            let changed: Vec<TaskView> = look
+                .tasks
+                .into_iter()
+                .filter(|task| {
+                    let key = (task.source.clone(), task.id.to_string());
+                    let seen = serde_json::to_string(task).expect("a task view serializes");
+                    printed.insert(key, seen.clone()).as_ref() != Some(&seen)
+                })
+                .collect();
+            if !changed.is_empty() {
+                output::print(&output::render(output, &changed, now))?;
+                output.no_headers = true;
+            }
+        }
+        for (label, error) in look.failed {
+            if errors.get(&label) != Some(&error) {
+                eprintln!("error: {label}: {error}");
+                errors.insert(label, error);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+/// One look at every coordinator.
+struct Look {
+    /// What those that answered hold, sorted.
+    tasks: Vec<TaskView>,
+    /// Those that hold more than --limit, sorted.
+    truncated: Vec<String>,
+    /// Those that did not answer, and why, sorted.
+    failed: Vec<(String, String)>,
+}
+
+async fn look(args: &TasksArgs, coordinators: &[Coordinator]) -> Look {
     let query = TaskQuery {
         account: args.account.clone(),
         collection: args.collection.clone(),
@@ -112,59 +210,37 @@ pub async fn run(args: TasksArgs) -> Result<(), TasksError> {
         worker: args.worker.clone(),
         ..TaskQuery::default()
     };
-    let asked = coordinators.len();
     let answers: Vec<(String, Result<Listed, String>)> = stream::iter(coordinators)
         .map(|coordinator| {
             let query = query.clone();
             async move {
                 let listed = coordinator.list(query, args.limit).await;
-                (coordinator.label, listed)
+                (coordinator.label.clone(), listed)
             }
         })
         .buffer_unordered(PARALLEL)
         .collect()
         .await;
-
-    let mut tasks = Vec::new();
-    let mut failed = Vec::new();
-    let mut truncated = Vec::new();
+    let mut look = Look {
+        tasks: Vec::new(),
+        truncated: Vec::new(),
+        failed: Vec::new(),
+    };
     for (label, answer) in answers {
         match answer {
             Ok(listed) => {
-                tasks.extend(listed.tasks);
+                look.tasks.extend(listed.tasks);
                 if listed.more {
-                    truncated.push(label);
+                    look.truncated.push(label);
                 }
             }
-            Err(error) => failed.push((label, error)),
+            Err(error) => look.failed.push((label, error)),
         }
     }
-    sort(&mut tasks);
-    output::print(&output::render(args.output, &tasks, jiff::Timestamp::now()))?;
-
-    if asked == 0 {
-        eprintln!("No IngestSources found {scope}.");
-    } else if tasks.is_empty()
-        && failed.is_empty()
-        && matches!(args.output, Format::Table | Format::Wide)
-    {
-        eprintln!("No tasks found {scope}.");
-    }
-    truncated.sort();
-    for label in truncated {
-        eprintln!(
-            "{label}: more than {} tasks; showing the first (raise --limit)",
-            args.limit
-        );
-    }
-    failed.sort();
-    for (label, error) in &failed {
-        eprintln!("error: {label}: {error}");
-    }
-    match failed.len() {
-        0 => Ok(()),
-        failed => Err(TasksError::Unanswered { failed, asked }),
-    }
+    sort(&mut look.tasks);
+    look.truncated.sort();
+    look.failed.sort();
+    look
 }
 
 /// The coordinators to ask, and where they were looked for (for messages).
@@ -446,6 +522,11 @@ impl Row for TaskView {
             headers.extend(["account", "collection", "size", "first key", "error"]);
         }
         headers
+    }
+
+    /// `task/NAMESPACE/SOURCE/ID`: a task's id is its source's own.
+    fn name(&self) -> String {
+        format!("task/{}/{}", self.source, self.id)
     }
 
     fn cells(&self, wide: bool, now: jiff::Timestamp) -> Vec<String> {

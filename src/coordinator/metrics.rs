@@ -8,10 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-}
+use crate::telemetry::FinishedTasks;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WrittenToLabels {
@@ -34,7 +31,7 @@ pub struct Metrics {
     pub checkpoint_duration: Histogram,
     pub finished_keys: Gauge,
     pub finished_keys_bytes: Gauge,
-    finished: Family<StateLabels, Counter>,
+    pub finished: FinishedTasks,
     checkpoints: Family<ResultLabels, Counter>,
     merges: Family<WrittenToLabels, Counter>,
 }
@@ -53,7 +50,7 @@ impl Metrics {
             checkpoint_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             finished_keys: Gauge::default(),
             finished_keys_bytes: Gauge::default(),
-            finished: Family::default(),
+            finished: FinishedTasks::default(),
             checkpoints: Family::default(),
             merges: Family::default(),
         };
@@ -94,10 +91,9 @@ impl Metrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
-        registry.register(
-            "tasks_finished",
-            "Tasks that ended, by state",
-            metrics.finished.clone(),
+        metrics.finished.register(
+            registry,
+            "Tasks that ended, by state: succeeded, or failed for good",
         );
         registry.register(
             "checkpoints",
@@ -133,10 +129,6 @@ impl Metrics {
         self.merges
             .get_or_create(&WrittenToLabels { written_to })
             .inc();
-    }
-
-    pub fn finished(&self, state: &'static str) {
-        self.finished.get_or_create(&StateLabels { state }).inc();
     }
 
     pub fn checkpoint(&self, result: &'static str) {

@@ -362,7 +362,7 @@ impl Committer {
             if flush {
                 let records = tasks.drain_finished();
                 for record in &records {
-                    self.shared.metrics.finished(record.state.as_str());
+                    self.shared.metrics.finished.count(record.state.as_str());
                 }
                 for batch in self.appender.append(records, now) {
                     match self

@@ -109,6 +109,29 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Idle,
+        Phase::Degraded,
+        Phase::Suspended,
+        Phase::Failed,
+    ];
+
+    /// The phase as the status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Idle => "Idle",
+            Phase::Degraded => "Degraded",
+            Phase::Suspended => "Suspended",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
 /// The worker pool's pods.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]

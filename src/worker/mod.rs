@@ -37,7 +37,7 @@ use sluice_core::sync::lock;
 use crate::config::{PodArgs, RuntimeConfig, Store};
 use crate::retry::{self, Waits};
 use crate::s3;
-use crate::telemetry::{self, Readiness};
+use crate::telemetry::{self, FinishedTasks, Readiness};
 use decode::{DecodeError, Limits, Origin};
 
 /// `sluice worker`: execute one source's tasks.
@@ -117,26 +117,22 @@ struct Worker {
 }
 
 struct Metrics {
-    succeeded: Counter,
-    failed: Counter,
+    finished: FinishedTasks,
     records: Counter,
-    bytes_read: Counter,
+    read_bytes: Counter,
 }
 
 impl Metrics {
     fn new(registry: &mut Registry) -> Self {
         let metrics = Metrics {
-            succeeded: Counter::default(),
-            failed: Counter::default(),
+            finished: FinishedTasks::default(),
             records: Counter::default(),
-            bytes_read: Counter::default(),
+            read_bytes: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("sluice_worker");
-        registry.register("tasks_succeeded", "Tasks done", metrics.succeeded.clone());
-        registry.register(
-            "tasks_failed",
-            "Task attempts that failed",
-            metrics.failed.clone(),
+        metrics.finished.register(
+            registry,
+            "Task attempts that ended, by state: succeeded or failed",
         );
         registry.register(
             "records",
@@ -144,9 +140,9 @@ impl Metrics {
             metrics.records.clone(),
         );
         registry.register(
-            "bytes_read",
+            "read_bytes",
             "Source bytes read",
-            metrics.bytes_read.clone(),
+            metrics.read_bytes.clone(),
         );
         metrics
     }
@@ -329,9 +325,9 @@ impl Worker {
         let given_back = release.load(Ordering::Relaxed);
         let failure = match outcome {
             Ok(completion) => {
-                self.metrics.succeeded.inc();
+                self.metrics.finished.count("succeeded");
                 self.metrics.records.inc_by(completion.records);
-                self.metrics.bytes_read.inc_by(completion.bytes_read);
+                self.metrics.read_bytes.inc_by(completion.bytes_read);
                 self.report(&format!("/v1/tasks/{}/complete", task.id), &completion)
                     .await;
                 return Ended::Finished;
@@ -578,7 +574,7 @@ impl Worker {
 
     /// A failed attempt of `task`, logged and counted, to report.
     fn failure(&self, task: &LeasedTask, error: String, key: Option<String>) -> Failure {
-        self.metrics.failed.inc();
+        self.metrics.finished.count("failed");
         warn!(task = %task.id, %error, "task failed");
         Failure {
             worker: self.name.clone(),

@@ -167,6 +167,8 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
 
     say("helm install sluice charts/sluice --namespace sluice-system --create-namespace --wait");
     install_chart(kube)?;
+    say("helm test sluice --namespace sluice-system: the operator answers");
+    print!("{}", test_chart(kube)?);
 
     say("Generating sample data in MinIO");
     let [source, sink, archive] = ["raw", "collections", "archive"];
@@ -413,12 +415,33 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
 /// `helm install sluice charts/sluice` with its defaults into
 /// `sluice-system`, waiting until the operator's pod is available.
 pub fn install_chart(kube: &KubeEnv) -> Result<(), Error> {
-    let repo = super::repo();
-    let helm = Command::new(tools::binary("helm")?)
-        .args(["install", "sluice"])
-        .arg(repo.join("charts/sluice"))
-        .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
-        .args(["--wait", "--timeout", "180s"])
+    let chart = super::repo().join("charts/sluice");
+    helm(
+        kube,
+        "helm install",
+        &[
+            "install",
+            "sluice",
+            chart.to_str().unwrap_or_default(),
+            "--create-namespace",
+            "--wait",
+        ],
+    )
+    .map(drop)
+}
+
+/// `helm test sluice`: the chart's test pod asks the operator's /readyz.
+/// Returns what helm printed.
+pub fn test_chart(kube: &KubeEnv) -> Result<String, Error> {
+    helm(kube, "helm test", &["test", "sluice"])
+}
+
+/// helm against `kube` in `sluice-system`, with a timeout; its stdout, or
+/// an error with its stderr.
+fn helm(kube: &KubeEnv, what: &str, args: &[&str]) -> Result<String, Error> {
+    let output = Command::new(tools::binary("helm")?)
+        .args(args)
+        .args(["--namespace", OPERATOR_NAMESPACE, "--timeout", "180s"])
         .arg("--kubeconfig")
         .arg(kube.kubeconfig())
         .output()
@@ -426,13 +449,13 @@ pub fn install_chart(kube: &KubeEnv) -> Result<(), Error> {
             name: "helm".into(),
             source,
         })?;
-    if !helm.status.success() {
+    if !output.status.success() {
         return Err(Error::Command {
-            what: "helm install".into(),
-            stderr: String::from_utf8_lossy(&helm.stderr).into(),
+            what: what.into(),
+            stderr: String::from_utf8_lossy(&output.stderr).into(),
         });
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The sum over `sources` of what `count` reads from each status.

@@ -199,9 +199,14 @@ impl Operator {
 
     /// The sum of every series of the Prometheus metric `name`.
     pub fn metric(&self, name: &str) -> f64 {
+        self.metric_with(name, "")
+    }
+
+    /// The sum of the series of the metric `name` with `label`.
+    pub fn metric_with(&self, name: &str, label: &str) -> f64 {
         let (_, body) =
             http_get(self.admin_port, "/metrics").expect("the operator serves /metrics");
-        metric(&body, name)
+        metric_with(&body, name, label)
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -241,8 +246,20 @@ impl Drop for Operator {
 /// The sum of every series of the Prometheus metric `name` in the text
 /// exposition `body`.
 pub fn metric(body: &str, name: &str) -> f64 {
+    metric_with(body, name, "")
+}
+
+/// The sum of the series of the Prometheus metric `name` in `body` whose
+/// labels include `label` (such as `phase="Idle"`).
+pub fn metric_with(body: &str, name: &str, label: &str) -> f64 {
     body.lines()
         .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter(|line| {
+            let labels = line
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'));
+            labels.map_or(label.is_empty(), |(labels, _)| labels.contains(label))
+        })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

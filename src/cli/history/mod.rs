@@ -24,7 +24,7 @@ use self::query::{BadTime, Filter, Matcher};
 use self::scan::{Archive, Mode, Unreachable};
 
 use super::cluster::{Cluster, ClusterArgs, ClusterError};
-use super::output::{self, Format};
+use super::output::{self, OutputArgs};
 use crate::config::Store;
 use crate::crd::IngestSource;
 use crate::s3;
@@ -102,9 +102,8 @@ pub struct HistoryArgs {
     #[arg(long, value_name = "TEXT", help_heading = "Filters")]
     pub grep: Option<String>,
 
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    pub output: Format,
+    #[command(flatten)]
+    pub output: OutputArgs,
 
     /// Print only the latest N matches (still oldest first).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -472,42 +471,22 @@ fn print(
     stats: &query::Stats,
     now: Timestamp,
 ) -> Result<(), HistoryError> {
-    let table = matches!(args.output, Format::Table | Format::Wide);
+    let table = args.output.is_table();
     if args.count {
         #[derive(serde::Serialize)]
         struct Count {
             count: u64,
         }
         let count = Count { count: stats.tasks };
-        let text = match args.output {
-            Format::Table | Format::Wide => format!("{}\n", stats.tasks),
-            Format::Json => format!(
-                "{}\n",
-                serde_json::to_string_pretty(&count).expect("a count serializes")
-            ),
-            Format::Yaml => serde_yaml::to_string(&count).expect("a count serializes"),
-            Format::Ndjson => format!(
-                "{}\n",
-                serde_json::to_string(&count).expect("a count serializes")
-            ),
-        };
+        let text = output::document(args.output.format, &count, || format!("{}\n", stats.tasks));
         output::print(&text)?;
         return Ok(());
     }
     if args.stats {
         let summary = stats.summary();
-        let text = match args.output {
-            Format::Table | Format::Wide => query::stats_tables(&summary, now),
-            Format::Json => format!(
-                "{}\n",
-                serde_json::to_string_pretty(&summary).expect("a summary serializes")
-            ),
-            Format::Yaml => serde_yaml::to_string(&summary).expect("a summary serializes"),
-            Format::Ndjson => format!(
-                "{}\n",
-                serde_json::to_string(&summary).expect("a summary serializes")
-            ),
-        };
+        let text = output::document(args.output.format, &summary, || {
+            query::stats_tables(&summary, now)
+        });
         output::print(&text)?;
         return Ok(());
     }

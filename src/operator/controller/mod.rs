@@ -202,6 +202,7 @@ pub async fn run(
     })
     .applied_objects()
     .predicate_filter(trigger_key, PredicateConfig::default());
+    metrics.export_sources(source_store.clone());
     let controller = Controller::for_stream(source_events, source_store.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENT_RECONCILES))
         .trigger_backoff(backoff::watch_backoff());

@@ -66,6 +66,11 @@ impl Row for TaskRecord {
         }
     }
 
+    /// `task/NAMESPACE/SOURCE/ID`: a task's id is its source's own.
+    fn name(&self) -> String {
+        format!("task/{}/{}", self.source, self.id)
+    }
+
     fn cells(&self, wide: bool, _: Timestamp) -> Vec<String> {
         let worker = self.worker.clone().unwrap_or_else(|| "-".into());
         let error = self.error.as_deref().unwrap_or("");
