@@ -12,7 +12,7 @@ CRD := crds/ingestsources.sluice.dev.yaml
 # The Helm chart ships the same file (a copy: helm warns about symlinks).
 CHART_CRD := charts/sluice/$(CRD)
 
-.PHONY: all test tools crds chart-docs lint demo test-env bench chaos fuzz
+.PHONY: all test tools crds chart-docs docs krew lint demo test-env bench chaos fuzz
 
 all: test
 
@@ -34,6 +34,16 @@ crds:
 ## chart-docs: regenerate charts/sluice/README.md from the values.yaml comments
 chart-docs: tools
 	PATH="$$(tools/build.sh path):$$PATH" helm-docs --chart-search-root charts --sort-values-order file
+
+## docs: render docs/architecture.svg from docs/architecture.dot (graphviz)
+docs:
+	dot -Tsvg docs/architecture.dot -o docs/architecture.svg
+
+## krew: package the kubectl plugin for a release into target/krew: its archive and
+## the krew manifest, RELEASE_URL=https://.../download/vX.Y.Z (where the archive goes)
+krew:
+	$(CARGO) build --locked --release --bin sluice
+	tools/krew.sh $(RELEASE_URL) $(CARGO_TARGET_DIR)/krew
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -304,6 +304,7 @@ async fn checkpoint(
             tasks: tasks.clone(),
             outbox: Vec::new(),
             totals: Totals::default(),
+            redrives: Vec::new(),
         };
         checkpoint
             .write(&manifest, &segments)

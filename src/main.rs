@@ -73,6 +73,8 @@ enum Command {
     Tasks(sluice::cli::tasks::TasksArgs),
 
     History(sluice::cli::history::HistoryArgs),
+
+    Redrive(sluice::cli::redrive::RedriveArgs),
 }
 
 #[tokio::main]
@@ -96,6 +98,7 @@ async fn main() -> ExitCode {
         }
         Command::Tasks(args) => exit("tasks", sluice::cli::tasks::run(args).await),
         Command::History(args) => exit("history", sluice::cli::history::run(args).await),
+        Command::Redrive(args) => exit("redrive", sluice::cli::redrive::run(args).await),
     }
 }
 

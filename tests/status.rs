@@ -383,3 +383,123 @@ async fn a_coordinator_that_cannot_use_its_checkpoint_says_why_in_the_status() {
     .await;
     drop(coordinator);
 }
+
+/// Dead letters come back once their cause is fixed: with the sink bucket
+/// gone every task fails for good; once it is back, `kubectl sluice
+/// redrive --failed` queues them again, each record lands once, the
+/// archive records the redrive, and a coordinator restarted afterwards
+/// does not do it again.
+#[tokio::test]
+async fn a_redrive_queues_the_dead_letters_again_once() {
+    let Watched {
+        client,
+        namespace,
+        operator: _operator,
+        ingest,
+    } = watched("redrive").await;
+    let objects: Vec<_> = (0..6)
+        .map(|i| {
+            let lines: String = (0..5)
+                .map(|n| format!("{{\"id\":\"o{i}-{n}\"}}\n"))
+                .collect();
+            (format!("{i:04}.ndjson"), lines.into_bytes())
+        })
+        .collect();
+    ingest.put(objects).await;
+    // The cause: the sink bucket is gone.
+    let sink = ingest.config.sink.bucket.clone();
+    ingest
+        .client
+        .delete_bucket()
+        .bucket(&sink)
+        .send()
+        .await
+        .unwrap();
+
+    let mut coordinator = ingest.coordinator(None, &["--status-interval=100ms"]);
+    let _worker = ingest.worker(coordinator.port, "w1");
+    let status = |client: kube::Client, namespace: String| async move {
+        sources::source(&client, &namespace, "orders").await.status
+    };
+    eventually("every object failed for good", DONE, || async {
+        let status = status(client.clone(), namespace.clone()).await?;
+        let (objects, tasks) = (status.objects?, status.tasks?);
+        (objects.failed == 6 && tasks.pending + tasks.running == 0).then_some(())
+    })
+    .await;
+
+    // Fixed; asked for.
+    ingest
+        .client
+        .create_bucket()
+        .bucket(&sink)
+        .send()
+        .await
+        .unwrap();
+    let kubeconfig = kube_with_crd().kubeconfig().to_str().unwrap().to_owned();
+    let redrive = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "redrive",
+                "orders",
+                "--kubeconfig",
+                &kubeconfig,
+                "-n",
+                &namespace,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let said = succeed(redrive(&["--failed"]));
+    assert!(said.contains("6 objects queued again"), "{said}");
+    let done = eventually("every object ingested after the redrive", DONE, || async {
+        let status = status(client.clone(), namespace.clone()).await?;
+        let objects = status.objects.clone()?;
+        (objects.ingested == 6 && objects.failed == 0).then_some(status)
+    })
+    .await;
+    let ids = ingest.sink_ids().await;
+    assert_eq!(ids.len(), 30, "{ids:?}");
+    assert!(ids.values().all(|count| *count == 1), "{ids:?}");
+    let redriven = done.last_redrive.unwrap();
+    assert_eq!(
+        (redriven.objects, redriven.skipped, redriven.missing),
+        (6, 0, 0)
+    );
+    let recorded = ingest
+        .objects(
+            &ingest.config.archive.bucket,
+            &format!("sluice/redrives/{namespace}.orders/"),
+        )
+        .await;
+    assert_eq!(recorded.len(), 1);
+    assert!(recorded[0].0.ends_with(&format!("{}.json", redriven.id)));
+
+    // Once: a restarted coordinator finds the redrive in its checkpoint;
+    // asking for a key that did not fail changes nothing.
+    coordinator.kill();
+    let restarted = jiff::Timestamp::now();
+    let coordinator = ingest.coordinator(None, &["--status-interval=100ms"]);
+    // Killed before its last checkpoint, it may leave tasks to run again.
+    let _worker = ingest.worker(coordinator.port, "w2");
+    let after = eventually("a status from the restarted coordinator", DONE, || async {
+        let status = status(client.clone(), namespace.clone()).await?;
+        (status.coordinator_heartbeat_time.as_ref()?.0 > restarted).then_some(status)
+    })
+    .await;
+    // Its checkpoint kept the redrive, so it knows it is done.
+    assert_eq!(after.last_redrive.as_ref(), Some(&redriven));
+    let said = succeed(redrive(&["--key", "in/0001.ndjson"]));
+    assert!(
+        said.contains("0 objects queued again") && said.contains("1 not failed for good"),
+        "{said}"
+    );
+    let summary = wait_until_done(&coordinator, 6, DONE).await;
+    assert_eq!(summary.objects.ingested, 6);
+    let ids = ingest.sink_ids().await;
+    assert!(
+        ids.len() == 30 && ids.values().all(|count| *count == 1),
+        "{ids:?}"
+    );
+}

@@ -490,3 +490,51 @@ async fn tasks_finds_the_coordinators_through_the_cluster_and_names_the_unavaila
         "{script}"
     );
 }
+
+/// The krew manifest: `tools/krew.sh` packages the release binary, krew's
+/// own `validate-krew-manifest` accepts the manifest, and krew installs the
+/// plugin from that archive (offline: `--archive`, no index, no upgrade
+/// check) as a `kubectl-sluice` that runs.
+#[test]
+fn krew_installs_the_plugin_from_its_manifest() {
+    let binary = sluice_testenv::image::release_binary("sluice").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let packaged = succeed(
+        Command::new(support::repo().join("tools/krew.sh"))
+            .args(["https://example.invalid/download/v0.1.0"])
+            .arg(out.path())
+            .env("SLUICE_BINARY", &binary)
+            .output()
+            .unwrap(),
+    );
+    let (archive, manifest) = packaged.trim().split_once('\n').unwrap();
+    let text = std::fs::read_to_string(manifest).unwrap();
+    assert!(!text.contains('@'), "a placeholder is left:\n{text}");
+    let tool = |name: &str| sluice_testenv::tools::binary(name).unwrap();
+    let validated = Command::new(tool("validate-krew-manifest"))
+        .args(["-manifest", manifest, "-skip-install"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&validated.stderr).into_owned();
+    assert!(validated.status.success(), "{said}");
+    assert!(said.contains("structural validation OK"), "{said}");
+
+    let root = tempfile::tempdir().unwrap();
+    let installed = Command::new(tool("krew"))
+        .args(["install", "--manifest", manifest, "--archive", archive])
+        .env("KREW_ROOT", root.path())
+        .env("KREW_NO_UPGRADE_CHECK", "1")
+        .output()
+        .unwrap();
+    succeed(installed);
+    let version = succeed(
+        Command::new(root.path().join("bin/kubectl-sluice"))
+            .arg("--version")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        version.trim(),
+        format!("kubectl sluice {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -3,8 +3,8 @@
 # versions pinned in tools/*/go.mod, into a cache outside the repository:
 #   $SLUICE_CACHE/<product>-<version>/   (SLUICE_CACHE defaults to ~/.cache/sluice)
 # The control plane (etcd, kube-apiserver, kube-controller-manager, kubectl),
-# MinIO, helm, helm-docs (the chart's README) and promtool (the chart's
-# alerting rules); and the test node: kubelet, kube-scheduler, kube-proxy,
+# MinIO, helm, helm-docs (the chart's README), promtool (the chart's
+# alerting rules) and krew (the plugin's manifest); and the test node: kubelet, kube-scheduler, kube-proxy,
 # containerd with ctr and the runc shim, runc, the CNI plugins, CoreDNS and
 # the pause binary (from the Kubernetes module's own source). And moto's S3
 # server from PyPI (tools/moto/requirements.txt pins it and its
@@ -24,7 +24,7 @@ cache=${SLUICE_CACHE:-$HOME/.cache/sluice}
 declare -A module=(
 	[etcd]=etcd [kube]=kube [kube-node]=kube [minio]=minio [helm]=helm
 	[containerd]=containerd [runc]=runc [cni]=cni [coredns]=coredns [pause]=kube
-	[moto]=moto [helm-docs]=helm-docs [promtool]=promtool
+	[moto]=moto [helm-docs]=helm-docs [promtool]=promtool [krew]=krew
 )
 # product -> the packages it builds
 declare -A packages=(
@@ -35,12 +35,13 @@ declare -A packages=(
 	[helm]="helm.sh/helm/v3/cmd/helm"
 	[helm-docs]="github.com/norwoodj/helm-docs/cmd/helm-docs"
 	[promtool]="github.com/prometheus/prometheus/cmd/promtool"
+	[krew]="sigs.k8s.io/krew/cmd/krew sigs.k8s.io/krew/cmd/validate-krew-manifest"
 	[containerd]="github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
 	[runc]="github.com/opencontainers/runc"
 	[cni]="github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap"
 	[coredns]="github.com/coredns/coredns"
 )
-order=(etcd kube minio helm helm-docs promtool kube-node containerd runc cni coredns pause moto)
+order=(etcd kube minio helm helm-docs promtool krew kube-node containerd runc cni coredns pause moto)
 
 # The version a tool module pins: the one `require` line of its go.mod (or
 # for moto, its line in requirements.txt).

@@ -6,10 +6,11 @@
 #   iptables             kubelet's host rules (its iptables-nft chains)
 #   ca-certificates      the certificates the sluice image carries
 #   python3-venv         moto's S3 server, in a virtual environment
+#   graphviz             docs/architecture.svg from docs/architecture.dot
 set -euo pipefail
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(gcc libseccomp-dev iproute2 nftables iptables ca-certificates python3-venv)
+[ ${#wanted[@]} -gt 0 ] || wanted=(gcc libseccomp-dev iproute2 nftables iptables ca-certificates python3-venv graphviz)
 
 missing=()
 for package in "${wanted[@]}"; do

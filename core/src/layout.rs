@@ -47,6 +47,12 @@ impl Sink {
     }
 }
 
+/// Where the record of a redrive of dead letters goes:
+/// `<archive prefix>/redrives/<namespace>.<name>/<id>.json`.
+pub fn redrive_record(prefix: Option<&str>, namespace: &str, name: &str, id: &str) -> String {
+    join(prefix, &format!("redrives/{namespace}.{name}/{id}.json"))
+}
+
 /// The directory (ending in `/`) of source `namespace/name`'s checkpoint
 /// under the archive prefix: its manifest and finished-key segments.
 pub fn checkpoint_dir(prefix: Option<&str>, namespace: &str, name: &str) -> String {

@@ -1,6 +1,7 @@
 //! The commands a person runs at a terminal: `sluice tasks` (who is doing
-//! what now, asked of the coordinators) and `sluice history` (what happened
-//! before, read from the archive in S3). Installed as `kubectl-sluice` on
+//! what now, asked of the coordinators), `sluice history` (what happened
+//! before, read from the archive in S3) and `sluice redrive` (dead letters
+//! queued again). Installed as `kubectl-sluice` on
 //! the PATH, the same binary is the kubectl plugin `kubectl sluice`; as
 //! `kubectl_complete-sluice`, it completes `kubectl sluice <TAB>`.
 
@@ -8,6 +9,7 @@ pub mod cluster;
 pub mod complete;
 pub mod history;
 pub mod output;
+pub mod redrive;
 pub mod tasks;
 
 /// The name the binary answers to when kubectl runs it as a plugin.

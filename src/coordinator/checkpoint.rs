@@ -60,6 +60,9 @@ pub struct Manifest {
     /// Archive batches that may not have been written yet.
     pub outbox: Vec<Batch>,
     pub totals: Totals,
+    /// The latest redrives done, so that none is done twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redrives: Vec<crate::crd::Redriven>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,9 @@
 //! leases them to workers ([`tasks`], served by [`http`]), remembers the
 //! finished keys compactly ([`keys`]), and every few seconds writes its
 //! checkpoint ([`checkpoint`]) and archives the tasks that ended
-//! ([`sluice_core::archive`]).
+//! ([`sluice_core::archive`]). It publishes its counts into the
+//! IngestSource's status ([`publish`]) and queues dead letters again when
+//! asked ([`redrive`]).
 
 pub mod archiver;
 pub mod checkpoint;
@@ -13,6 +15,7 @@ pub mod http;
 pub mod listing;
 pub mod metrics;
 pub mod publish;
+pub mod redrive;
 pub mod tasks;
 
 use std::collections::HashMap;
@@ -173,7 +176,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         tasks = manifest.tasks.len(),
         "claimed the checkpoint"
     );
-    let tasks = Tasks::new(
+    let mut tasks = Tasks::new(
         config.id.clone(),
         Sink {
             prefix: config.sink.prefix.clone(),
@@ -190,6 +193,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
         manifest.tasks,
         manifest.totals,
     );
+    tasks.restore_redrives(manifest.redrives);
     let shared = Shared::new(
         tasks,
         token,
@@ -204,7 +208,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
 
     tokio::spawn(listing::run(
         shared.clone(),
-        source_client,
+        source_client.clone(),
         config.source.clone(),
         args.max_live_objects,
     ));
@@ -212,11 +216,23 @@ pub async fn run(args: CoordinatorArgs) -> Result<(), Error> {
     if let Some(client) = kube {
         tokio::spawn(publish::run(
             shared.clone(),
-            client,
+            client.clone(),
             config.id.namespace.clone(),
             config.id.name.clone(),
             args.status_interval,
             args.heartbeat_interval,
+        ));
+        let stores = redrive::Stores {
+            source: source_client,
+            source_location: config.source.s3.clone(),
+            archive: archive_client.clone(),
+            archive_location: config.archive.clone(),
+        };
+        tokio::spawn(redrive::run(
+            shared.clone(),
+            client,
+            config.id.clone(),
+            stores,
         ));
     }
     let appender = Appender::new(
@@ -401,6 +417,7 @@ impl Committer {
                 tasks: std::mem::take(&mut snapshot.tasks),
                 outbox: self.outbox.clone(),
                 totals: tasks.totals().clone(),
+                redrives: tasks.redrives(),
             };
             (manifest, snapshot, segments)
         };

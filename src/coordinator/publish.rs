@@ -116,11 +116,14 @@ pub async fn run(
         let current = {
             let summary = shared.summary();
             let tasks = shared.tasks();
-            status(
-                &summary,
-                &tasks.running(MAX_ACTIVE_TASKS),
-                &tasks.recent_failures(MAX_RECENT_FAILURES),
-            )
+            IngestSourceStatus {
+                last_redrive: tasks.redrives().pop(),
+                ..status(
+                    &summary,
+                    &tasks.running(MAX_ACTIVE_TASKS),
+                    &tasks.recent_failures(MAX_RECENT_FAILURES),
+                )
+            }
         };
         let now = Instant::now();
         if !due(last.as_ref(), &current, now, heartbeat) {

@@ -6,6 +6,7 @@
 //! copy that a test keeps in sync.
 
 mod names;
+mod redrive;
 mod rules;
 mod status;
 mod template;
@@ -22,6 +23,7 @@ use sluice_core::encoding::{Compression, Format};
 use sluice_core::location::S3Location;
 
 pub use names::Names;
+pub use redrive::{REDRIVE_ANNOTATION, RedriveRequest, Redriven};
 pub use status::{
     ActiveTask, IngestSourceStatus, MAX_ACTIVE_TASKS, MAX_RECENT_FAILURES, Phase, TaskFailure,
     WorkersStatus,

@@ -82,6 +82,11 @@ pub struct IngestSourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint_time: Option<Time>,
 
+    /// The latest redrive of dead letters (`kubectl sluice redrive`): its
+    /// id, when, and how many objects were queued again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_redrive: Option<super::Redriven>,
+
     /// Tasks running now (at most 20; `kubectl sluice tasks` lists all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_ACTIVE_TASKS))]

@@ -31,7 +31,7 @@
 //! that succeeded after all) simply shadows the older entry until a merge
 //! drops it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use fst::MapBuilder;
@@ -155,6 +155,31 @@ impl FinishedKeys {
             return Some(Finished::from_value(value));
         }
         self.segments.iter().rev().find_map(|s| s.get(key))
+    }
+
+    /// Every key whose newest entry says it failed for good, sorted: a
+    /// pass over every segment, for a redrive of all dead letters.
+    pub fn failed_keys(&self) -> Vec<String> {
+        use fst::Streamer;
+        let mut failed = BTreeSet::new();
+        for segment in &self.segments {
+            let mut stream = segment.map().stream();
+            while let Some((key, value)) = stream.next() {
+                if Finished::from_value(value).failed {
+                    failed.insert(String::from_utf8_lossy(key).into_owned());
+                }
+            }
+        }
+        let delta = self.delta.iter();
+        failed.extend(
+            delta
+                .filter(|(_, value)| Finished::from_value(**value).failed)
+                .map(|(key, _)| key.clone()),
+        );
+        failed
+            .into_iter()
+            .filter(|key| self.get(key).is_some_and(|finished| finished.failed))
+            .collect()
     }
 
     /// Records a finished key, shadowing any older entry for it.

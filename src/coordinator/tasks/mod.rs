@@ -29,10 +29,13 @@ use sluice_core::id::{SourceId, TaskId};
 use sluice_core::layout::Sink;
 
 use super::finished::{Finished, FinishedKeys, fingerprint};
+use crate::crd::Redriven;
 
 /// Finished tasks kept for the live API after they were archived, and
 /// split task ids remembered to refuse late reports with the reason.
 const RECENT: usize = 500;
+/// Redrives remembered (in the checkpoint), so that each is done once.
+const REDRIVES_KEPT: usize = 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -194,6 +197,8 @@ pub struct Tasks {
     /// Ids retired by a split, with what became of their objects.
     retired: VecDeque<(TaskId, String)>,
     totals: Totals,
+    /// The latest redrives, newest last.
+    redrives: VecDeque<Redriven>,
 }
 
 impl Tasks {
@@ -222,6 +227,7 @@ impl Tasks {
             recent: VecDeque::new(),
             retired: VecDeque::new(),
             totals,
+            redrives: VecDeque::new(),
         };
         for planned in restored {
             let id = planned.id;
@@ -283,7 +289,70 @@ impl Tasks {
             })
             .collect();
         self.totals.objects_discovered += new.len() as u64;
-        let groups = pack(new, self.limits.max_objects, self.limits.max_bytes);
+        self.plan_tasks(new, now)
+    }
+
+    /// Queues again, for redrive `id`, those of `objects` that still
+    /// failed for good and are in no live task: new tasks, fresh attempts.
+    /// The others count as `skipped`, beside those the caller found so;
+    /// `missing` are keys no longer in the source. Remembers the redrive,
+    /// so it is done once.
+    pub fn requeue(
+        &mut self,
+        id: &str,
+        objects: Vec<Listed>,
+        skipped: u64,
+        missing: u64,
+        now: Timestamp,
+    ) -> Redriven {
+        let asked = objects.len() as u64;
+        let failed: Vec<Listed> = objects
+            .into_iter()
+            .filter(|listed| {
+                let key = &listed.object.key;
+                !self.by_key.contains_key(key)
+                    && self
+                        .finished
+                        .get(key)
+                        .is_some_and(|finished| finished.failed)
+            })
+            .collect();
+        let objects = failed.len() as u64;
+        // No longer dead letters: they count again once they end.
+        self.totals.objects_failed = self.totals.objects_failed.saturating_sub(objects);
+        self.plan_tasks(failed, now);
+        let done = Redriven {
+            id: id.to_owned(),
+            time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+            objects,
+            skipped: skipped + (asked - objects),
+            missing,
+        };
+        if self.redrives.len() == REDRIVES_KEPT {
+            self.redrives.pop_front();
+        }
+        self.redrives.push_back(done.clone());
+        done
+    }
+
+    /// Whether redrive `id` was done.
+    pub fn redriven(&self, id: &str) -> bool {
+        self.redrives.iter().any(|done| done.id == id)
+    }
+
+    /// The redrives remembered, oldest first: what the checkpoint keeps.
+    pub fn redrives(&self) -> Vec<Redriven> {
+        self.redrives.iter().cloned().collect()
+    }
+
+    /// Remembers the redrives a checkpoint kept.
+    pub fn restore_redrives(&mut self, redrives: Vec<Redriven>) {
+        self.redrives = redrives.into_iter().collect();
+    }
+
+    /// Packs `objects` into new tasks; returns how many.
+    fn plan_tasks(&mut self, objects: Vec<Listed>, now: Timestamp) -> usize {
+        let groups = pack(objects, self.limits.max_objects, self.limits.max_bytes);
         let planned = groups.len();
         for group in groups {
             let id = self.next_id();

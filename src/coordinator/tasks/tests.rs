@@ -578,3 +578,46 @@ fn the_summary_counts_tasks_and_the_lag_of_the_oldest_object() {
     assert_eq!(summary.objects.discovered, 3);
     assert_eq!(summary.epoch, 7);
 }
+
+/// `keys` leased and failed on every attempt, then folded into the finished
+/// keys as failed for good.
+fn dead(keys: &[&str]) -> Tasks {
+    let mut tasks = committed(keys);
+    for attempt in 1..=limits().max_attempts {
+        let now = at(i64::from(attempt));
+        for leased in tasks.lease("w1", 10, now) {
+            tasks
+                .fail(leased.id, failure("w1", attempt, None), now)
+                .unwrap();
+        }
+    }
+    tasks.drain_finished();
+    tasks
+}
+
+#[test]
+fn a_redrive_queues_only_dead_letters_once_in_new_tasks() {
+    let mut tasks = dead(&["a", "b"]);
+    assert_eq!(tasks.finished_keys().failed_keys(), ["a", "b"]);
+    assert_eq!(tasks.totals().objects_failed, 2);
+    // "c" never failed: a redrive leaves it alone.
+    let done = tasks.requeue("r1", vec![listed("a", 10), listed("c", 10)], 0, 1, at(10));
+    assert_eq!((done.objects, done.skipped, done.missing), (1, 1, 1));
+    assert!(tasks.redriven("r1") && !tasks.redriven("r2"));
+    assert_eq!(tasks.totals().objects_failed, 1);
+    let snapshot = tasks.snapshot();
+    let requeued = snapshot.tasks.last().unwrap();
+    assert_eq!((requeued.attempt, keys_of(requeued)), (0, vec!["a"]));
+    // A key queued already is not queued twice.
+    let again = tasks.requeue("r2", vec![listed("a", 10)], 0, 0, at(11));
+    assert_eq!((again.objects, again.skipped), (0, 1));
+
+    // What a checkpoint keeps tells a new table what was done.
+    let mut restored = table();
+    restored.restore_redrives(tasks.redrives());
+    assert!(restored.redriven("r1") && restored.redriven("r2"));
+}
+
+fn keys_of(planned: &Planned) -> Vec<&str> {
+    planned.objects.iter().map(|o| o.key.as_str()).collect()
+}
