@@ -11,7 +11,14 @@
 pub mod decode;
 pub mod output;
 
-use std::collections::HashMap;
+/// A task's objects fetched ahead of the one being decoded: at most this
+/// many GETs at once ...
+const FETCH_AHEAD: usize = 8;
+/// ... and this many bytes of objects fetched and not yet decoded (an
+/// object larger than this is fetched alone).
+const FETCH_AHEAD_BYTES: u64 = 16 << 20;
+
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,11 +32,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use sluice_core::api::{
     Completion, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
-    LeasedTask, Progress,
+    LeasedTask, ObjectRef, Progress,
 };
 use sluice_core::id::TaskId;
 use sluice_core::sync::lock;
@@ -393,36 +402,28 @@ impl Worker {
         };
         let mut total_records = 0;
         let mut bytes_read = 0;
+        // The GETs of the next objects run while one is decoded, at most
+        // FETCH_AHEAD of them and FETCH_AHEAD_BYTES of objects (a larger
+        // one alone); dropped (a failed task) they are aborted.
+        let mut fetches = VecDeque::new();
+        let (mut started, mut bytes_ahead) = (0, 0);
         for object in &task.objects {
-            let response = self
-                .source
-                .get_object()
-                .bucket(&self.config.source.s3.bucket)
-                .key(&object.key)
-                .if_match(&object.etag)
-                .send()
-                .await
-                .map_err(|err| {
-                    if matches!(s3::status(&err), Some(404 | 412)) {
-                        return Failed::Object {
-                            key: object.key.clone(),
-                            error: format!(
-                                "s3 object {:?} was changed or deleted after it was listed",
-                                object.key
-                            ),
-                        };
-                    }
-                    let error = format!(
-                        "cannot read s3 object {:?}: {}",
-                        object.key,
-                        s3::describe(&err)
-                    );
-                    if s3::unavailable(&err) {
-                        Failed::Unavailable(error)
-                    } else {
-                        Failed::Attempt(error)
-                    }
-                })?;
+            while let Some(next) = task.objects.get(started)
+                && fetches.len() < FETCH_AHEAD
+                && (fetches.is_empty() || bytes_ahead + next.size <= FETCH_AHEAD_BYTES)
+            {
+                bytes_ahead += next.size;
+                fetches.push_back(AbortOnDropHandle::new(tokio::spawn(
+                    self.fetch(next.clone()),
+                )));
+                started += 1;
+            }
+            let fetch = fetches
+                .pop_front()
+                .expect("the next object's GET started above");
+            let response = fetch.await.map_err(|err| {
+                Failed::Attempt(format!("reading s3 object {:?} stopped: {err}", object.key))
+            })??;
             let reader = Counted {
                 inner: tokio_util::io::SyncIoBridge::new(response.body.into_async_read()),
                 bytes: bytes.clone(),
@@ -461,6 +462,7 @@ impl Worker {
             .await
             .map_err(|err| Failed::Attempt(format!("decoding {:?} stopped: {err}", object.key)))?;
             encoder = returned;
+            bytes_ahead -= object.size;
             match decoded {
                 Ok(decoded) => {
                     total_records += decoded.records;
@@ -505,6 +507,43 @@ impl Worker {
                 Vec::new()
             },
         })
+    }
+
+    /// The GET of `object`, on condition that it still has the ETag it was
+    /// listed with; runs on its own once spawned.
+    fn fetch(
+        &self,
+        object: ObjectRef,
+    ) -> impl Future<Output = Result<GetObjectOutput, Failed>> + Send + 'static {
+        let request = self
+            .source
+            .get_object()
+            .bucket(&self.config.source.s3.bucket)
+            .key(&object.key)
+            .if_match(&object.etag);
+        async move {
+            request.send().await.map_err(|err| {
+                if matches!(s3::status(&err), Some(404 | 412)) {
+                    return Failed::Object {
+                        error: format!(
+                            "s3 object {:?} was changed or deleted after it was listed",
+                            object.key
+                        ),
+                        key: object.key,
+                    };
+                }
+                let error = format!(
+                    "cannot read s3 object {:?}: {}",
+                    object.key,
+                    s3::describe(&err)
+                );
+                if s3::unavailable(&err) {
+                    Failed::Unavailable(error)
+                } else {
+                    Failed::Attempt(error)
+                }
+            })
+        }
     }
 
     /// Whether this worker still holds `attempt` of task `id`, asked right
