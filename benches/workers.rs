@@ -583,10 +583,12 @@ async fn main() {
          written at zstd level 1, which compresses these records about twice as fast for an \
          output 1.5 % larger. Before, on 2026-11-24 (one run, a busy machine): 40 × 64 MiB \
          in 27.37 s, 98 MB/s, against 1,010 MB/s for the plain GET (0.10×) and 224 MB/s for \
-         rclone (0.44×). Small objects are not changed yet: a worker GETs a task's objects \
-         one after another, so 4 tasks keep 4 GETs in flight against the plain download's \
-         32; a first single run had sluice at 1.03× of the plain GET, this run's median is \
-         the table's. Fetching a task's small objects ahead of the decoder is the next step.\n\n\
+         rclone (0.44×). Small objects: a worker fetches a task's next objects while it \
+         decodes one (at most 8 GETs and 16 MiB ahead), so 4 tasks keep up to 32 GETs in \
+         flight, as the plain download does. That took sluice from 0.60× of the plain GET \
+         (2026-11-24, GETs one after another) to 0.73× (2026-12-03), each ratio measured \
+         within its own run; what remains between it and the plain GET is not profiled \
+         yet.\n\n\
          Why large objects stay far from the plain GET: the plain download only moves \
          bytes, while a worker decompresses, validates every record, adds its `_sluice` \
          metadata (about 1.7× the bytes), compresses and uploads it, on the same 2 cores \
