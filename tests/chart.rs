@@ -457,6 +457,22 @@ fn name_overrides_rename_everything_consistently() {
     }
 }
 
+/// With tokenKey.existingSecret the chart makes no key of its own (a
+/// render without a cluster would make a new one each time) and mounts the
+/// named Secret.
+#[test]
+fn an_existing_token_key_secret_replaces_the_charts() {
+    let objects = render("ops", "tokenKey: {existingSecret: managed-key}\n").unwrap();
+    assert!(
+        !objects.iter().any(|object| object["kind"] == "Secret"),
+        "{:?}",
+        inventory(&objects)
+    );
+    let deployment = find(&objects, "Deployment", "ops", "sluice");
+    let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(volumes[0]["secret"]["secretName"], "managed-key");
+}
+
 #[test]
 fn bad_values_are_refused_naming_the_value() {
     let cases = [

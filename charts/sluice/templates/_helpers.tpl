@@ -37,6 +37,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
+{{/* The Secret holding the coordinators' token key (its key `key`). */}}
+{{- define "sluice.tokenKeySecret" -}}
+{{- .Values.tokenKey.existingSecret | default (printf "%s-token-key" (include "sluice.fullname" .)) -}}
+{{- end -}}
+
 {{- define "sluice.serviceAccountName" -}}
 {{- default (include "sluice.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
