@@ -42,6 +42,16 @@ fn ids(tasks: &[TaskView]) -> Vec<String> {
     ids
 }
 
+/// Leases one task of `coordinator` to `worker` through the task API: its
+/// id, or None while none is leasable.
+fn lease_one(coordinator: &Part, worker: &str) -> Option<String> {
+    let body = json!({"worker": worker, "max": 1}).to_string();
+    let (status, body) = coordinator.request("POST", "/v1/lease", Some(TOKEN), &body);
+    assert_eq!(status, 200, "{body}");
+    let leased: Value = serde_json::from_str(&body).unwrap();
+    leased["tasks"][0]["id"].as_str().map(str::to_owned)
+}
+
 /// A coordinator with `objects` one-object tasks planned and nothing
 /// running.
 async fn coordinator(
@@ -75,15 +85,7 @@ async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
     let (_clicks, mut clicks) = coordinator("clicks", "globex", "clicks", 2).await;
     // A task is leased only once the checkpoint naming it is written.
     let leased_id = eventually("a task to lease", SETTLE, || async {
-        let (status, body) = orders.request(
-            "POST",
-            "/v1/lease",
-            Some(TOKEN),
-            r#"{"worker":"w-1","max":1}"#,
-        );
-        assert_eq!(status, 200, "{body}");
-        let leased: Value = serde_json::from_str(&body).unwrap();
-        leased["tasks"][0]["id"].as_str().map(str::to_owned)
+        lease_one(&orders, "w-1")
     })
     .await;
 
@@ -259,17 +261,9 @@ async fn tasks_lists_what_the_coordinators_hold_with_each_filter() {
     let mut first: Vec<String> = (0..3).map(|_| next()).collect();
     first.sort();
     assert_eq!(first, expected);
-    let (status, body) = orders.request(
-        "POST",
-        "/v1/lease",
-        Some(TOKEN),
-        r#"{"worker":"w-2","max":1}"#,
-    );
-    assert_eq!(status, 200, "{body}");
-    let leased: Value = serde_json::from_str(&body).unwrap();
     let changed = format!(
         "task/shop/orders/{}",
-        leased["tasks"][0]["id"].as_str().unwrap()
+        lease_one(&orders, "w-2").expect("a pending task to lease")
     );
     assert_eq!(next(), changed, "the leased task, printed again");
     assert!(

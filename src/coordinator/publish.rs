@@ -117,7 +117,7 @@ pub async fn run(
             let summary = shared.summary();
             let tasks = shared.tasks();
             IngestSourceStatus {
-                last_redrive: tasks.redrives().pop(),
+                last_redrive: tasks.last_redrive().cloned(),
                 ..status(
                     &summary,
                     &tasks.running(MAX_ACTIVE_TASKS),

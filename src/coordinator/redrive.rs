@@ -24,7 +24,7 @@ use sluice_core::location::S3Location;
 
 use super::Shared;
 use super::tasks::Listed;
-use crate::crd::{IngestSource, REDRIVE_ANNOTATION, RedriveRequest};
+use crate::crd::{IngestSource, REDRIVE_ANNOTATION, RedriveRequest, Redriven};
 use crate::s3;
 
 /// How often the IngestSource is read for a new request.
@@ -72,16 +72,19 @@ pub async fn run(shared: Arc<Shared>, client: kube::Client, id: SourceId, stores
             continue;
         }
         match redrive(&shared, &request, &stores).await {
-            Ok(()) => {
-                record(&shared, &id, &request.id, &stores).await;
-            }
+            Ok(done) => record(&id, &done, &stores).await,
             Err(err) => warn!(id = request.id, error = %err, "cannot redrive yet; retrying"),
         }
     }
 }
 
-/// Looks the request's dead letters up in the source and queues them.
-async fn redrive(shared: &Shared, request: &RedriveRequest, stores: &Stores) -> Result<(), String> {
+/// Looks the request's dead letters up in the source and queues them;
+/// returns what it did.
+async fn redrive(
+    shared: &Shared,
+    request: &RedriveRequest,
+    stores: &Stores,
+) -> Result<Redriven, String> {
     let (keys, skipped) = {
         let tasks = shared.tasks();
         let finished = tasks.finished_keys();
@@ -122,7 +125,7 @@ async fn redrive(shared: &Shared, request: &RedriveRequest, stores: &Stores) -> 
         missing = done.missing,
         "redrove dead letters"
     );
-    Ok(())
+    Ok(done)
 }
 
 /// The object `key` as it is now, None when it is gone.
@@ -154,25 +157,16 @@ async fn look_up(
     }
 }
 
-/// Writes what redrive `id` did to the archive, for `kubectl sluice
-/// history`'s readers and auditors; a failure is logged, the redrive
-/// stands.
-async fn record(shared: &Shared, source: &SourceId, id: &str, stores: &Stores) {
-    let Some(done) = shared
-        .tasks()
-        .redrives()
-        .into_iter()
-        .find(|done| done.id == id)
-    else {
-        return;
-    };
+/// Writes what a redrive did (`done`) to the archive, for auditors and
+/// readers of the archive; a failure is logged, the redrive stands.
+async fn record(source: &SourceId, done: &Redriven, stores: &Stores) {
     let key = layout::redrive_record(
         stores.archive_location.prefix.as_deref(),
         &source.namespace,
         &source.name,
-        id,
+        &done.id,
     );
-    let body = serde_json::to_vec(&done).expect("a redrive serializes");
+    let body = serde_json::to_vec(done).expect("a redrive serializes");
     let written = stores
         .archive
         .put_object()

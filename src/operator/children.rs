@@ -784,6 +784,11 @@ mod tests {
         source
     }
 
+    fn workers_template(source: &mut IngestSource) -> &mut ComponentTemplate {
+        let template = source.spec.template.as_mut().unwrap();
+        template.workers.as_mut().unwrap()
+    }
+
     #[test]
     fn the_template_reaches_the_pods_and_service_accounts() {
         let source = templated();
@@ -863,14 +868,7 @@ mod tests {
     #[test]
     fn the_template_cannot_loosen_security_or_move_the_pods_selector() {
         let mut source = templated();
-        let workers = source
-            .spec
-            .template
-            .as_mut()
-            .unwrap()
-            .workers
-            .as_mut()
-            .unwrap();
+        let workers = workers_template(&mut source);
         let metadata = workers.pod.as_mut().unwrap().metadata.as_mut().unwrap();
         metadata
             .labels
@@ -919,17 +917,7 @@ mod tests {
     #[test]
     fn a_templates_rust_log_replaces_the_operators_and_nothing_else_doubles() {
         let mut source = templated();
-        let container = source
-            .spec
-            .template
-            .as_mut()
-            .unwrap()
-            .workers
-            .as_mut()
-            .unwrap()
-            .container
-            .as_mut()
-            .unwrap();
+        let container = workers_template(&mut source).container.as_mut().unwrap();
         container.env.push(EnvVar {
             name: "RUST_LOG".into(),
             value: Some("debug".into()),

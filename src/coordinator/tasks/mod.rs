@@ -340,6 +340,11 @@ impl Tasks {
         self.redrives.iter().any(|done| done.id == id)
     }
 
+    /// The latest redrive, for the status.
+    pub fn last_redrive(&self) -> Option<&Redriven> {
+        self.redrives.back()
+    }
+
     /// The redrives remembered, oldest first: what the checkpoint keeps.
     pub fn redrives(&self) -> Vec<Redriven> {
         self.redrives.iter().cloned().collect()
