@@ -237,7 +237,7 @@ async fn write_day(client: &aws_sdk_s3::Client, bucket: &str, end: Timestamp) ->
                     .unwrap_or_else(|unwritten| panic!("{}", unwritten.reason));
                 assert_eq!(object.lines.len(), lines.len());
                 (
-                    archive::compress(&object.lines).len() as u64,
+                    archive::compress(&object.lines).0.len() as u64,
                     lines.len() as u64,
                 )
             })
@@ -603,7 +603,7 @@ async fn main() {
          `dt`/`hour`/`account`/`collection` partitions pruned by the WHERE clause) and \
          `read_csv` of whole lines filtered with `contains` (the grep), {RUNS} runs each in \
          one Python process, a new connection per run. It reads our objects as they are: \
-         zstd readers skip the skippable frame that holds the index, and it finds the same \
+         it finds the same \
          tasks (checked). It reads them from a local copy, not from S3: its S3 support \
          (httpfs) is an extension downloaded at run time, which this machine cannot do, so \
          DuckDB is spared the S3 requests sluice pays (an advantage for it). \

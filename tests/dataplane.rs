@@ -975,7 +975,7 @@ async fn an_archive_object_is_appended_to_without_losing_or_repeating_a_record()
     let minio = support::minio();
     let bucket = minio.bucket("archive").await.unwrap();
     let client = minio.client().await;
-    let key = "sluice/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/shop.orders/0000000001-00000001.ndjson.zst";
+    let key = "sluice/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/source=shop%2Forders/0000000001-00000001.ndjson.zst";
     let batch = |ids: &[&str]| Batch {
         key: key.into(),
         records: ids.iter().map(|id| archived(id)).collect(),
@@ -1026,6 +1026,24 @@ async fn an_archive_object_is_appended_to_without_losing_or_repeating_a_record()
         .await
         .unwrap_or_else(|u| panic!("{}", u.reason));
     assert_eq!(held().await, ["1-1", "1-2", "1-3", "1-4", "1-5"]);
+
+    // The index of its frames is in its metadata, and fits its bytes.
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    let index: sluice_core::archive::Index =
+        head.metadata().unwrap()["sluice-frames"].parse().unwrap();
+    let records: u64 = index.frames.iter().map(|frame| frame.records).sum();
+    let bytes: u64 = index.frames.iter().map(|frame| frame.bytes).sum();
+    assert_eq!(
+        (records, bytes),
+        (5, head.content_length().unwrap() as u64),
+        "{index}"
+    );
 }
 
 /// Bytes in a GiB, the size of the largest bad and good objects.

@@ -619,7 +619,7 @@ async fn a_damaged_object_is_named_and_the_rest_still_print() {
     let hour =
         sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
     let key = format!(
-        "{PREFIX}/tasks/{hour}/account=acme/collection=orders/shop.orders/0000000009-00000001.ndjson.zst"
+        "{PREFIX}/tasks/{hour}/account=acme/collection=orders/source=shop%2Forders/0000000009-00000001.ndjson.zst"
     );
     minio()
         .client()
@@ -655,7 +655,7 @@ async fn crafted_objects_are_read_safely_or_named() {
         sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
     let key = |seq: u32| {
         format!(
-            "{PREFIX}/tasks/{hour}/account=acme/collection=orders/shop.orders/0000000009-{seq:08}.ndjson.zst"
+            "{PREFIX}/tasks/{hour}/account=acme/collection=orders/source=shop%2Forders/0000000009-{seq:08}.ndjson.zst"
         )
     };
     // A failed task's record under an index whose first frame claims
@@ -666,8 +666,7 @@ async fn crafted_objects_are_read_safely_or_named() {
     failed.error = Some("crafted".into());
     let mut lines = Vec::new();
     sluice_core::archive::encode_lines(std::slice::from_ref(&failed), &mut lines);
-    let honest = sluice_core::archive::compress(&lines);
-    let (mut index, start) = sluice_core::archive::index(&honest).unwrap();
+    let (honest, mut index) = sluice_core::archive::compress(&lines);
     index.frames.insert(
         0,
         sluice_core::archive::Frame {
@@ -676,19 +675,15 @@ async fn crafted_objects_are_read_safely_or_named() {
             bytes: u64::MAX - 5,
         },
     );
-    let json = serde_json::to_vec(&index).unwrap();
-    let mut wrapping = honest[..4].to_vec();
-    wrapping.extend((json.len() as u32).to_le_bytes());
-    wrapping.extend(json);
-    wrapping.extend(&honest[start..]);
     // 65 MiB of zeros in a few KiB.
     let bomb = zstd::bulk::compress(&vec![0u8; 65 << 20], 19).unwrap();
     let client = minio().client().await;
-    for (seq, body) in [(1, wrapping), (2, bomb)] {
+    for (seq, body) in [(1, honest), (2, bomb)] {
         client
             .put_object()
             .bucket(&archive.bucket)
             .key(key(seq))
+            .metadata(sluice_core::archive::INDEX_METADATA, index.to_string())
             .body(body.into())
             .send()
             .await
@@ -718,6 +713,74 @@ async fn crafted_objects_are_read_safely_or_named() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Archives written before the source partition (the source directory
+/// `NAMESPACE.NAME`, the index in a skippable frame at the start of each
+/// object) still read, beside the new layout: whole, and by state through
+/// their index.
+#[tokio::test]
+async fn objects_of_the_legacy_layout_still_read() {
+    let archive = generate(&[("acme", "orders", "shop", "orders")], 6).await;
+    let hour =
+        sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
+    let key = format!(
+        "{PREFIX}/tasks/{hour}/account=acme/collection=orders/shop.orders/0000000009-00000001.ndjson.zst"
+    );
+    let mut old = [archive.records[0].clone(), archive.records[0].clone()];
+    for (seq, (record, state)) in old
+        .iter_mut()
+        .zip([TaskState::Failed, TaskState::Succeeded])
+        .enumerate()
+    {
+        record.id = TaskId {
+            epoch: 9,
+            seq: seq as u64 + 1,
+        };
+        record.state = state;
+    }
+    // The legacy layout: the index as JSON in a skippable frame, then
+    // one frame per state, failed first.
+    let frames: Vec<Vec<u8>> = old
+        .iter()
+        .map(|record| {
+            let mut lines = Vec::new();
+            sluice_core::archive::encode_lines(std::slice::from_ref(record), &mut lines);
+            zstd::bulk::compress(&lines, 3).unwrap()
+        })
+        .collect();
+    let index = json!({"frames": [
+        {"state": "failed", "records": 1, "bytes": frames[0].len()},
+        {"state": "succeeded", "records": 1, "bytes": frames[1].len()},
+    ]})
+    .to_string();
+    let mut body = 0x184D_2A50u32.to_le_bytes().to_vec();
+    body.extend((index.len() as u32).to_le_bytes());
+    body.extend(index.as_bytes());
+    body.extend(frames.concat());
+    minio()
+        .client()
+        .await
+        .put_object()
+        .bucket(&archive.bucket)
+        .key(&key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+
+    let all = query(&archive, &["--source=shop/orders"]);
+    assert_eq!(all.len(), 8, "six new and two old: {:?}", names(&all));
+    let failed = query(&archive, &["--source=shop/orders", "--state=failed"]);
+    let wanted = archive
+        .records
+        .iter()
+        .filter(|r| r.state == TaskState::Failed)
+        .chain(&old[..1]);
+    let (mut failed, mut wanted) = (names(&failed), names(wanted));
+    failed.sort();
+    wanted.sort();
+    assert_eq!(failed, wanted);
 }
 
 /// A kubeconfig for `server` that presents `token`.
@@ -1086,4 +1149,156 @@ async fn a_state_filter_fetches_only_that_states_frames_of_large_objects() {
             wanted.len()
         );
     }
+}
+
+/// Runs `sql` (its last statement) in DuckDB with httpfs against MinIO; the
+/// rows.
+fn duckdb(sql: &str) -> Vec<Value> {
+    let credentials = minio().credentials();
+    let endpoint = minio().endpoint();
+    let mut child = Command::new(sluice_testenv::tools::binary("duckdb-python").unwrap())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/duckdb/query.py"))
+        .env("AWS_ACCESS_KEY_ID", credentials.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key)
+        .env("SLUICE_S3_ENDPOINT", endpoint.trim_start_matches("http://"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    let stdout = succeed(child.wait_with_output().unwrap());
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The archive is the portable format the docs promise: the pure-Java zstd
+/// that Trino and Athena read with (aircompressor) reads every object, and
+/// DuckDB over S3 reads the partitions, both giving exactly the records
+/// `sluice history` gives; and the DuckDB query in docs/archive.md, run as
+/// written, finds what the same `sluice history` query finds.
+#[tokio::test]
+async fn aircompressor_and_duckdb_read_the_same_records_as_history() {
+    let archive = shared().await;
+    let history = query(archive, &["--since=3d"]);
+    assert_eq!(history.len(), archive.records.len());
+
+    // Every object, downloaded, through aircompressor.
+    let client = minio().client().await;
+    let objects = client
+        .list_objects_v2()
+        .bucket(&archive.bucket)
+        .prefix(format!("{PREFIX}/tasks/"))
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, object) in objects.contents().iter().enumerate() {
+        let key = object.key().unwrap();
+        assert!(
+            key.contains("/source=shop%2F") || key.contains("/source=lab%2F"),
+            "{key}"
+        );
+        let body = client
+            .get_object()
+            .bucket(&archive.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let path = dir.path().join(format!("{i}.ndjson.zst"));
+        std::fs::write(&path, body.body.collect().await.unwrap().into_bytes()).unwrap();
+        files.push(path);
+    }
+    let java = succeed(
+        Command::new("java")
+            .arg("-cp")
+            .arg(sluice_testenv::tools::binary("aircompressor.jar").unwrap())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/ReadArchive.java"))
+            .args(&files)
+            .output()
+            .unwrap(),
+    );
+    let mut from_java: Vec<TaskRecord> = java
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect();
+    let mut from_history = history.clone();
+    for records in [&mut from_java, &mut from_history] {
+        records.sort_by(|a, b| (&a.source, a.id).cmp(&(&b.source, b.id)));
+    }
+    assert!(
+        from_java == from_history,
+        "aircompressor read other records"
+    );
+
+    // DuckDB over S3, the partitions' columns included.
+    let url = format!("s3://{}/{PREFIX}", archive.bucket);
+    let rows = duckdb(&format!(
+        "SELECT id, account, collection, source, state, worker, records, error \
+         FROM read_json('{url}/tasks/**/*.ndjson.zst', hive_partitioning = true)"
+    ));
+    let as_row = |r: &TaskRecord| {
+        json!({
+            "id": r.id.to_string(), "account": r.account, "collection": r.collection,
+            "source": r.source, "state": r.state.as_str(), "worker": r.worker,
+            "records": r.records, "error": r.error,
+        })
+    };
+    let key = |row: &Value| (row["source"].to_string(), row["id"].to_string());
+    let mut from_duckdb = rows;
+    let mut wanted: Vec<Value> = history.iter().map(as_row).collect();
+    from_duckdb.sort_by_key(key);
+    wanted.sort_by_key(key);
+    assert!(from_duckdb == wanted, "DuckDB read other records");
+
+    // The docs' query, its last statement as written but for the bucket.
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/archive.md"))
+            .unwrap();
+    let snippet = docs
+        .split("**DuckDB**")
+        .nth(1)
+        .and_then(|rest| rest.split("```sql\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/archive.md has a DuckDB query");
+    let select = snippet
+        .rsplit(';')
+        .find(|statement| statement.contains("SELECT"))
+        .unwrap()
+        .replace("s3://BUCKET/PREFIX", &url);
+    let yesterday = Timestamp::now() - SignedDuration::from_hours(24);
+    let since = yesterday.strftime("%Y-%m-%d").to_string();
+    let failed = query(
+        archive,
+        &[
+            "--source=shop/orders",
+            "--state=failed",
+            &format!("--since={since}"),
+        ],
+    );
+    assert!(!failed.is_empty());
+    let mut documented: Vec<String> = duckdb(&select)
+        .iter()
+        .map(|row| {
+            format!(
+                "{}:{}",
+                row["source"].as_str().unwrap(),
+                row["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut wanted = names(&failed);
+    documented.sort();
+    wanted.sort();
+    assert_eq!(documented, wanted, "{select}");
 }

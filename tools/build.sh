@@ -8,8 +8,11 @@
 # containerd with ctr and the runc shim, runc, the CNI plugins, CoreDNS and
 # the pause binary (from the Kubernetes module's own source). And moto's S3
 # server from PyPI (tools/moto/requirements.txt pins it and its
-# dependencies), the store that ignores conditional writes. The Debian
-# packages these need are installed first (tools/packages.sh).
+# dependencies), the store that ignores conditional writes; DuckDB with its
+# httpfs extension from PyPI (tools/duckdb/requirements.txt) and
+# aircompressor from Maven Central (tools/aircompressor/pom.xml), the
+# readers the archive must suit. The Debian packages these need are
+# installed first (tools/packages.sh).
 # A directory that exists is complete (it is renamed into place when built),
 # so later runs and other clones reuse it.
 #
@@ -25,6 +28,7 @@ declare -A module=(
 	[etcd]=etcd [kube]=kube [kube-node]=kube [minio]=minio [helm]=helm
 	[containerd]=containerd [runc]=runc [cni]=cni [coredns]=coredns [pause]=kube
 	[moto]=moto [helm-docs]=helm-docs [promtool]=promtool [krew]=krew
+	[duckdb]=duckdb [aircompressor]=aircompressor
 )
 # product -> the packages it builds
 declare -A packages=(
@@ -41,13 +45,16 @@ declare -A packages=(
 	[cni]="github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap"
 	[coredns]="github.com/coredns/coredns"
 )
-order=(etcd kube minio helm helm-docs promtool krew kube-node containerd runc cni coredns pause moto)
+order=(etcd kube minio helm helm-docs promtool krew kube-node containerd runc cni coredns pause moto duckdb aircompressor)
 
 # The version a tool module pins: the one `require` line of its go.mod (or
-# for moto, its line in requirements.txt).
+# for moto and duckdb, their line in requirements.txt; for aircompressor,
+# its dependency's version in pom.xml).
 version_of() {
 	case $1 in
 	moto) sed -n 's/^moto\[server\]==//p' "$tools_dir/moto/requirements.txt" ;;
+	duckdb) sed -n 's/^duckdb-ext-httpfs==//p' "$tools_dir/duckdb/requirements.txt" ;;
+	aircompressor) sed -n 's|^ *<version>\(.*\)</version>|\1|p' "$tools_dir/aircompressor/pom.xml" | tail -1 ;;
 	*) awk '$1 == "require" { print $3 }' "$tools_dir/${module[$1]}/go.mod" ;;
 	esac
 }
@@ -93,16 +100,26 @@ compile() {
 		strip "$out/pause"
 		return
 	fi
-	if [ "$product" = moto ]; then
+	case $product in
+	moto | duckdb)
 		# A virtual environment runs from wherever it is moved to when its
-		# python is called by path; moto_server is that call.
+		# python is called by path; moto_server and duckdb-python are that
+		# call.
+		local run=duckdb-python module=""
+		[ "$product" = moto ] && run=moto_server module="-m moto.server "
 		/usr/bin/python3 -m venv "$out/venv"
 		"$out/venv/bin/pip" install --quiet --no-cache-dir -r "$dir/requirements.txt"
 		# shellcheck disable=SC2016 # expanded when the script runs
-		printf '#!/bin/sh\nexec "$(dirname "$0")/venv/bin/python" -m moto.server "$@"\n' >"$out/moto_server"
-		chmod 755 "$out/moto_server"
+		printf '#!/bin/sh\nexec "$(dirname "$0")/venv/bin/python" %s"$@"\n' "$module" >"$out/$run"
+		chmod 755 "$out/$run"
 		return
-	fi
+		;;
+	aircompressor)
+		mvn -q -B -Dstyle.color=never -f "$dir/pom.xml" dependency:copy-dependencies \
+			-Dmdep.stripVersion=true -DoutputDirectory="$out"
+		return
+		;;
+	esac
 	# runc needs cgo for its seccomp filter (Debian's libseccomp-dev).
 	if [ "$product" = runc ]; then cgo=1 tags=seccomp; fi
 	# shellcheck disable=SC2086 # the package list is meant to split

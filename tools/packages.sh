@@ -5,12 +5,15 @@
 #   iproute2, nftables   the test node's veth and its traffic guard
 #   iptables             kubelet's host rules (its iptables-nft chains)
 #   ca-certificates      the certificates the sluice image carries
-#   python3-venv         moto's S3 server, in a virtual environment
+#   python3-venv         moto's S3 server and DuckDB, in virtual environments
 #   graphviz             docs/architecture.svg from docs/architecture.dot
+#   openjdk-17-jdk-headless, maven
+#                        aircompressor from Maven Central, and the Java
+#                        program that reads the archive with it
 set -euo pipefail
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(gcc libseccomp-dev iproute2 nftables iptables ca-certificates python3-venv graphviz)
+[ ${#wanted[@]} -gt 0 ] || wanted=(gcc libseccomp-dev iproute2 nftables iptables ca-certificates python3-venv graphviz openjdk-17-jdk-headless maven)
 
 missing=()
 for package in "${wanted[@]}"; do

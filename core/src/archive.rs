@@ -2,15 +2,18 @@
 //! S3 as zstd-compressed NDJSON objects partitioned by time and source:
 //!
 //! ```text
-//! <prefix>/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/<namespace>.<name>/<epoch>-<seq>.ndjson.zst
+//! <prefix>/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/source=<namespace>%2F<name>/<epoch>-<seq>.ndjson.zst
 //! ```
 //!
-//! The `dt=`, `hour=`, `account=` and `collection=` directories are Hive
-//! partitions, so DuckDB, Athena or Spark read the layout directly, for
-//! example
+//! Every directory is a Hive partition, so DuckDB, Athena, Trino or Spark
+//! read the layout directly, for example
 //! `SELECT * FROM read_json('s3://bucket/prefix/tasks/**/*.ndjson.zst', hive_partitioning = true)`,
 //! and a reader that filters by time, account, collection or source reads
-//! only the objects whose key can hold a match ([`ObjectKey`]).
+//! only the objects whose key can hold a match ([`ObjectKey`]). Each
+//! partition holds the value of the record's field of the same name, since
+//! such readers show the partition's value in place of the field's: the
+//! source's `/` is written `%2F`, as Hive escapes it and as they unescape
+//! it.
 //!
 //! Few objects, so that reading a day of them is fast: the coordinator
 //! appends each flush's records to one open object per hour partition,
@@ -21,8 +24,12 @@
 //! writing it again after a crash overwrites it instead of adding a copy.
 //!
 //! Inside an object, records are grouped by state, one zstd frame per
-//! state, after an [`Index`] in a skippable frame: plain zstd readers see
-//! one NDJSON stream, and a reader of the failed tasks only fetches theirs.
+//! state, and the object's metadata holds the [`Index`] of its frames: any
+//! zstd reader sees one NDJSON stream, and a reader of the failed tasks
+//! only fetches theirs. Objects written before (with the source directory
+//! `<namespace>.<name>` and the index in a zstd skippable frame at the
+//! start, which zstd readers in Java refuse) are still read
+//! ([`legacy_index`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -118,11 +125,11 @@ pub fn day_of_partition(directory: &str) -> Option<Timestamp> {
     Some(date.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
 }
 
-/// `account=A/collection=C/NAMESPACE.NAME`: the directory of `source`'s
-/// objects below a time partition.
+/// `account=A/collection=C/source=NAMESPACE%2FNAME`: the directory of
+/// `source`'s objects below a time partition.
 fn source_dir(source: &SourceId) -> String {
     format!(
-        "account={}/collection={}/{}.{}",
+        "account={}/collection={}/source={}%2F{}",
         source.account, source.collection, source.namespace, source.name
     )
 }
@@ -229,14 +236,16 @@ pub fn encode_lines(records: &[TaskRecord], lines: &mut Vec<u8>) {
     }
 }
 
-/// The first frame of an archive object: a zstd skippable frame (which
-/// zstd, DuckDB and other readers pass over) holding the [`Index`] as JSON.
-const INDEX_MAGIC: u32 = 0x184D_2A50;
+/// The user metadata key (`x-amz-meta-sluice-frames`) that holds an
+/// archive object's [`Index`].
+pub const INDEX_METADATA: &str = "sluice-frames";
 
 /// What an archive object holds, frame by frame: its records are grouped
 /// by state, one zstd frame per state, so a reader that wants only the
-/// failed tasks fetches only their frame (a ranged GET).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+/// failed tasks fetches only their frame (a ranged GET). Kept in the
+/// object's metadata as `STATE:RECORDS:BYTES` per frame, comma-separated
+/// (`failed:2:310,succeeded:98:9120`; `unknown` for a frame of mixed state).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Index {
     pub frames: Vec<Frame>,
 }
@@ -269,16 +278,65 @@ impl Index {
     }
 }
 
-/// One zstd frame of an archive object.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// One zstd frame of an archive object (deserialized from the legacy
+/// layout's JSON index).
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     /// The state of every record in it; None when it is not known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub state: Option<TaskState>,
     pub records: u64,
     /// Its compressed length.
     pub bytes: u64,
 }
+
+impl std::fmt::Display for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, frame) in self.frames.iter().enumerate() {
+            let state = frame.state.map_or("unknown", TaskState::as_str);
+            let comma = if i == 0 { "" } else { "," };
+            write!(f, "{comma}{state}:{}:{}", frame.records, frame.bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Index {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let frame = |part: &str| -> Option<Frame> {
+            let mut fields = part.split(':');
+            let state = match fields.next()? {
+                "unknown" => None,
+                state => Some(state.parse().ok()?),
+            };
+            let frame = Frame {
+                state,
+                records: fields.next()?.parse().ok()?,
+                bytes: fields.next()?.parse().ok()?,
+            };
+            fields.next().is_none().then_some(frame)
+        };
+        let frames = text
+            .split(',')
+            .filter(|part| !part.is_empty())
+            .map(|part| frame(part).ok_or_else(|| format!("not a frame: {part:?}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { frames })
+    }
+}
+
+/// The index archive objects held before it moved to their metadata: a
+/// zstd skippable frame at the start, JSON inside.
+#[derive(Deserialize)]
+struct LegacyIndex {
+    frames: Vec<Frame>,
+}
+
+/// The magic number of the skippable frame that opened archive objects
+/// written before their index moved to their metadata.
+const LEGACY_INDEX_MAGIC: u32 = 0x184D_2A50;
 
 /// The state a line's record has, read without parsing it (the writer puts
 /// `"state":"…"` there; a JSON string cannot hold an unescaped quote, so
@@ -293,10 +351,10 @@ fn line_state(line: &[u8]) -> Option<TaskState> {
         .ok()
 }
 
-/// The bytes of an archive object holding the NDJSON `lines`: the
-/// [`Index`], then one frame per state (failed first; each states its
-/// size, so a reader allocates once).
-pub fn compress(lines: &[u8]) -> Vec<u8> {
+/// The bytes of an archive object holding the NDJSON `lines`, one frame per
+/// state (failed first; each states its size, so a reader allocates once),
+/// and their [`Index`], for the object's metadata.
+pub fn compress(lines: &[u8]) -> (Vec<u8>, Index) {
     let mut groups: BTreeMap<std::cmp::Reverse<Option<TaskState>>, (Vec<u8>, u64)> =
         BTreeMap::new();
     for line in lines
@@ -321,26 +379,26 @@ pub fn compress(lines: &[u8]) -> Vec<u8> {
         });
         frames.extend(frame);
     }
-    let json = serde_json::to_vec(&index).expect("an index always serializes");
-    let mut object = Vec::with_capacity(8 + json.len() + frames.len());
-    object.extend(INDEX_MAGIC.to_le_bytes());
-    object.extend((json.len() as u32).to_le_bytes());
-    object.extend(json);
-    object.extend(frames);
-    object
+    (frames, index)
 }
 
-/// The index at the start of an archive object (`head` may be only its
-/// first bytes) and where its first frame starts; None when there is none
-/// or `head` is too short to hold it.
-pub fn index(head: &[u8]) -> Option<(Index, usize)> {
+/// The index at the start of an archive object in the layout written
+/// before the index moved to the metadata (`head` may be only its first
+/// bytes), and where its first frame starts; None when there is none or
+/// `head` is too short to hold it.
+pub fn legacy_index(head: &[u8]) -> Option<(Index, usize)> {
     let magic = u32::from_le_bytes(head.get(..4)?.try_into().ok()?);
     let length = u32::from_le_bytes(head.get(4..8)?.try_into().ok()?) as usize;
-    if magic != INDEX_MAGIC {
+    if magic != LEGACY_INDEX_MAGIC {
         return None;
     }
-    let index = serde_json::from_slice(head.get(8..8 + length)?).ok()?;
-    Some((index, 8 + length))
+    let legacy: LegacyIndex = serde_json::from_slice(head.get(8..8 + length)?).ok()?;
+    Some((
+        Index {
+            frames: legacy.frames,
+        },
+        8 + length,
+    ))
 }
 
 /// The most NDJSON one archive object decompresses to. sluice writes at
@@ -375,7 +433,7 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     };
     let mut lines = Vec::new();
     let mut rest = bytes;
-    if let Some((_, start)) = index(rest) {
+    if let Some((_, start)) = legacy_index(rest) {
         rest = &rest[start..];
     }
     // Frame by frame, each into room of the size it states.
@@ -446,7 +504,8 @@ pub struct ObjectKey<'a> {
 
 impl<'a> ObjectKey<'a> {
     /// Parses a key relative to [`tasks_prefix`]:
-    /// `dt=D/hour=H/account=A/collection=C/NS.NAME/EPOCH-SEQ.ndjson.zst`.
+    /// `dt=D/hour=H/account=A/collection=C/source=NS%2FNAME/EPOCH-SEQ.ndjson.zst`,
+    /// or with the source directory `NS.NAME` of archives written before.
     /// None for anything else.
     pub fn parse(relative: &'a str) -> Option<Self> {
         let parts: Vec<&str> = relative.split('/').collect();
@@ -466,8 +525,14 @@ impl<'a> ObjectKey<'a> {
             .to_zoned(jiff::tz::TimeZone::UTC)
             .ok()?
             .timestamp();
-        // A namespace has no dots; a name may.
-        let (namespace, name) = source.split_once('.')?;
+        // Neither a namespace nor a name has a `%`; a namespace has no dots,
+        // a name may.
+        let (namespace, name) = match source.strip_prefix("source=") {
+            Some(escaped) => escaped
+                .split_once("%2F")
+                .or_else(|| escaped.split_once("%2f"))?,
+            None => source.split_once('.')?,
+        };
         let (epoch, seq) = file.strip_suffix(".ndjson.zst")?.split_once('-')?;
         Some(Self {
             hour,
@@ -489,7 +554,7 @@ mod tests {
     fn encode(records: &[TaskRecord]) -> Vec<u8> {
         let mut lines = Vec::new();
         encode_lines(records, &mut lines);
-        compress(&lines)
+        compress(&lines).0
     }
 
     /// Reads an archive object back.
@@ -655,8 +720,8 @@ mod tests {
         assert_eq!(
             keys(&batches),
             [
-                "archive/tasks/dt=2026-11-24/hour=12/account=acme/collection=orders/shop.orders/0000000003-00000002.ndjson.zst",
-                "archive/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/shop.orders/0000000003-00000001.ndjson.zst",
+                "archive/tasks/dt=2026-11-24/hour=12/account=acme/collection=orders/source=shop%2Forders/0000000003-00000002.ndjson.zst",
+                "archive/tasks/dt=2026-11-24/hour=13/account=acme/collection=orders/source=shop%2Forders/0000000003-00000001.ndjson.zst",
             ]
         );
         assert_eq!(batches[1].records.len(), 2);
@@ -738,27 +803,70 @@ mod tests {
             })
         );
         let dotted = ObjectKey::parse(
-            "dt=2026-11-24/hour=23/account=a/collection=c/shop.orders.v2/0000000001-00000009.ndjson.zst",
+            "dt=2026-11-24/hour=23/account=a/collection=c/source=shop%2Forders.v2/0000000001-00000009.ndjson.zst",
         )
         .unwrap();
         assert_eq!(
             (dotted.hour, dotted.namespace, dotted.name, dotted.seq),
             (at("2026-11-24T23:00:00Z"), "shop", "orders.v2", 9)
         );
-        let good = "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/1-1.ndjson.zst";
-        assert!(ObjectKey::parse(good).is_some());
+        // The source directory of archives written before it was a
+        // partition.
+        let legacy = ObjectKey::parse(
+            "dt=2026-11-24/hour=23/account=a/collection=c/shop.orders.v2/0000000001-00000009.ndjson.zst",
+        );
+        assert_eq!(legacy, Some(dotted));
+        for good in [
+            "dt=2026-11-24/hour=07/account=a/collection=c/source=shop%2Forders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/source=shop%2forders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/1-1.ndjson.zst",
+        ] {
+            assert!(ObjectKey::parse(good).is_some(), "{good}");
+        }
         for bad in [
-            "dt=2026-11-24/hour=24/account=a/collection=c/shop.orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=7/account=a/collection=c/shop.orders/1-1.ndjson.zst",
-            "dt=2026-13-01/hour=07/account=a/collection=c/shop.orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/1-1.json",
+            "dt=2026-11-24/hour=24/account=a/collection=c/source=shop%2Forders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=7/account=a/collection=c/source=shop%2Forders/1-1.ndjson.zst",
+            "dt=2026-13-01/hour=07/account=a/collection=c/source=shop%2Forders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/source=shop%2Forders/1-1.json",
+            "dt=2026-11-24/hour=07/account=a/collection=c/source=shop.orders/1-1.ndjson.zst",
             "dt=2026-11-24/hour=07/account=a/collection=c/orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=07/account=a/collection=c/shop.orders/x-1.ndjson.zst",
-            "dt=2026-11-24/hour=07/a/c/shop.orders/1-1.ndjson.zst",
-            "dt=2026-11-24/hour=07/shop.orders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/account=a/collection=c/source=shop%2Forders/x-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/a/c/source=shop%2Forders/1-1.ndjson.zst",
+            "dt=2026-11-24/hour=07/source=shop%2Forders/1-1.ndjson.zst",
             "checkpoints/shop.orders/manifest.json.zst",
         ] {
             assert_eq!(ObjectKey::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_index_reads_back_from_its_metadata_text() {
+        let index = Index {
+            frames: vec![
+                Frame {
+                    state: Some(TaskState::Failed),
+                    records: 2,
+                    bytes: 310,
+                },
+                Frame {
+                    state: None,
+                    records: 98,
+                    bytes: 9120,
+                },
+            ],
+        };
+        assert_eq!(index.to_string(), "failed:2:310,unknown:98:9120");
+        assert_eq!(index.to_string().parse(), Ok(index));
+        assert_eq!("".parse(), Ok(Index::default()));
+        for bad in [
+            "failed:2",
+            "failed:2:3:4",
+            "done:1:2",
+            "failed:-1:2",
+            "failed:1:x",
+        ] {
+            let err = bad.parse::<Index>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
         }
     }
 
@@ -771,8 +879,9 @@ mod tests {
             records[failed].state = TaskState::Failed;
             records[failed].error = Some("line 3: \"state\":\"succeeded\"".into());
         }
-        let bytes = encode(&records);
-        let (index, start) = super::index(&bytes).unwrap();
+        let mut lines = Vec::new();
+        encode_lines(&records, &mut lines);
+        let (bytes, index) = compress(&lines);
         let states: Vec<_> = index.frames.iter().map(|f| (f.state, f.records)).collect();
         assert_eq!(
             states,
@@ -781,7 +890,7 @@ mod tests {
                 (Some(TaskState::Succeeded), 8)
             ]
         );
-        let failed_frame = &bytes[start..start + index.frames[0].bytes as usize];
+        let failed_frame = &bytes[..index.frames[0].bytes as usize];
         let failed = String::from_utf8(decompress(failed_frame).unwrap()).unwrap();
         assert_eq!(failed.lines().count(), 2);
         assert!(
@@ -790,17 +899,40 @@ mod tests {
                 .all(|l| l.starts_with("{\"id\":\"1-2\"") || l.starts_with("{\"id\":\"1-7\""))
         );
         assert_eq!(
-            start + index.frames.iter().map(|f| f.bytes as usize).sum::<usize>(),
+            index.frames.iter().map(|f| f.bytes as usize).sum::<usize>(),
             bytes.len()
         );
-        // What zstd, DuckDB and other readers do: skip the index, read all.
+        // Nothing but zstd frames: every zstd reader reads them all.
+        assert_eq!(&bytes[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
         let plain = zstd::decode_all(&bytes[..]).unwrap();
         assert_eq!(plain, decompress(&bytes).unwrap());
         let mut all = decode(&bytes).unwrap();
         all.sort_by_key(|r| r.id);
         records.sort_by_key(|r| r.id);
         assert_eq!(all, records);
-        assert_eq!(super::index(&bytes[..start - 1]), None, "cut short");
+    }
+
+    #[test]
+    fn an_object_of_the_legacy_layout_reads_with_its_index_in_a_skippable_frame() {
+        let lines = b"{\"id\":\"1-1\",\"state\":\"failed\"}\n";
+        let frame = zstd::bulk::compress(lines, 3).unwrap();
+        let json = format!(
+            "{{\"frames\":[{{\"state\":\"failed\",\"records\":1,\"bytes\":{}}}]}}",
+            frame.len()
+        );
+        let mut bytes = 0x184D_2A50u32.to_le_bytes().to_vec();
+        bytes.extend((json.len() as u32).to_le_bytes());
+        bytes.extend(json.as_bytes());
+        bytes.extend(&frame);
+        let (index, start) = legacy_index(&bytes).unwrap();
+        assert_eq!(start, 8 + json.len());
+        assert_eq!(
+            index.range_of(TaskState::Failed, start as u64, bytes.len() as u64),
+            Ok(Some(start as u64..bytes.len() as u64))
+        );
+        assert_eq!(decompress(&bytes).unwrap(), lines);
+        assert_eq!(legacy_index(&bytes[..start - 1]), None, "cut short");
+        assert_eq!(legacy_index(&frame), None, "a zstd frame");
     }
 
     #[test]

@@ -63,13 +63,15 @@ pub async fn append(
     for record in fresh {
         archive::encode_lines(std::slice::from_ref(record), &mut object.lines);
     }
+    let (bytes, index) = archive::compress(&object.lines);
     let mut request = client
         .put_object()
         .bucket(bucket)
         .key(&batch.key)
         .content_type("application/x-ndjson")
         .content_encoding("zstd")
-        .body(ByteStream::from(archive::compress(&object.lines)));
+        .metadata(archive::INDEX_METADATA, index.to_string())
+        .body(ByteStream::from(bytes));
     request = match &object.etag {
         Some(etag) => request.if_match(etag),
         None => request.if_none_match("*"),

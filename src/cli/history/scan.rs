@@ -224,8 +224,13 @@ impl Archive {
         Ok(keys)
     }
 
-    /// The bytes of one object, or of the inclusive byte range of it.
-    async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<bytes::Bytes, String> {
+    /// The bytes of one object, or of the inclusive byte range of it, and
+    /// the index in its metadata (None when it has none).
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<(bytes::Bytes, Option<String>), String> {
         let response = self
             .client
             .get_object()
@@ -235,36 +240,45 @@ impl Archive {
             .send()
             .await
             .map_err(|err| reason(&err))?;
+        let index = response
+            .metadata()
+            .and_then(|metadata| metadata.get(archive::INDEX_METADATA))
+            .cloned();
         let body = response
             .body
             .collect()
             .await
             .map_err(|err| format!("the download broke off: {err}"))?;
-        Ok(body.into_bytes())
+        Ok((body.into_bytes(), index))
     }
 
     /// The zstd bytes of `object` that can hold records in `state`: with
-    /// a state, the object's index (in its first bytes) says which frames
-    /// hold it, and only those are fetched.
+    /// a state, the first bytes are read, and the object's index (in the
+    /// metadata that comes with them, or at their start in the legacy
+    /// layout) says which frames hold it; only those are fetched.
     async fn fetch(
         &self,
         object: &Listed,
         state: Option<TaskState>,
     ) -> Result<bytes::Bytes, String> {
+        let whole = || async { Ok(self.get(&object.key, None).await?.0) };
         let Some(state) = state else {
-            return self.get(&object.key, None).await;
+            return whole().await;
         };
-        let head = self
+        let (head, metadata) = self
             .get(
                 &object.key,
                 (object.size > HEAD_BYTES).then_some((0, HEAD_BYTES - 1)),
             )
             .await?;
-        let whole = head.len() as u64 >= object.size;
-        let Some((index, start)) = archive::index(&head) else {
-            return match whole {
+        let index = match metadata {
+            Some(text) => text.parse().ok().map(|index| (index, 0)),
+            None => archive::legacy_index(&head),
+        };
+        let Some((index, start)) = index else {
+            return match head.len() as u64 >= object.size {
                 true => Ok(head),
-                false => self.get(&object.key, None).await,
+                false => whole().await,
             };
         };
         match index.range_of(state, start as u64, object.size) {
@@ -272,13 +286,13 @@ impl Archive {
             Ok(Some(range)) if range.end <= head.len() as u64 => {
                 Ok(head.slice(range.start as usize..range.end as usize))
             }
-            Ok(Some(range)) => {
-                self.get(&object.key, Some((range.start, range.end - 1)))
-                    .await
-            }
+            Ok(Some(range)) => Ok(self
+                .get(&object.key, Some((range.start, range.end - 1)))
+                .await?
+                .0),
             // The index does not fit the object: read it whole, which
             // reads or names what is in it.
-            Err(_) => self.get(&object.key, None).await,
+            Err(_) => whole().await,
         }
     }
 }

@@ -57,22 +57,18 @@ impl Filter {
     }
 
     /// The part of an object's key below its hour partition that every
-    /// match shares: `account=A/collection=C/NS.NAME/` as far as the
-    /// filter fixes it, so a listing asks only for those.
+    /// match shares: `account=A/collection=C/` as far as the filter fixes
+    /// it, so a listing asks only for those.
     pub fn key_prefix(&self) -> String {
-        let mut prefix = String::new();
-        let Some(account) = &self.account else {
-            return prefix;
-        };
-        prefix.push_str(&format!("account={account}/"));
-        let Some(collection) = &self.collection else {
-            return prefix;
-        };
-        prefix.push_str(&format!("collection={collection}/"));
-        if let (Some(namespace), Some(name)) = (&self.namespace, &self.name) {
-            prefix.push_str(&format!("{namespace}.{name}/"));
+        // Not the source's directory: objects of the legacy layout hold it
+        // in another one, and a listing of a collection's hour is one page.
+        match (&self.account, &self.collection) {
+            (None, _) => String::new(),
+            (Some(account), None) => format!("account={account}/"),
+            (Some(account), Some(collection)) => {
+                format!("account={account}/collection={collection}/")
+            }
         }
-        prefix
     }
 
     /// Whether the object with this key can hold a match.

@@ -175,7 +175,8 @@ fn listings_go_as_deep_as_the_filter_fixes_the_path() {
     filter.name = Some("orders".into());
     assert_eq!(
         filter.key_prefix(),
-        "account=acme/collection=orders/shop.orders/"
+        "account=acme/collection=orders/",
+        "both layouts' source directories"
     );
     filter.collection = None;
     assert_eq!(filter.key_prefix(), "account=acme/");
@@ -185,7 +186,7 @@ fn listings_go_as_deep_as_the_filter_fixes_the_path() {
 fn keys_outside_the_filter_are_not_read() {
     let key = |relative: &'static str| ObjectKey::parse(relative).unwrap();
     let object = key(
-        "dt=2026-11-24/hour=12/account=acme/collection=orders/shop.orders/0000000003-00000001.ndjson.zst",
+        "dt=2026-11-24/hour=12/account=acme/collection=orders/source=shop%2Forders/0000000003-00000001.ndjson.zst",
     );
     let now = at(NOW);
     let mut filter = day();
