@@ -147,7 +147,7 @@ async fn three_workers_ingest_every_record_exactly_once_and_archive_every_task()
     let (key, task) = ingest.archive_records().await.swap_remove(0);
     assert!(key.starts_with("sluice/tasks/dt="), "{key}");
     assert!(
-        key.contains("/hour=") && key.contains("/shop.mixed/"),
+        key.contains("/hour=") && key.contains("/source=shop%2Fmixed/"),
         "{key}"
     );
     assert_eq!(
