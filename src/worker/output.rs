@@ -27,7 +27,7 @@ const PARTS_IN_FLIGHT: usize = 4;
 /// (a profile of 64 MiB NDJSON objects: 65 % in zstd at level 3), and on
 /// records readied for indexing level 1 compresses about twice as fast for
 /// an output about 1.5 % larger (BENCHMARKS.md, Workers).
-const ZSTD_LEVEL: i32 = 1;
+pub const ZSTD_LEVEL: i32 = 1;
 
 /// The writing end, used from the blocking thread that decodes: records
 /// go in as NDJSON and come out as compressed parts.
