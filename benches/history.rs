@@ -348,9 +348,6 @@ fn duckdb(
     minio: &MinioEnv,
     queries: &[(&str, String, serde_json::Value)],
 ) -> (BTreeMap<String, (Duration, usize)>, String) {
-    let python =
-        sluice_testenv::tools::binary("duckdb-python").unwrap_or_else(|err| panic!("{err}"));
-    let credentials = minio.credentials();
     let spec = serde_json::json!({
         "runs": RUNS,
         "queries": queries
@@ -359,17 +356,13 @@ fn duckdb(
             .collect::<serde_json::Map<_, _>>(),
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/support/duckdb_history.py");
-    let output = Command::new(&python)
+    let output = minio
+        .duckdb()
+        .unwrap_or_else(|err| panic!("{err}"))
         .arg(&script)
         .arg(spec.to_string())
-        .env("AWS_ACCESS_KEY_ID", &credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &credentials.secret_access_key)
-        .env(
-            "SLUICE_S3_ENDPOINT",
-            minio.endpoint().trim_start_matches("http://"),
-        )
         .output()
-        .unwrap_or_else(|err| panic!("{}: {err}", python.display()));
+        .unwrap_or_else(|err| panic!("DuckDB: {err}"));
     assert!(
         output.status.success(),
         "DuckDB failed: {}",

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::StreamExt;
 use sluice::config::{RuntimeConfig, SourceConfig, TaskLimits};
@@ -163,6 +164,37 @@ async fn put(
     )
 }
 
+/// Streams the body of every key in `bucket` into `each`, `concurrency`
+/// objects at once; the sum of what `each` returns.
+async fn each_object<'a, F, Fut>(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    keys: &'a [String],
+    concurrency: usize,
+    each: F,
+) -> u64
+where
+    F: Fn(&'a str, ByteStream) -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let each = &each;
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            let body = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|err| panic!("get {key}: {err:?}"))
+                .body;
+            each(key, body).await
+        })
+        .buffer_unordered(concurrency)
+        .fold(0, |total, done| async move { total + done })
+        .await
+}
+
 /// The plain download: every key GET, `concurrency` at once, the body read
 /// and dropped. Returns the bytes read.
 async fn download(
@@ -171,25 +203,20 @@ async fn download(
     keys: &[String],
     concurrency: usize,
 ) -> u64 {
-    futures::stream::iter(keys)
-        .map(|key| async move {
-            let mut body = client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap_or_else(|err| panic!("get {key}: {err:?}"))
-                .body;
+    each_object(
+        client,
+        bucket,
+        keys,
+        concurrency,
+        |_, mut body| async move {
             let mut read = 0u64;
             while let Some(chunk) = body.try_next().await.unwrap() {
                 read += chunk.len() as u64;
             }
             read
-        })
-        .buffer_unordered(concurrency)
-        .fold(0, |total, read| async move { total + read })
-        .await
+        },
+    )
+    .await
 }
 
 /// The unavoidable work of an ingest, without sluice: every object
@@ -205,16 +232,12 @@ async fn compress_copy(
 ) -> u64 {
     use aws_sdk_s3::types::CompletedMultipartUpload;
     use sluice::worker::output::{PART_SIZE, ZSTD_LEVEL};
-    futures::stream::iter(keys)
-        .map(|key| async move {
-            let mut body = client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap_or_else(|err| panic!("get {key}: {err:?}"))
-                .body;
+    each_object(
+        client,
+        bucket,
+        keys,
+        concurrency,
+        |key, mut body| async move {
             let out = format!("{to}/{key}.zst");
             let mut upload: Option<String> = None;
             let mut parts = Vec::new();
@@ -280,10 +303,9 @@ async fn compress_copy(
                 }
             }
             written
-        })
-        .buffer_unordered(concurrency)
-        .fold(0, |total, written| async move { total + written })
-        .await
+        },
+    )
+    .await
 }
 
 /// Uploads the part after the `before` already uploaded, of the multipart
@@ -315,35 +337,16 @@ async fn upload_part(
 /// under `from` and writes them back as zstd NDJSON under `to`, one `COPY`
 /// statement. Returns the records it wrote.
 fn duckdb_copy(minio: &MinioEnv, from: &str, to: &str) -> u64 {
-    let credentials = minio.credentials();
     let sql = format!(
         "COPY (SELECT * FROM read_json('s3://{from}/*.ndjson', format = 'newline_delimited')) \
          TO 's3://{to}' (FORMAT json, COMPRESSION zstd, PER_THREAD_OUTPUT true)"
     );
-    let mut child = Command::new(
-        sluice_testenv::tools::binary("duckdb-python").unwrap_or_else(|e| panic!("{e}")),
-    )
-    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/duckdb/query.py"))
-    .env("AWS_ACCESS_KEY_ID", &credentials.access_key_id)
-    .env("AWS_SECRET_ACCESS_KEY", &credentials.secret_access_key)
-    .env(
-        "SLUICE_S3_ENDPOINT",
-        minio.endpoint().trim_start_matches("http://"),
-    )
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), sql.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "DuckDB failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let row: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    row["Count"].as_u64().unwrap_or_else(|| panic!("{row}"))
+    let rows = minio
+        .duckdb_query(&sql)
+        .unwrap_or_else(|err| panic!("{err}"));
+    rows[0]["Count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{rows:?}"))
 }
 
 /// Deletes everything under `prefix` in `bucket`, so a run leaves no

@@ -613,24 +613,41 @@ async fn bad_input_gets_an_error_a_person_understands() {
     );
 }
 
-#[tokio::test]
-async fn a_damaged_object_is_named_and_the_rest_still_print() {
-    let archive = generate(&[("acme", "orders", "shop", "orders")], 6).await;
+/// The key of an object of shop/orders that no coordinator wrote (epoch
+/// 9), number `seq`, in the hour partition of `archive`'s first record,
+/// with the source directory `source_dir` (`source=shop%2Forders`, or the
+/// legacy layout's `shop.orders`).
+fn planted_key(archive: &Archive, source_dir: &str, seq: u32) -> String {
     let hour =
         sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
-    let key = format!(
-        "{PREFIX}/tasks/{hour}/account=acme/collection=orders/source=shop%2Forders/0000000009-00000001.ndjson.zst"
-    );
+    format!(
+        "{PREFIX}/tasks/{hour}/account=acme/collection=orders/{source_dir}/0000000009-{seq:08}.ndjson.zst"
+    )
+}
+
+/// Puts `body` at `key` in `archive`'s bucket, with `index` as its frame
+/// index metadata when given.
+async fn plant(archive: &Archive, key: &str, body: Vec<u8>, index: Option<String>) {
     minio()
         .client()
         .await
         .put_object()
         .bucket(&archive.bucket)
-        .key(&key)
-        .body(b"not zstd".to_vec().into())
+        .key(key)
+        .set_metadata(
+            index.map(|index| [(sluice_core::archive::INDEX_METADATA.to_owned(), index)].into()),
+        )
+        .body(body.into())
         .send()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_object_is_named_and_the_rest_still_print() {
+    let archive = generate(&[("acme", "orders", "shop", "orders")], 6).await;
+    let key = planted_key(&archive, "source=shop%2Forders", 1);
+    plant(&archive, &key, b"not zstd".to_vec(), None).await;
     let mut args = at(&archive);
     args.extend(["-o".into(), "ndjson".into()]);
     let output = sluice(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -651,13 +668,7 @@ async fn a_damaged_object_is_named_and_the_rest_still_print() {
 #[tokio::test]
 async fn crafted_objects_are_read_safely_or_named() {
     let archive = generate(&[("acme", "orders", "shop", "orders")], 6).await;
-    let hour =
-        sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
-    let key = |seq: u32| {
-        format!(
-            "{PREFIX}/tasks/{hour}/account=acme/collection=orders/source=shop%2Forders/0000000009-{seq:08}.ndjson.zst"
-        )
-    };
+    let key = |seq| planted_key(&archive, "source=shop%2Forders", seq);
     // A failed task's record under an index whose first frame claims
     // u64::MAX - 5 bytes: the sum of the lengths wraps around.
     let mut failed = archive.records[0].clone();
@@ -677,17 +688,8 @@ async fn crafted_objects_are_read_safely_or_named() {
     );
     // 65 MiB of zeros in a few KiB.
     let bomb = zstd::bulk::compress(&vec![0u8; 65 << 20], 19).unwrap();
-    let client = minio().client().await;
     for (seq, body) in [(1, honest), (2, bomb)] {
-        client
-            .put_object()
-            .bucket(&archive.bucket)
-            .key(key(seq))
-            .metadata(sluice_core::archive::INDEX_METADATA, index.to_string())
-            .body(body.into())
-            .send()
-            .await
-            .unwrap();
+        plant(&archive, &key(seq), body, Some(index.to_string())).await;
     }
 
     let mut args = at(&archive);
@@ -722,11 +724,6 @@ async fn crafted_objects_are_read_safely_or_named() {
 #[tokio::test]
 async fn objects_of_the_legacy_layout_still_read() {
     let archive = generate(&[("acme", "orders", "shop", "orders")], 6).await;
-    let hour =
-        sluice_core::archive::partition(sluice_core::archive::hour_of(archive.records[0].finished));
-    let key = format!(
-        "{PREFIX}/tasks/{hour}/account=acme/collection=orders/shop.orders/0000000009-00000001.ndjson.zst"
-    );
     let mut old = [archive.records[0].clone(), archive.records[0].clone()];
     for (seq, (record, state)) in old
         .iter_mut()
@@ -758,16 +755,13 @@ async fn objects_of_the_legacy_layout_still_read() {
     body.extend((index.len() as u32).to_le_bytes());
     body.extend(index.as_bytes());
     body.extend(frames.concat());
-    minio()
-        .client()
-        .await
-        .put_object()
-        .bucket(&archive.bucket)
-        .key(&key)
-        .body(body.into())
-        .send()
-        .await
-        .unwrap();
+    plant(
+        &archive,
+        &planted_key(&archive, "shop.orders", 1),
+        body,
+        None,
+    )
+    .await;
 
     let all = query(&archive, &["--source=shop/orders"]);
     assert_eq!(all.len(), 8, "six new and two old: {:?}", names(&all));
@@ -1154,30 +1148,9 @@ async fn a_state_filter_fetches_only_that_states_frames_of_large_objects() {
 /// Runs `sql` (its last statement) in DuckDB with httpfs against MinIO; the
 /// rows.
 fn duckdb(sql: &str) -> Vec<Value> {
-    let credentials = minio().credentials();
-    let endpoint = minio().endpoint();
-    let mut child = Command::new(sluice_testenv::tools::binary("duckdb-python").unwrap())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/duckdb/query.py"))
-        .env("AWS_ACCESS_KEY_ID", credentials.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key)
-        .env("SLUICE_S3_ENDPOINT", endpoint.trim_start_matches("http://"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    let stdout = succeed(child.wait_with_output().unwrap());
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    minio()
+        .duckdb_query(sql)
+        .unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// The archive is the portable format the docs promise: the pure-Java zstd

@@ -89,6 +89,63 @@ impl MinioEnv {
         }
     }
 
+    /// The pinned DuckDB's Python (`tools/build.sh`), with this MinIO's
+    /// endpoint and root credentials in the environment that
+    /// `tools/duckdb/query.py`'s `connect()` reads; the caller adds the
+    /// script.
+    pub fn duckdb(&self) -> Result<Command, Error> {
+        let mut command = Command::new(tools::binary("duckdb-python")?);
+        command
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env(
+                "SLUICE_S3_ENDPOINT",
+                self.endpoint.trim_start_matches("http://"),
+            );
+        Ok(command)
+    }
+
+    /// Runs `sql` in DuckDB against this MinIO (`tools/duckdb/query.py`):
+    /// the rows of its last statement.
+    pub fn duckdb_query(&self, sql: &str) -> Result<Vec<serde_json::Value>, Error> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let io = |source| Error::Io {
+            what: "running DuckDB".into(),
+            source,
+        };
+        let mut child = self
+            .duckdb()?
+            .arg(super::repo().join("tools/duckdb/query.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io)?;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(sql.as_bytes())
+            .map_err(io)?;
+        let output = child.wait_with_output().map_err(io)?;
+        if !output.status.success() {
+            return Err(Error::Command {
+                what: format!("DuckDB ({sql})"),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).map_err(|err| Error::Command {
+                    what: format!("DuckDB ({sql})"),
+                    stderr: format!("not a row: {line}: {err}"),
+                })
+            })
+            .collect()
+    }
+
     /// A Secret `name` with the root credentials, as an IngestSource's
     /// `credentialsSecretRef` names one.
     pub fn credentials_secret(&self, name: &str) -> k8s_openapi::api::core::v1::Secret {
