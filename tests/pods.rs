@@ -168,20 +168,8 @@ async fn ingest_source(
 
 /// The host's view of a pod's first container: its process id, its
 /// `/proc/PID/status` and whether its root is mounted read-only.
-fn container_process(pod: &Pod) -> (String, String, bool) {
-    let id = container_id(pod);
-    let tasks = node()
-        .ctr()
-        .unwrap()
-        .args(["tasks", "ls"])
-        .output()
-        .unwrap();
-    let tasks = String::from_utf8_lossy(&tasks.stdout).into_owned();
-    let pid = tasks
-        .lines()
-        .find(|line| line.starts_with(&id))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("no task {id} in\n{tasks}"));
+fn container_process(pod: &Pod) -> (u32, String, bool) {
+    let pid = node().container_pid(&container_id(pod)).unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     let root_read_only = mounts
@@ -189,7 +177,7 @@ fn container_process(pod: &Pod) -> (String, String, bool) {
         .map(|line| line.split(' ').collect::<Vec<_>>())
         .find(|fields| fields.get(4) == Some(&"/"))
         .is_some_and(|fields| fields[5].split(',').any(|option| option == "ro"));
-    (pid.to_owned(), status, root_read_only)
+    (pid, status, root_read_only)
 }
 
 /// The runtime's id of a pod's first container.

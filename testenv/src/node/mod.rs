@@ -259,6 +259,27 @@ impl Node {
         Ok(command)
     }
 
+    /// The host's process id of a running container's first process, read
+    /// from the file its shim keeps in the container's bundle. Unlike
+    /// `ctr tasks ls`, this answers while containerd restarts (the shims and
+    /// containers live on), which a test on the shared node may be doing.
+    pub fn container_pid(&self, container_id: &str) -> Result<u32, Error> {
+        let path = self
+            .state
+            .join("containerd/state/io.containerd.runtime.v2.task/k8s.io")
+            .join(container_id)
+            .join("init.pid");
+        let what = || format!("reading {}", path.display());
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            what: what(),
+            source,
+        })?;
+        text.trim().parse().map_err(|_| Error::Command {
+            what: what(),
+            stderr: format!("not a process id: {text:?}"),
+        })
+    }
+
     /// Writes `image` and imports it into the node's runtime, where pods
     /// find it without pulling.
     pub fn import(&self, image: &Image) -> Result<(), Error> {
