@@ -230,7 +230,7 @@ async fn the_charts_operator_runs_a_source_in_restricted_pods_that_ingest_everyt
         .unwrap();
     assert_eq!(records, 1000, "the sink holds every record once");
 
-    let log = kubectl(&["-n", &namespace, "logs", "deployment/orders-coordinator"]);
+    let log = container_log(&namespace, "deployment/orders-coordinator").await;
     assert!(log.contains("claimed the checkpoint"), "{log}");
 
     // Inside the coordinator's container: uid 65532, no capabilities, no
@@ -386,20 +386,25 @@ async fn pod_run(
             .then_some(phase)
     })
     .await;
-    // The log is read through the runtime, which another test of this
-    // binary restarts now and then: asked again until it answers.
-    let log = eventually(&format!("the log of pod {name}"), DONE, || async {
+    let log = container_log(namespace, name).await;
+    (phase == "Succeeded", log)
+}
+
+/// `kubectl logs` of `target` (a pod or `deployment/NAME`). The kubelet
+/// reads a log through the runtime, which another test of this binary
+/// restarts now and then: asked again until it answers.
+async fn container_log(namespace: &str, target: &str) -> String {
+    eventually(&format!("the log of {target}"), DONE, || async {
         let output = node()
             .kube()
-            .kubectl_output(&["-n", namespace, "logs", name])
+            .kubectl_output(&["-n", namespace, "logs", target])
             .ok()?;
         output
             .status
             .success()
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     })
-    .await;
-    (phase == "Succeeded", log)
+    .await
 }
 
 /// `sluice tasks` as the user runs it, against the node's API server,

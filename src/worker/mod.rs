@@ -17,6 +17,9 @@ const FETCH_AHEAD: usize = 8;
 /// ... and this many bytes of objects fetched and not yet decoded (an
 /// object larger than this is fetched alone).
 const FETCH_AHEAD_BYTES: u64 = 16 << 20;
+/// An object of up to this size is read into memory as it arrives, and
+/// decoded together with the others of its task that have arrived.
+const WHOLE_OBJECT: u64 = 1 << 20;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -35,11 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
-use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use sluice_core::api::{
     Completion, Failure, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse,
     LeasedTask, ObjectRef, Progress,
 };
+use sluice_core::encoding::{Compression, Format};
 use sluice_core::id::TaskId;
 use sluice_core::sync::lock;
 
@@ -387,7 +390,6 @@ impl Worker {
         bytes: &Arc<AtomicU64>,
         cancel: &CancellationToken,
     ) -> Result<Completion, Failed> {
-        let ingested = Timestamp::now().to_string();
         let (mut encoder, parts) = output::encoder();
         let upload = {
             let sink = self.sink.clone();
@@ -404,10 +406,22 @@ impl Worker {
         let mut bytes_read = 0;
         // The GETs of the next objects run while one is decoded, at most
         // FETCH_AHEAD of them and FETCH_AHEAD_BYTES of objects (a larger
-        // one alone); dropped (a failed task) they are aborted.
+        // one alone); dropped (a failed task) they are aborted. Objects of
+        // up to WHOLE_OBJECT arrive whole, and those that have arrived are
+        // decoded together: a task of many small objects does not pay a
+        // hand-off to a blocking thread per object.
         let mut fetches = VecDeque::new();
-        let (mut started, mut bytes_ahead) = (0, 0);
-        for object in &task.objects {
+        let (mut started, mut done, mut bytes_ahead) = (0, 0, 0);
+        let objects = Arc::new(Objects {
+            task: task.id.to_string(),
+            ingested: Timestamp::now().to_string(),
+            format: self.config.source.format,
+            compression: self.config.source.compression,
+            records: records.clone(),
+            bytes: bytes.clone(),
+            cancel: cancel.clone(),
+        });
+        while done < task.objects.len() {
             while let Some(next) = task.objects.get(started)
                 && fetches.len() < FETCH_AHEAD
                 && (fetches.is_empty() || bytes_ahead + next.size <= FETCH_AHEAD_BYTES)
@@ -418,55 +432,41 @@ impl Worker {
                 )));
                 started += 1;
             }
-            let fetch = fetches
-                .pop_front()
-                .expect("the next object's GET started above");
-            let response = fetch.await.map_err(|err| {
-                Failed::Attempt(format!("reading s3 object {:?} stopped: {err}", object.key))
-            })??;
-            let reader = Counted {
-                inner: tokio_util::io::SyncIoBridge::new(response.body.into_async_read()),
-                bytes: bytes.clone(),
-                cancel: cancel.clone(),
-            };
-            let origin = (
-                object.key.clone(),
-                object.etag.clone(),
-                task.id.to_string(),
-                ingested.clone(),
-            );
-            let (format, compression) = (self.config.source.format, self.config.source.compression);
-            let records = records.clone();
+            // The next object, waited for, and the small ones after it
+            // that have already arrived.
+            let mut batch = Vec::new();
+            while let Some(fetch) = fetches.pop_front() {
+                let object = &task.objects[done + batch.len()];
+                let body = fetch.await.map_err(|err| {
+                    Failed::Attempt(format!("reading s3 object {:?} stopped: {err}", object.key))
+                })??;
+                batch.push((object.clone(), body));
+                match (fetches.front(), task.objects.get(done + batch.len())) {
+                    (Some(next), Some(object))
+                        if object.size <= WHOLE_OBJECT && next.is_finished() => {}
+                    _ => break,
+                }
+            }
+            let decoding = batch.len();
+            let objects = objects.clone();
             let (returned, decoded) = tokio::task::spawn_blocking(move || {
-                let (key, etag, task, ingested) = &origin;
-                let origin = Origin {
-                    key,
-                    etag,
-                    task,
-                    ingested,
-                };
-                let mut out = CountedRecords {
-                    inner: &mut encoder,
-                    records: &records,
-                };
-                let decoded = decode::decode(
-                    reader,
-                    &origin,
-                    format,
-                    compression,
-                    &Limits::default(),
-                    &mut out,
-                );
+                let decoded = objects.decode(batch, &mut encoder);
                 (encoder, decoded)
             })
             .await
-            .map_err(|err| Failed::Attempt(format!("decoding {:?} stopped: {err}", object.key)))?;
+            .map_err(|err| {
+                let key = &task.objects[done].key;
+                Failed::Attempt(format!("decoding {key:?} stopped: {err}"))
+            })?;
             encoder = returned;
-            bytes_ahead -= object.size;
+            for object in &task.objects[done..done + decoding] {
+                bytes_ahead -= object.size;
+            }
+            done += decoding;
             match decoded {
-                Ok(decoded) => {
-                    total_records += decoded.records;
-                    bytes_read += decoded.bytes_in;
+                Ok((records, bytes)) => {
+                    total_records += records;
+                    bytes_read += bytes;
                 }
                 Err(err) => {
                     drop(encoder);
@@ -481,12 +481,11 @@ impl Worker {
         }
         let bytes_written = if total_records == 0 {
             encoder
-                .get_mut()
                 .end_empty()
                 .map_err(|err| Failed::Attempt(format!("finishing the output: {err}")))?;
             0
         } else {
-            tokio::task::spawn_blocking(move || encoder.finish().and_then(|parts| parts.finish()))
+            tokio::task::spawn_blocking(move || encoder.finish())
                 .await
                 .map_err(|err| Failed::Attempt(format!("finishing the output: {err}")))?
                 .map_err(|err| Failed::Attempt(format!("finishing the output: {err}")))?
@@ -514,7 +513,7 @@ impl Worker {
     fn fetch(
         &self,
         object: ObjectRef,
-    ) -> impl Future<Output = Result<GetObjectOutput, Failed>> + Send + 'static {
+    ) -> impl Future<Output = Result<Body, Failed>> + Send + 'static {
         let request = self
             .source
             .get_object()
@@ -522,14 +521,14 @@ impl Worker {
             .key(&object.key)
             .if_match(&object.etag);
         async move {
-            request.send().await.map_err(|err| {
+            let response = request.send().await.map_err(|err| {
                 if matches!(s3::status(&err), Some(404 | 412)) {
                     return Failed::Object {
                         error: format!(
                             "s3 object {:?} was changed or deleted after it was listed",
                             object.key
                         ),
-                        key: object.key,
+                        key: object.key.clone(),
                     };
                 }
                 let error = format!(
@@ -542,7 +541,19 @@ impl Worker {
                 } else {
                     Failed::Attempt(error)
                 }
-            })
+            })?;
+            if object.size > WHOLE_OBJECT {
+                return Ok(Body::Streamed(Box::new(tokio_util::io::SyncIoBridge::new(
+                    response.body.into_async_read(),
+                ))));
+            }
+            let whole = response.body.collect().await.map_err(|err| {
+                Failed::from(DecodeError::Read {
+                    key: object.key.clone(),
+                    source: std::io::Error::other(err),
+                })
+            })?;
+            Ok(Body::Whole(std::io::Cursor::new(whole.into_bytes())))
         }
     }
 
@@ -702,6 +713,76 @@ impl From<DecodeError> for Failed {
             // The source's connection broke mid-object.
             DecodeError::Read { .. } => Failed::Unavailable(err.to_string()),
             DecodeError::Write(_) => Failed::Attempt(err.to_string()),
+        }
+    }
+}
+
+/// How a task's objects are decoded.
+struct Objects {
+    task: String,
+    /// RFC 3339, the same for every record of the task.
+    ingested: String,
+    format: Format,
+    compression: Compression,
+    /// Records written and source bytes read so far, for heartbeats.
+    records: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    cancel: CancellationToken,
+}
+
+impl Objects {
+    /// Decodes `batch`, in order, into `encoder`, on a blocking thread;
+    /// returns the records written and the source bytes read.
+    fn decode(
+        &self,
+        batch: Vec<(ObjectRef, Body)>,
+        encoder: &mut output::Encoder,
+    ) -> Result<(u64, u64), DecodeError> {
+        let mut totals = (0, 0);
+        for (object, body) in batch {
+            let reader = Counted {
+                inner: body,
+                bytes: self.bytes.clone(),
+                cancel: self.cancel.clone(),
+            };
+            let origin = Origin {
+                key: &object.key,
+                etag: &object.etag,
+                task: &self.task,
+                ingested: &self.ingested,
+            };
+            let mut out = CountedRecords {
+                inner: &mut *encoder,
+                records: &self.records,
+            };
+            let decoded = decode::decode(
+                reader,
+                &origin,
+                self.format,
+                self.compression,
+                &Limits::default(),
+                &mut out,
+            )?;
+            totals.0 += decoded.records;
+            totals.1 += decoded.bytes_in;
+        }
+        Ok(totals)
+    }
+}
+
+/// An object's body, as the decoder reads it.
+enum Body {
+    /// Read into memory as it arrived (objects of up to [`WHOLE_OBJECT`]).
+    Whole(std::io::Cursor<bytes::Bytes>),
+    /// Read from the connection while it is decoded.
+    Streamed(Box<dyn Read + Send>),
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Body::Whole(body) => body.read(buf),
+            Body::Streamed(body) => body.read(buf),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Writes a task's records to its sink object as zstd-compressed NDJSON,
-//! streaming: the compressed bytes are cut into parts and uploaded while
-//! the records are still being decoded, so no whole output is held in
-//! memory. A small output is one PUT; a large one a multipart upload.
-//! Either becomes visible only after the worker has confirmed, right
-//! before, that it still holds the task.
+//! streaming: the records are compressed a frame at a time, and the
+//! compressed bytes are cut into parts and uploaded while the records are
+//! still being decoded, so no whole output is held in memory. A small
+//! output is one PUT; a large one a multipart upload. Either becomes
+//! visible only after the worker has confirmed, right before, that it
+//! still holds the task.
 //!
-//! Parquet can follow by putting another encoder in front of [`Parts`].
+//! Parquet can follow by putting another encoder in front of the parts.
 
 use std::io::Write;
 
@@ -19,6 +20,13 @@ use crate::s3;
 
 /// The size of an upload part (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
+/// Records compressed together into one zstd frame. The output is a
+/// sequence of such frames, which every zstd reader reads as one stream.
+/// Compressing a whole frame from one buffer is about a sixth cheaper than
+/// streaming the same bytes through one frame (whose window then wraps
+/// around zstd's buffer: BENCHMARKS.md, Workers), and a frame of 4 MiB
+/// compresses as well as one stream.
+pub const FRAME_SIZE: usize = 4 << 20;
 /// Parts buffered between the encoder and the uploader, and parts in
 /// flight: together they bound a task's output memory.
 const PARTS_QUEUED: usize = 2;
@@ -29,10 +37,6 @@ const PARTS_IN_FLIGHT: usize = 4;
 /// an output about 1.5 % larger (BENCHMARKS.md, Workers).
 pub const ZSTD_LEVEL: i32 = 1;
 
-/// The writing end, used from the blocking thread that decodes: records
-/// go in as NDJSON and come out as compressed parts.
-pub type Encoder = zstd::Encoder<'static, Parts>;
-
 /// What the encoder hands the uploader.
 pub enum Chunk {
     Part(Bytes),
@@ -41,63 +45,88 @@ pub enum Chunk {
     End,
 }
 
-/// Creates an encoder whose parts reach the returned receiver.
-pub fn encoder() -> (Encoder, mpsc::Receiver<Chunk>) {
-    let (sender, receiver) = mpsc::channel(PARTS_QUEUED);
-    let parts = Parts {
-        buffer: Vec::with_capacity(PART_SIZE),
-        sender,
-        written: 0,
-    };
-    let encoder = zstd::Encoder::new(parts, ZSTD_LEVEL).expect("zstd level 1 is valid");
-    (encoder, receiver)
-}
-
-/// Cuts the compressed stream into parts and hands them to the uploader.
-pub struct Parts {
-    buffer: Vec<u8>,
+/// The writing end, used from the blocking thread that decodes: records
+/// go in as NDJSON and come out as compressed parts.
+pub struct Encoder {
+    /// Records not compressed yet, up to [`FRAME_SIZE`].
+    frame: Vec<u8>,
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The last frame compressed.
+    compressed: Vec<u8>,
+    /// Compressed frames not sent yet, up to [`PART_SIZE`].
+    part: Vec<u8>,
     sender: mpsc::Sender<Chunk>,
     written: u64,
 }
 
-impl Parts {
+/// Creates an encoder whose parts reach the returned receiver.
+pub fn encoder() -> (Encoder, mpsc::Receiver<Chunk>) {
+    let (sender, receiver) = mpsc::channel(PARTS_QUEUED);
+    let encoder = Encoder {
+        frame: Vec::new(),
+        compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 1 is valid"),
+        compressed: Vec::new(),
+        part: Vec::new(),
+        sender,
+        written: 0,
+    };
+    (encoder, receiver)
+}
+
+impl Encoder {
     fn send(&mut self, chunk: Chunk) -> std::io::Result<()> {
         self.sender
             .blocking_send(chunk)
             .map_err(|_| std::io::Error::other("the upload of the output stopped"))
     }
 
-    fn send_part(&mut self) -> std::io::Result<()> {
-        let part = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE));
-        self.send(Chunk::Part(Bytes::from(part)))
+    /// Compresses the records held into a frame, and sends the part when
+    /// it is full.
+    fn compress_frame(&mut self) -> std::io::Result<()> {
+        self.compressed.clear();
+        self.compressed
+            .reserve(zstd::zstd_safe::compress_bound(self.frame.len()));
+        self.compressor
+            .compress_to_buffer(&self.frame, &mut self.compressed)?;
+        self.frame.clear();
+        self.part.extend_from_slice(&self.compressed);
+        self.written += self.compressed.len() as u64;
+        if self.part.len() >= PART_SIZE {
+            let part = std::mem::take(&mut self.part);
+            self.send(Chunk::Part(Bytes::from(part)))?;
+        }
+        Ok(())
     }
 
     /// Ends an output that got no records: the uploader writes nothing.
     /// Callable from async code, as nothing was sent before it.
     pub fn end_empty(&mut self) -> std::io::Result<()> {
-        self.buffer.clear();
+        self.frame.clear();
         self.sender
             .try_send(Chunk::End)
             .map_err(|_| std::io::Error::other("the upload of the output stopped"))
     }
 
-    /// Sends the last part and the end; the uploader then completes the
-    /// object. Returns the bytes written.
+    /// Compresses what is left, sends the last part and the end; the
+    /// uploader then completes the object. Returns the bytes written.
     pub fn finish(mut self) -> std::io::Result<u64> {
-        if !self.buffer.is_empty() {
-            self.send_part()?;
+        if !self.frame.is_empty() {
+            self.compress_frame()?;
+        }
+        if !self.part.is_empty() {
+            let part = std::mem::take(&mut self.part);
+            self.send(Chunk::Part(Bytes::from(part)))?;
         }
         self.send(Chunk::End)?;
         Ok(self.written)
     }
 }
 
-impl Write for Parts {
+impl Write for Encoder {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        self.written += data.len() as u64;
-        if self.buffer.len() >= PART_SIZE {
-            self.send_part()?;
+        self.frame.extend_from_slice(data);
+        if self.frame.len() >= FRAME_SIZE {
+            self.compress_frame()?;
         }
         Ok(data.len())
     }
@@ -282,6 +311,43 @@ async fn upload_parts(
 mod tests {
     use super::*;
 
+    /// An output longer than a frame is several zstd frames, which a zstd
+    /// reader reads back as the records written, in order.
+    #[test]
+    fn a_long_output_is_frames_that_read_back_as_one_stream() {
+        let (mut encoder, mut parts) = encoder();
+        let uploader = std::thread::spawn(move || {
+            let (mut object, mut ended) = (Vec::new(), false);
+            while let Some(chunk) = parts.blocking_recv() {
+                match chunk {
+                    Chunk::Part(part) => object.extend_from_slice(&part),
+                    Chunk::End => ended = true,
+                }
+            }
+            assert!(ended, "the output ends with its end");
+            object
+        });
+        let records: String = (0..300_000)
+            .map(|n| format!("{{\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(n % 50)))
+            .collect();
+        assert!(records.len() > 2 * FRAME_SIZE);
+        for piece in records.as_bytes().chunks(64 << 10) {
+            encoder.write_all(piece).unwrap();
+        }
+        let written = encoder.finish().unwrap();
+        let object = uploader.join().unwrap();
+        assert_eq!(written, object.len() as u64);
+        let mut frames = 0;
+        let mut rest = &object[..];
+        while !rest.is_empty() {
+            let frame = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            rest = &rest[frame..];
+            frames += 1;
+        }
+        assert_eq!(frames, records.len().div_ceil(FRAME_SIZE));
+        assert_eq!(zstd::decode_all(&object[..]).unwrap(), records.as_bytes());
+    }
+
     /// A task whose objects hold no records (empty objects, CSV headers
     /// alone) succeeds without writing: once, dropping the encoder made the
     /// uploader fail the task with "the task stopped".
@@ -293,7 +359,7 @@ mod tests {
                 .build(),
         );
         let (mut empty, parts) = encoder();
-        empty.get_mut().end_empty().unwrap();
+        empty.end_empty().unwrap();
         drop(empty);
         assert!(matches!(
             upload(&offline, "sink", "out", parts, async { true }).await,
