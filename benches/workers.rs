@@ -810,24 +810,40 @@ async fn main() {
     }
     table.print();
     println!(
-        "Optimization, from a profile of the worker on the 64 MiB objects (`perf record -g`): \
-         65 % of its CPU was zstd compressing the output at level 3 \
-         (`ZSTD_compressBlock_doubleFast*`), JSON validation about 10 %. The sink is now \
-         written at zstd level 1, which compresses these records about twice as fast for an \
-         output 1.5 % larger. Before, on 2026-11-24 (one run, a busy machine): 40 × 64 MiB \
-         in 27.37 s, 98 MB/s, against 1,010 MB/s for the plain GET (0.10×) and 224 MB/s for \
-         rclone (0.44×). Small objects: a worker fetches a task's next objects while it \
-         decodes one (at most 8 GETs and 16 MiB ahead), so 4 tasks keep up to 32 GETs in \
-         flight, as the plain download does. That took sluice from 0.60× of the plain GET \
-         (2026-11-24, GETs one after another) to 0.73× and 0.83× (two runs on 2026-12-03), \
-         each ratio measured within its own run; what remains between it and the plain GET \
-         is not profiled yet.\n\n\
-         Why large objects stay below the compressing baseline and rclone: those move or \
-         compress the source bytes only, while a worker also validates every record and \
-         adds its `_sluice` metadata (object key, ETag, task, time, line), so it compresses \
-         and uploads about 1.7× the source bytes, on the same 2 cores that MinIO serves \
-         from. A profile of the worker on these objects, and splitting one large object \
-         over both cores, are the next steps (not done yet).\n"
+        "Where the time goes (profiles of the worker with `perf record -g` during this \
+         benchmark, 2026-12-03, before the changes below). Both workloads keep both cores \
+         busy: on large objects the worker used 150-170 % CPU and MinIO 25-40 %; on small \
+         objects MinIO 100-120 % and the worker about 75 %. So sluice's time is CPU per \
+         byte and per object, and splitting one large object over both cores cannot help \
+         while 4 tasks already keep both busy (it would help a worker given one huge object \
+         alone; not built).\n\n\
+         - Large objects: zstd 49 % of the worker (a quarter of it \
+         `ZSTD_compressBlock_fast_extDict`, the streaming encoder's window wrapping around \
+         its buffer), JSON validation 19 % (serde_json skipping values), copies 4 %, SigV4 \
+         and CRC of the uploads 4 %. The worker now compresses 4 MiB of records at a time \
+         from one buffer, each a zstd frame (the output is a sequence of frames, read by \
+         every zstd reader as one stream): decoding and compressing a 64 MiB object takes \
+         a median of 0.49 s instead of 0.56 s (5 alternating runs each in one process, \
+         12 % less). What \
+         remains is inherent to the job: a worker validates every record and adds its \
+         `_sluice` metadata (object key, ETag, task, time, line), so it compresses and \
+         uploads twice the source bytes of these 230-byte records, where the \
+         compressing baseline and rclone move the source bytes only. rclone's time varies \
+         most between runs (7.3-12.0 s for the same copy on this day, against 8.3-11.0 s \
+         for the compressing baseline): when it beats the compressing baseline, its bar \
+         asks for more than the unavoidable work. Next: a faster JSON validator (serde_json \
+         naming the error only when one is found).\n\
+         - Small objects: the S3 client's per-request work (the SDK's orchestration and \
+         SigV4) is 37 % of the worker, as it is of the plain download; the decoder 15 %; \
+         handing each object to a blocking thread and reading it through a sync bridge \
+         about 12 %. A worker now reads objects of up to 1 MiB whole as they arrive and \
+         decodes those that have arrived together in one blocking call, so MinIO, the \
+         bottleneck, gets the CPU back. Earlier: a worker fetches a task's next objects \
+         while it decodes one (at most 8 GETs and 16 MiB ahead), so 4 tasks keep up to 32 \
+         GETs in flight as the plain download does (from 0.60× of the plain GET on \
+         2026-11-24, GETs one after another, to 0.72-0.83× on 2026-12-03). Before that, \
+         the sink's zstd level went from 3 to 1 (65 % of the worker was zstd at level 3; \
+         level 1 compresses these records twice as fast for an output 1.5 % larger).\n"
     );
     if missed {
         println!("OVER A BAR");

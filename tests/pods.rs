@@ -166,18 +166,40 @@ async fn ingest_source(
     (source, buckets[1].clone())
 }
 
-/// The host's view of a pod's first container: its process id, its
-/// `/proc/PID/status` and whether its root is mounted read-only.
-fn container_process(pod: &Pod) -> (u32, String, bool) {
-    let pid = node().container_pid(&container_id(pod)).unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    let root_read_only = mounts
-        .lines()
-        .map(|line| line.split(' ').collect::<Vec<_>>())
-        .find(|fields| fields.get(4) == Some(&"/"))
-        .is_some_and(|fields| fields[5].split(',').any(|option| option == "ro"));
-    (pid, status, root_read_only)
+/// The host's view of the first container of a running `component` pod of
+/// source `instance`: the pod, the container's process id, its
+/// `/proc/PID/status` and whether its root is mounted read-only. Asked
+/// again until it answers: another test of this binary restarts
+/// containerd, and a pod's status may name a container the runtime is
+/// replacing then.
+async fn container_process(
+    client: &kube::Client,
+    namespace: &str,
+    instance: &str,
+    component: &str,
+) -> (Pod, u32, String, bool) {
+    let what = format!("a running {component} container of {instance}");
+    eventually(&what, DONE, || async {
+        let pod = running_pods(client, namespace, instance, component)
+            .await
+            .into_iter()
+            .next()?;
+        let id = container_status(&pod)?
+            .container_id
+            .as_deref()?
+            .strip_prefix("containerd://")?
+            .to_owned();
+        let pid = node().container_pid(&id).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+        let root_read_only = mounts
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .find(|fields| fields.get(4) == Some(&"/"))
+            .is_some_and(|fields| fields[5].split(',').any(|option| option == "ro"));
+        Some((pod, pid, status, root_read_only))
+    })
+    .await
 }
 
 /// The runtime's id of a pod's first container.
@@ -235,12 +257,8 @@ async fn the_charts_operator_runs_a_source_in_restricted_pods_that_ingest_everyt
 
     // Inside the coordinator's container: uid 65532, no capabilities, no
     // privilege escalation, a seccomp filter, a read-only root.
-    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
-        .list(&ListParams::default().labels("app.kubernetes.io/component=coordinator"))
-        .await
-        .unwrap();
-    let coordinator = pods.items.first().expect("a coordinator pod");
-    let (pid, process, root_read_only) = container_process(coordinator);
+    let (coordinator, pid, process, root_read_only) =
+        container_process(&client, &namespace, "orders", "coordinator").await;
     assert_eq!(status_field(&process, "Uid"), "65532\t65532\t65532\t65532");
     assert_eq!(status_field(&process, "CapEff"), "0000000000000000");
     assert_eq!(status_field(&process, "NoNewPrivs"), "1");
@@ -868,10 +886,7 @@ async fn a_template_places_the_pods_and_an_unschedulable_one_is_explained() {
         .unwrap();
     assert_eq!(records, 100, "the sink holds every record once");
     for component in ["coordinator", "worker"] {
-        let pods = running_pods(&client, &namespace, "placed", component).await;
-        let pod = pods
-            .first()
-            .unwrap_or_else(|| panic!("a running {component}"));
+        let (pod, pid, _, _) = container_process(&client, &namespace, "placed", component).await;
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(pod.labels()["team"], "data-platform");
         assert_eq!(
@@ -882,7 +897,6 @@ async fn a_template_places_the_pods_and_an_unschedulable_one_is_explained() {
         let env = container.env.as_ref().unwrap();
         assert!(env.iter().any(|e| e.name == "SSL_CERT_FILE"), "{env:?}");
         // The bundle is there, seen from inside the container.
-        let (pid, _, _) = container_process(pod);
         let mounted =
             std::fs::read_to_string(format!("/proc/{pid}/root/etc/ssl/private-ca/ca.crt")).unwrap();
         assert_eq!(mounted, ca);
