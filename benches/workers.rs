@@ -220,18 +220,17 @@ async fn download(
 }
 
 /// The unavoidable work of an ingest, without sluice: every object
-/// streamed from a GET through zstd at the sink's level into an upload as
-/// the sink makes it (one PUT when it fits in one part of the sink's size,
-/// else a multipart upload of such parts), `concurrency` objects at once,
-/// with no parsing. Returns the compressed bytes written.
+/// streamed from a GET through the sink's own encoder and uploader (zstd
+/// frames at the sink's level; one PUT when the output fits in one part,
+/// else a multipart upload), `concurrency` objects at once, with no
+/// parsing. Returns the compressed bytes written.
 async fn compress_copy(
     client: &aws_sdk_s3::Client,
     (bucket, keys): (&str, &[String]),
     (to_bucket, to): (&str, &str),
     concurrency: usize,
 ) -> u64 {
-    use aws_sdk_s3::types::CompletedMultipartUpload;
-    use sluice::worker::output::{PART_SIZE, ZSTD_LEVEL};
+    use sluice::worker::output;
     each_object(
         client,
         bucket,
@@ -239,98 +238,27 @@ async fn compress_copy(
         concurrency,
         |key, mut body| async move {
             let out = format!("{to}/{key}.zst");
-            let mut upload: Option<String> = None;
-            let mut parts = Vec::new();
-            let mut written = 0u64;
-            let mut encoder =
-                zstd::stream::write::Encoder::new(Vec::with_capacity(2 * PART_SIZE), ZSTD_LEVEL)
+            let (mut encoder, parts) = output::encoder();
+            let upload = output::upload(client, to_bucket, &out, parts, async { true });
+            let encode = async {
+                while let Some(chunk) = body.try_next().await.unwrap() {
+                    encoder = tokio::task::spawn_blocking(move || {
+                        std::io::Write::write_all(&mut encoder, &chunk).unwrap();
+                        encoder
+                    })
+                    .await
                     .unwrap();
-            while let Some(chunk) = body.try_next().await.unwrap() {
-                encoder = tokio::task::spawn_blocking(move || {
-                    std::io::Write::write_all(&mut encoder, &chunk).unwrap();
-                    encoder
-                })
-                .await
-                .unwrap();
-                if encoder.get_ref().len() >= PART_SIZE {
-                    let part = std::mem::take(encoder.get_mut());
-                    written += part.len() as u64;
-                    if upload.is_none() {
-                        let created = client
-                            .create_multipart_upload()
-                            .bucket(to_bucket)
-                            .key(&out)
-                            .send()
-                            .await
-                            .unwrap();
-                        upload = created.upload_id().map(str::to_owned);
-                    }
-                    let id = upload.as_deref().unwrap();
-                    parts.push(upload_part(client, (to_bucket, &out, id), parts.len(), part).await);
                 }
-            }
-            let rest = tokio::task::spawn_blocking(move || encoder.finish().unwrap())
-                .await
-                .unwrap();
-            written += rest.len() as u64;
-            match upload {
-                None => {
-                    client
-                        .put_object()
-                        .bucket(to_bucket)
-                        .key(&out)
-                        .body(rest.into())
-                        .send()
-                        .await
-                        .unwrap();
-                }
-                Some(id) => {
-                    parts
-                        .push(upload_part(client, (to_bucket, &out, &id), parts.len(), rest).await);
-                    client
-                        .complete_multipart_upload()
-                        .bucket(to_bucket)
-                        .key(&out)
-                        .upload_id(id)
-                        .multipart_upload(
-                            CompletedMultipartUpload::builder()
-                                .set_parts(Some(parts))
-                                .build(),
-                        )
-                        .send()
-                        .await
-                        .unwrap();
-                }
-            }
+                tokio::task::spawn_blocking(move || encoder.finish().unwrap())
+                    .await
+                    .unwrap()
+            };
+            let (written, uploaded) = tokio::join!(encode, upload);
+            assert!(matches!(uploaded, Ok(true)), "{out}: {uploaded:?}");
             written
         },
     )
     .await
-}
-
-/// Uploads the part after the `before` already uploaded, of the multipart
-/// upload `(bucket, key, upload id)`.
-async fn upload_part(
-    client: &aws_sdk_s3::Client,
-    (bucket, key, id): (&str, &str, &str),
-    before: usize,
-    body: Vec<u8>,
-) -> aws_sdk_s3::types::CompletedPart {
-    let number = before as i32 + 1;
-    let uploaded = client
-        .upload_part()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(id)
-        .part_number(number)
-        .body(body.into())
-        .send()
-        .await
-        .unwrap();
-    aws_sdk_s3::types::CompletedPart::builder()
-        .part_number(number)
-        .e_tag(uploaded.e_tag().unwrap())
-        .build()
 }
 
 /// The peer doing the same job: DuckDB (with httpfs) reads the objects
@@ -742,9 +670,9 @@ async fn main() {
          Compared in the same run, against the same MinIO on loopback sharing the machine's \
          cores, with: a plain concurrent download of the same objects (aws-sdk-s3, bodies read \
          and dropped; {RAW_SMALL} GETs in flight for small objects, {RAW_LARGE} for large); \
-         the unavoidable work of an ingest (each object streamed from a GET through zstd at \
-         the sink's level 1 into an upload as the sink makes it: one PUT, or a multipart \
-         upload of the sink's 8 MiB parts when larger; {RAW_SMALL} objects at once for small \
+         the unavoidable work of an ingest (each object streamed from a GET through the \
+         sink's own encoder and uploader: 4 MiB zstd frames at level 1, one PUT, or a \
+         multipart upload of 8 MiB parts when larger; {RAW_SMALL} objects at once for small \
          objects, {CONCURRENCY} for large, no parsing); `rclone copy` of the same objects to another bucket \
          (`--transfers` {RCLONE_SMALL} for small objects, {RCLONE_LARGE}, its default, for \
          large); and DuckDB {DUCKDB} with httpfs doing the same job, \
