@@ -184,12 +184,7 @@ async fn container_process(
             .await
             .into_iter()
             .next()?;
-        let id = container_status(&pod)?
-            .container_id
-            .as_deref()?
-            .strip_prefix("containerd://")?
-            .to_owned();
-        let pid = node().container_pid(&id).ok()?;
+        let pid = node().container_pid(container_id(&pod)?).ok()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
         let root_read_only = mounts
@@ -203,16 +198,11 @@ async fn container_process(
 }
 
 /// The runtime's id of a pod's first container.
-fn container_id(pod: &Pod) -> String {
-    container_status(pod)
-        .and_then(|container| {
-            container
-                .container_id
-                .as_deref()?
-                .strip_prefix("containerd://")
-        })
-        .expect("a running container has an id")
-        .to_owned()
+fn container_id(pod: &Pod) -> Option<&str> {
+    container_status(pod)?
+        .container_id
+        .as_deref()?
+        .strip_prefix("containerd://")
 }
 
 fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
@@ -740,7 +730,13 @@ async fn killed_containers_and_a_restarted_runtime_lose_and_duplicate_nothing() 
                 let killed = node()
                     .ctr()
                     .unwrap()
-                    .args(["tasks", "kill", "--signal", "SIGKILL", &container_id(&pod)])
+                    .args([
+                        "tasks",
+                        "kill",
+                        "--signal",
+                        "SIGKILL",
+                        container_id(&pod).expect("a running container has an id"),
+                    ])
                     .output()
                     .unwrap();
                 assert!(

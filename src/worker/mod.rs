@@ -543,9 +543,8 @@ impl Worker {
                 }
             })?;
             if object.size > WHOLE_OBJECT {
-                return Ok(Body::Streamed(Box::new(tokio_util::io::SyncIoBridge::new(
-                    response.body.into_async_read(),
-                ))));
+                let streamed = tokio_util::io::SyncIoBridge::new(response.body.into_async_read());
+                return Ok(Box::new(streamed) as Body);
             }
             let whole = response.body.collect().await.map_err(|err| {
                 Failed::from(DecodeError::Read {
@@ -553,7 +552,7 @@ impl Worker {
                     source: std::io::Error::other(err),
                 })
             })?;
-            Ok(Body::Whole(std::io::Cursor::new(whole.into_bytes())))
+            Ok(Box::new(std::io::Cursor::new(whole.into_bytes())) as Body)
         }
     }
 
@@ -770,22 +769,9 @@ impl Objects {
     }
 }
 
-/// An object's body, as the decoder reads it.
-enum Body {
-    /// Read into memory as it arrived (objects of up to [`WHOLE_OBJECT`]).
-    Whole(std::io::Cursor<bytes::Bytes>),
-    /// Read from the connection while it is decoded.
-    Streamed(Box<dyn Read + Send>),
-}
-
-impl Read for Body {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Body::Whole(body) => body.read(buf),
-            Body::Streamed(body) => body.read(buf),
-        }
-    }
-}
+/// An object's body, as the decoder reads it: in memory (objects of up to
+/// [`WHOLE_OBJECT`]) or from the connection while it is decoded.
+type Body = Box<dyn Read + Send>;
 
 /// Counts the source bytes read, and stops reading once cancelled.
 struct Counted<R> {
