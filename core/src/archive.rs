@@ -432,6 +432,8 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
         )
     };
     let mut lines = Vec::new();
+    let mut decompressor =
+        zstd::bulk::Decompressor::new().map_err(|err| format!("cannot decompress: {err}"))?;
     let mut rest = bytes;
     if let Some((_, start)) = legacy_index(rest) {
         rest = &rest[start..];
@@ -452,9 +454,13 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
         if lines.len() + size > MAX_DECOMPRESSED {
             return Err(too_large());
         }
-        let decoded =
-            zstd::bulk::decompress(frame, size).map_err(|err| format!("not zstd: {err}"))?;
-        lines.extend(decoded);
+        // Straight into the lines, with one decompressor for every frame.
+        let start = lines.len();
+        lines.resize(start + size, 0);
+        let decoded = decompressor
+            .decompress_to_buffer(frame, &mut lines[start..])
+            .map_err(|err| format!("not zstd: {err}"))?;
+        lines.truncate(start + decoded);
         rest = after;
     }
     if !rest.is_empty() {

@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
             // What was read writes back and reads back the same.
             let mut again = Vec::new();
             archive::encode_lines(&records, &mut again);
-            let again = archive::decompress(&archive::compress(&again).0).expect("re-encoded lines");
+            let again =
+                archive::decompress(&archive::compress(&again).0).expect("re-encoded lines");
             assert_eq!(self::records(&again), Some(records));
         }
     }

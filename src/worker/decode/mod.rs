@@ -12,8 +12,8 @@
 //!
 //! The layers, from the bytes in to the lines out: `codec` (which decompressor),
 //! `input` (counting and guarding readers, and the context errors are placed by),
-//! one parser per format (`ndjson`, `json`, `csv`), and `sink` (a record with its
-//! metadata, as one line).
+//! one parser per format (`ndjson`, `json`, `csv`; `syntax` checks NDJSON lines), and
+//! `sink` (a record with its metadata, as one line).
 
 use std::fmt::{self, Write as _};
 use std::io::{self, Read, Write};
@@ -30,6 +30,7 @@ mod input;
 mod json;
 mod ndjson;
 mod sink;
+pub mod syntax;
 #[cfg(test)]
 mod tests;
 

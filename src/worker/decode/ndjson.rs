@@ -7,6 +7,7 @@ use serde::de::IgnoredAny;
 use super::input::{Ctx, READ_BUFFER, Shift, UTF8_BOM};
 use super::json::kind_of;
 use super::sink::Sink;
+use super::syntax::Syntax;
 use super::{DecodeError, Position};
 
 pub(super) fn records<W: Write>(
@@ -17,6 +18,7 @@ pub(super) fn records<W: Write>(
     let mut reader = BufReader::with_capacity(READ_BUFFER, input);
     // Only a line that straddles two buffer fills is copied, into `long`.
     let mut long = Vec::new();
+    let mut syntax = Syntax::default();
     let mut line_no = 0u64;
     let mut records = 0u64;
     loop {
@@ -25,7 +27,7 @@ pub(super) fn records<W: Write>(
             .map_err(|err| ctx.io(err, Position::Line(line_no + 1)))?;
         if buf.is_empty() {
             if !long.is_empty() {
-                records += ndjson_line(&long, line_no + 1, ctx, sink)?;
+                records += ndjson_line(&long, line_no + 1, ctx, &mut syntax, sink)?;
             }
             return Ok(records);
         }
@@ -37,13 +39,13 @@ pub(super) fn records<W: Write>(
         let consumed = match newline {
             Some(end) if long.is_empty() => {
                 line_no += 1;
-                records += ndjson_line(&buf[..end], line_no, ctx, sink)?;
+                records += ndjson_line(&buf[..end], line_no, ctx, &mut syntax, sink)?;
                 end + 1
             }
             Some(end) => {
                 line_no += 1;
                 long.extend_from_slice(&buf[..end]);
-                records += ndjson_line(&long, line_no, ctx, sink)?;
+                records += ndjson_line(&long, line_no, ctx, &mut syntax, sink)?;
                 long.clear();
                 end + 1
             }
@@ -61,6 +63,7 @@ fn ndjson_line<W: Write>(
     full: &[u8],
     n: u64,
     ctx: &Ctx,
+    syntax: &mut Syntax,
     sink: &mut Sink<W>,
 ) -> Result<u64, DecodeError> {
     let line = if n == 1 {
@@ -89,9 +92,12 @@ fn ndjson_line<W: Write>(
     if object.is_empty() {
         return Ok(0);
     }
-    // Validating without building anything is what makes this path fast. The untrimmed
-    // text is parsed so that columns count from the start of the line.
-    serde_json::from_str::<IgnoredAny>(text).map_err(|err| ctx.json(err, shift, None))?;
+    // Validating without building anything is what makes this path fast. Only serde_json
+    // says where and why a line is not JSON; it parses the untrimmed text so that
+    // columns count from the start of the line.
+    if !syntax.is_json(text.as_bytes()) {
+        serde_json::from_str::<IgnoredAny>(text).map_err(|err| ctx.json(err, shift, None))?;
+    }
     if !object.starts_with('{') {
         return Err(ctx.data(
             Position::Line(n),
