@@ -31,6 +31,7 @@
 //! start, which zstd readers in Java refuse) are still read
 //! ([`legacy_index`]).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -431,19 +432,18 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
             MAX_DECOMPRESSED >> 20
         )
     };
-    let mut lines = Vec::new();
-    let mut decompressor =
-        zstd::bulk::Decompressor::new().map_err(|err| format!("cannot decompress: {err}"))?;
     let mut rest = bytes;
     if let Some((_, start)) = legacy_index(rest) {
         rest = &rest[start..];
     }
-    // Frame by frame, each into room of the size it states.
-    while !rest.is_empty() {
-        let Ok(length) = zstd_safe::find_frame_compressed_size(rest) else {
+    // The frames that state their size, as far as they go, are decompressed
+    // in one call into room of the sum of their sizes.
+    let (mut sized, mut total) = (0, 0);
+    while sized < rest.len() {
+        let Ok(length) = zstd_safe::find_frame_compressed_size(&rest[sized..]) else {
             break;
         };
-        let (frame, after) = rest.split_at(length.min(rest.len()));
+        let frame = &rest[sized..(sized + length).min(rest.len())];
         let Some(size) = zstd_safe::get_frame_content_size(frame)
             .ok()
             .flatten()
@@ -451,17 +451,24 @@ pub fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
         else {
             break;
         };
-        if lines.len() + size > MAX_DECOMPRESSED {
+        total += size;
+        if total > MAX_DECOMPRESSED {
             return Err(too_large());
         }
-        // Straight into the lines, with one decompressor for every frame.
-        let start = lines.len();
-        lines.resize(start + size, 0);
-        let decoded = decompressor
-            .decompress_to_buffer(frame, &mut lines[start..])
-            .map_err(|err| format!("not zstd: {err}"))?;
-        lines.truncate(start + decoded);
-        rest = after;
+        sized += frame.len();
+    }
+    let (frames, rest) = rest.split_at(sized);
+    let mut lines = Vec::with_capacity(total);
+    if !frames.is_empty() {
+        thread_local! {
+            /// Creating a context costs about as much as decompressing a
+            /// small object: a thread keeps one.
+            static CONTEXT: RefCell<zstd_safe::DCtx<'static>> =
+                RefCell::new(zstd_safe::DCtx::create());
+        }
+        CONTEXT
+            .with_borrow_mut(|context| context.decompress(&mut lines, frames))
+            .map_err(|code| format!("not zstd: {}", zstd_safe::get_error_name(code)))?;
     }
     if !rest.is_empty() {
         // What else the streaming decoder reads, or it names what is wrong;

@@ -312,7 +312,6 @@ pub struct Outcome {
     /// Objects read, and their bytes.
     pub objects: usize,
     pub bytes: u64,
-    pub lines: u64,
     /// Objects or lines that could not be read, each with its object and why.
     pub problems: Vec<String>,
 }
@@ -343,7 +342,6 @@ pub async fn read(
         stats: Stats::default(),
         objects: 0,
         bytes: 0,
-        lines: 0,
         problems: Vec::new(),
     };
     let mut results = futures::stream::iter(objects)
@@ -381,10 +379,9 @@ pub async fn read(
         .buffer_unordered(PARALLEL_READS);
     while let Some(result) = results.next().await {
         match result {
-            Ok((url, size, (found, Scanned { lines, damaged }))) => {
+            Ok((url, size, (found, Scanned { damaged }))) => {
                 outcome.objects += 1;
                 outcome.bytes += size;
-                outcome.lines += lines;
                 outcome
                     .problems
                     .extend(damaged.into_iter().map(|why| format!("{url}: {why}")));

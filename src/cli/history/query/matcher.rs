@@ -57,8 +57,6 @@ fn json_escaped(text: &str) -> String {
 /// What one archive object gave.
 #[derive(Debug, Default)]
 pub struct Scanned {
-    /// Lines read.
-    pub lines: u64,
     /// Lines that are not task records, with why.
     pub damaged: Vec<String>,
 }
@@ -106,11 +104,7 @@ impl Matcher {
     /// selective) needle occurs are looked at: one search over the whole
     /// object instead of one per line.
     pub fn scan(&self, lines: &[u8], sink: &mut impl Sink) -> Scanned {
-        let mut scanned = Scanned {
-            lines: memchr::memchr_iter(b'\n', lines).count() as u64
-                + u64::from(!lines.is_empty() && !lines.ends_with(b"\n")),
-            damaged: Vec::new(),
-        };
+        let mut scanned = Scanned::default();
         match self.needles.first() {
             Some(first) => {
                 let mut next = 0;

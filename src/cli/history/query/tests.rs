@@ -289,7 +289,6 @@ fn damaged_lines_are_reported_and_the_rest_still_match() {
     let matcher = Matcher::new(day());
     let mut found = Collected::new(None);
     let scanned = matcher.scan(&lines, &mut found);
-    assert_eq!(scanned.lines, 4);
     assert_eq!(scanned.damaged.len(), 2);
     assert!(
         scanned.damaged[0].starts_with("line 3:"),
