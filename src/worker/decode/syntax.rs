@@ -29,20 +29,12 @@ impl Syntax {
             i = match *b.get(i)? {
                 b'"' => string(b, i + 1)?,
                 b'-' | b'0'..=b'9' => number(b, i)?,
-                b'{' => {
+                open @ (b'{' | b'[') => {
+                    let close = if open == b'{' { b'}' } else { b']' };
                     let next = whitespace(b, i + 1);
-                    if b.get(next) != Some(&b'}') {
-                        self.open.push(b'}');
-                        i = member(b, next)?;
-                        continue;
-                    }
-                    next + 1
-                }
-                b'[' => {
-                    let next = whitespace(b, i + 1);
-                    if b.get(next) != Some(&b']') {
-                        self.open.push(b']');
-                        i = next;
+                    if b.get(next) != Some(&close) {
+                        self.open.push(close);
+                        i = element(b, next, close)?;
                         continue;
                     }
                     next + 1
@@ -59,12 +51,8 @@ impl Syntax {
                     return (i == b.len()).then_some(());
                 };
                 match *b.get(i)? {
-                    b',' if close == b'}' => {
-                        i = member(b, whitespace(b, i + 1))?;
-                        break;
-                    }
                     b',' => {
-                        i = whitespace(b, i + 1);
+                        i = element(b, whitespace(b, i + 1), close)?;
                         break;
                     }
                     c if c == close => {
@@ -78,8 +66,13 @@ impl Syntax {
     }
 }
 
-/// Past an object's key and its colon, at `i` after `{` or `,`: where the value starts.
-fn member(b: &[u8], i: usize) -> Option<usize> {
+/// Where the next element's value starts, at `i` after the opening bracket or a comma
+/// (and whitespace) in the array or object that `close` ends: past the key and its colon
+/// in an object.
+fn element(b: &[u8], i: usize, close: u8) -> Option<usize> {
+    if close == b']' {
+        return Some(i);
+    }
     if b.get(i) != Some(&b'"') {
         return None;
     }
