@@ -1387,9 +1387,9 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
               Authorization: Bearer test-token\r\nContent-Length: 1000\r\n\r\n{\"worker\":",
         )
         .unwrap();
-    let started = std::time::Instant::now();
+    // Answered while the stalled request is still open (the test's client
+    // gives up after 5 s and fails the test).
     let summary = coordinator.summary();
-    assert!(started.elapsed() < SHORT, "{:?}", started.elapsed());
     assert_eq!(summary.objects.discovered, 3, "{summary:?}");
     drop(stalled);
 

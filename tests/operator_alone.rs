@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::jiff::SignedDuration;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -115,13 +116,16 @@ async fn a_reconcile_that_changes_nothing_writes_nothing() {
     assert_eq!(versions().await, before);
 }
 
-async fn lease_holder(client: &kube::Client) -> Option<String> {
+async fn lease(client: &kube::Client) -> Option<LeaseSpec> {
     Api::<Lease>::namespaced(client.clone(), "default")
         .get_opt("sluice-operator")
         .await
         .unwrap()?
-        .spec?
-        .holder_identity
+        .spec
+}
+
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    lease(client).await?.holder_identity
 }
 
 #[tokio::test]
@@ -153,18 +157,36 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     );
     assert_eq!(lease_holder(&client).await.as_deref(), Some("first"));
 
-    // The leader dies without releasing its lease.
+    // The leader dies without releasing its lease. Its last renewal is the
+    // one the lease shows now (or, if a renewal was still on its way, a
+    // later one: that only makes the check below stricter).
     let killed = Instant::now();
     // SAFETY: signalling a child process the test started.
     unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    let last = lease(&client).await.unwrap();
+    assert_eq!(last.holder_identity.as_deref(), Some("first"));
+    let last_renewed = last.renew_time.unwrap().0;
     apply(&client, &ns, &orders("after")).await;
     deployment_where(&client, &ns, "after-worker", "the standby's work", |_| true).await;
-    let took = killed.elapsed();
-    assert_eq!(lease_holder(&client).await.as_deref(), Some("second"));
+    eprintln!(
+        "standby took over and reconciled {:?} after the leader was killed",
+        killed.elapsed()
+    );
+    let taken = lease(&client).await.unwrap();
+    assert_eq!(taken.holder_identity.as_deref(), Some("second"));
+    assert_eq!(
+        taken.lease_transitions,
+        last.lease_transitions.map(|n| n + 1)
+    );
     assert!(second.metric("sluice_operator_reconciles_total") > 0.0);
-    // Lease duration plus a renew interval plus the API round trips.
-    assert!(took < Duration::from_secs(8), "takeover took {took:?}");
-    eprintln!("standby took over and reconciled {took:?} after the leader was killed");
+    // Not before the dead leader's lease ran out: until then it might still
+    // have been reconciling, and two leaders would fight over every object.
+    let acquired = taken.acquire_time.unwrap().0;
+    let waited = acquired.duration_since(last_renewed);
+    assert!(
+        waited >= SignedDuration::from_secs(3),
+        "the standby took the lease {waited:?} after the leader's last renewal, within its 3s"
+    );
 }
 
 #[tokio::test]
