@@ -443,7 +443,7 @@ async fn an_output_is_not_written_once_the_task_is_lost() {
         (3 * PART_SIZE, true),
     ] {
         let key = format!("out-{size}-{holds}");
-        let (mut encoder, parts) = output::encoder();
+        let (mut encoder, parts) = output::encoder(std::sync::Arc::default());
         let upload = {
             let (client, bucket, key) = (ingest.client.clone(), bucket.clone(), key.clone());
             tokio::spawn(async move {

@@ -390,7 +390,7 @@ impl Worker {
         bytes: &Arc<AtomicU64>,
         cancel: &CancellationToken,
     ) -> Result<Completion, Failed> {
-        let (mut encoder, parts) = output::encoder();
+        let (mut encoder, parts) = output::encoder(records.clone());
         let upload = {
             let sink = self.sink.clone();
             let bucket = self.config.sink.bucket.clone();
@@ -417,7 +417,6 @@ impl Worker {
             ingested: Timestamp::now().to_string(),
             format: self.config.source.format,
             compression: self.config.source.compression,
-            records: records.clone(),
             bytes: bytes.clone(),
             cancel: cancel.clone(),
         });
@@ -723,8 +722,8 @@ struct Objects {
     ingested: String,
     format: Format,
     compression: Compression,
-    /// Records written and source bytes read so far, for heartbeats.
-    records: Arc<AtomicU64>,
+    /// Source bytes read so far, for heartbeats (the encoder counts the
+    /// records).
     bytes: Arc<AtomicU64>,
     cancel: CancellationToken,
 }
@@ -750,17 +749,13 @@ impl Objects {
                 task: &self.task,
                 ingested: &self.ingested,
             };
-            let mut out = CountedRecords {
-                inner: &mut *encoder,
-                records: &self.records,
-            };
             let decoded = decode::decode(
                 reader,
                 &origin,
                 self.format,
                 self.compression,
                 &Limits::default(),
-                &mut out,
+                &mut *encoder,
             )?;
             totals.0 += decoded.records;
             totals.1 += decoded.bytes_in;
@@ -788,24 +783,5 @@ impl<R: Read> Read for Counted<R> {
         let read = self.inner.read(buf)?;
         self.bytes.fetch_add(read as u64, Ordering::Relaxed);
         Ok(read)
-    }
-}
-
-/// Counts the records (lines) written, for heartbeats.
-struct CountedRecords<'a, W> {
-    inner: &'a mut W,
-    records: &'a AtomicU64,
-}
-
-impl<W: std::io::Write> std::io::Write for CountedRecords<'_, W> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let written = self.inner.write(data)?;
-        let lines = memchr::memchr_iter(b'\n', &data[..written]).count();
-        self.records.fetch_add(lines as u64, Ordering::Relaxed);
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }

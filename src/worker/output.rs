@@ -9,6 +9,8 @@
 //! Parquet can follow by putting another encoder in front of the parts.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -57,10 +59,13 @@ pub struct Encoder {
     part: Vec<u8>,
     sender: mpsc::Sender<Chunk>,
     written: u64,
+    /// Records (lines) compressed so far, for the task's heartbeats.
+    records: Arc<AtomicU64>,
 }
 
-/// Creates an encoder whose parts reach the returned receiver.
-pub fn encoder() -> (Encoder, mpsc::Receiver<Chunk>) {
+/// Creates an encoder whose parts reach the returned receiver, and which
+/// adds the records (lines) it compresses to `records`, a frame at a time.
+pub fn encoder(records: Arc<AtomicU64>) -> (Encoder, mpsc::Receiver<Chunk>) {
     let (sender, receiver) = mpsc::channel(PARTS_QUEUED);
     let encoder = Encoder {
         frame: Vec::new(),
@@ -69,6 +74,7 @@ pub fn encoder() -> (Encoder, mpsc::Receiver<Chunk>) {
         part: Vec::new(),
         sender,
         written: 0,
+        records,
     };
     (encoder, receiver)
 }
@@ -88,6 +94,8 @@ impl Encoder {
             .reserve(zstd::zstd_safe::compress_bound(self.frame.len()));
         self.compressor
             .compress_to_buffer(&self.frame, &mut self.compressed)?;
+        let lines = memchr::memchr_iter(b'\n', &self.frame).count();
+        self.records.fetch_add(lines as u64, Ordering::Relaxed);
         self.frame.clear();
         self.part.extend_from_slice(&self.compressed);
         self.written += self.compressed.len() as u64;
@@ -312,10 +320,12 @@ mod tests {
     use super::*;
 
     /// An output longer than a frame is several zstd frames, which a zstd
-    /// reader reads back as the records written, in order.
+    /// reader reads back as the records written, in order; the records
+    /// are counted as each frame is compressed.
     #[test]
     fn a_long_output_is_frames_that_read_back_as_one_stream() {
-        let (mut encoder, mut parts) = encoder();
+        let counted = Arc::new(AtomicU64::new(0));
+        let (mut encoder, mut parts) = encoder(counted.clone());
         let uploader = std::thread::spawn(move || {
             let (mut object, mut ended) = (Vec::new(), false);
             while let Some(chunk) = parts.blocking_recv() {
@@ -334,7 +344,11 @@ mod tests {
         for piece in records.as_bytes().chunks(64 << 10) {
             encoder.write_all(piece).unwrap();
         }
+        // The frames compressed so far, not the last one being gathered.
+        let so_far = counted.load(Ordering::Relaxed);
+        assert!(so_far > 0 && so_far < 300_000, "{so_far}");
         let written = encoder.finish().unwrap();
+        assert_eq!(counted.load(Ordering::Relaxed), 300_000);
         let object = uploader.join().unwrap();
         assert_eq!(written, object.len() as u64);
         let mut frames = 0;
@@ -358,7 +372,7 @@ mod tests {
                 .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
                 .build(),
         );
-        let (mut empty, parts) = encoder();
+        let (mut empty, parts) = encoder(Arc::default());
         empty.end_empty().unwrap();
         drop(empty);
         assert!(matches!(
@@ -366,7 +380,7 @@ mod tests {
             Ok(false)
         ));
 
-        let (failed, parts) = encoder();
+        let (failed, parts) = encoder(Arc::default());
         drop(failed);
         let stopped = upload(&offline, "sink", "out", parts, async { true })
             .await

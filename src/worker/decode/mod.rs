@@ -239,11 +239,9 @@ fn decode_stream<W: Write>(
     };
     let counter = if kind == Kind::Json { "record" } else { "line" };
     let mut sink = Sink::new(origin, counter, out);
-    let records = match kind {
-        Kind::Ndjson => ndjson::records(decoded, ctx, &mut sink)?,
-        Kind::Json => json::records(decoded, ctx, &mut sink)?,
-        Kind::Csv => csv::records(decoded, ctx, &mut sink)?,
-    };
-    sink.finish()?;
-    Ok(records)
+    match kind {
+        Kind::Ndjson => ndjson::records(decoded, ctx, &mut sink),
+        Kind::Json => json::records(decoded, ctx, &mut sink),
+        Kind::Csv => csv::records(decoded, ctx, &mut sink),
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 
 use memchr::memmem;
 use serde::de::{self, Deserialize, MapAccess, Visitor};
@@ -12,13 +12,13 @@ use super::{DecodeError, Origin, Position};
 
 /// Key under which each record carries its origin; sluice owns it.
 pub(super) const META_KEY: &str = "_sluice";
-/// Write-side buffer: batches many small records into one call on the caller's encoder.
-const WRITE_BUFFER: usize = 256 << 10;
 
 /// Writes records with their metadata. The metadata is built once per object, around
-/// the place where the record's line or index goes.
+/// the place where the record's line or index goes. It writes the pieces of a line
+/// straight to `out` (the task's encoder, which gathers a frame's worth before it
+/// compresses): a buffer in between would only copy every byte once more.
 pub(super) struct Sink<'a, W: Write> {
-    out: BufWriter<W>,
+    out: W,
     key: &'a str,
     /// `{"_sluice":{"key":…,"etag":…,"line":`
     prefix: Vec<u8>,
@@ -45,7 +45,7 @@ impl<'a, W: Write> Sink<'a, W> {
         push_json_str(&mut suffix, origin.ingested);
         suffix.push(b'}');
         Self {
-            out: BufWriter::with_capacity(WRITE_BUFFER, out),
+            out,
             key: origin.key,
             prefix,
             suffix,
@@ -154,15 +154,6 @@ impl<'a, W: Write> Sink<'a, W> {
         let written = self.write_meta(line_no).and_then(|()| self.write(&line));
         self.scratch = line;
         written
-    }
-
-    /// Hands buffered output to the caller's writer, without flushing it: flushing an
-    /// encoder per object would only cost compression.
-    pub(super) fn finish(self) -> Result<(), DecodeError> {
-        self.out
-            .into_inner()
-            .map(drop)
-            .map_err(|err| DecodeError::Write(err.into_error()))
     }
 }
 
