@@ -764,9 +764,10 @@ async fn main() {
          accepts (a fuzz target compares the two) in about 0.6 of serde_json's time on \
          these records; serde_json only names the error of a line it rejects. A profile \
          after it: zstd 48 % of the worker, the syntax check 14 %, copies 6 %, SigV4 \
-         (SHA-256 of the uploaded parts) 3 %, UTF-8 check 2 %. The sink now writes each record straight into the encoder's frame, without a \
-         256 KiB buffer per object in between: every output byte is copied once less, and \
-         the heartbeat's record count is taken once per compressed frame, not per write.\n\
+         (SHA-256 of the uploaded parts) 3 %, UTF-8 check 2 %. The sink now writes each \
+         record straight into the encoder's frame, without a 256 KiB buffer per object in \
+         between: every output byte is copied once less, and the heartbeat's record count \
+         is taken once per compressed frame, not per write.\n\
          - Small objects: the S3 client's per-request work (the SDK's orchestration and \
          SigV4) is 37 % of the worker, as it is of the plain download; the decoder 15 %; \
          handing each object to a blocking thread and reading it through a sync bridge \

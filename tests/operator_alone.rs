@@ -159,7 +159,8 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
 
     // The leader dies without releasing its lease. Its last renewal is the
     // one the lease shows now (or, if a renewal was still on its way, a
-    // later one: that only makes the check below stricter).
+    // later one: then the check below measures from an earlier time, so it
+    // can pass more easily but never fail wrongly).
     let killed = Instant::now();
     // SAFETY: signalling a child process the test started.
     unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
