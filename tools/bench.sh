@@ -22,12 +22,16 @@ for group in "${groups[@]}"; do
   echo "== make bench GROUP=$group" >&2
   # What the group compares against (rclone, DuckDB), installed if missing.
   eval "$(tools/bench-tools.sh "$group")"
+  # The load when the group starts: the tables claim a machine with
+  # nothing else running, and this is the figure behind the claim.
+  load=$(cut -d' ' -f1 /proc/loadavg)
   cargo bench --locked --bench "$group" > "$section"
-  SECTION="$section" GROUP="$group" MACHINE="$machine" DATE="$(date -u +%Y-%m-%d)" python3 - <<'PY'
+  SECTION="$section" GROUP="$group" MACHINE="$machine" LOAD="$load" DATE="$(date -u +%Y-%m-%d)" python3 - <<'PY'
 import os, re
 group, path = os.environ["GROUP"], "BENCHMARKS.md"
 body = open(os.environ["SECTION"]).read().strip()
 stamp = (f"_Measured {os.environ['DATE']} on {os.environ['MACHINE']}, "
+         f"with nothing else running (load average {os.environ['LOAD']} as it started), "
          f"by `make bench GROUP={group}` (`cargo bench --bench {group}`)._")
 block = f"<!-- bench:{group} -->\n{stamp}\n\n{body}\n<!-- /bench:{group} -->"
 text = open(path).read()
