@@ -125,14 +125,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Status writes by the API server's count: server-side applies of
-/// `ingestsources/status` (the operator's and the coordinators').
+/// Status writes by the API server's count: successful server-side applies
+/// of `ingestsources/status` (the operator's and the coordinators').
 async fn status_applies(client: &kube::Client) -> f64 {
     apiserver_writes(client)
         .await
         .into_iter()
-        .filter(|((verb, resource, subresource), _)| {
-            verb == "APPLY" && resource == "ingestsources" && subresource == "status"
+        .filter(|((verb, resource, subresource, outcome), _)| {
+            verb == "APPLY"
+                && resource == "ingestsources"
+                && subresource == "status"
+                && outcome.is_empty()
         })
         .map(|(_, count)| count)
         .sum()

@@ -104,9 +104,11 @@ pub fn criterion_median(id: &str) -> Duration {
     Duration::from_nanos(nanos as u64)
 }
 
-/// Write requests (verb, resource, subresource) → how many the API server
-/// has served.
-pub type Writes = std::collections::BTreeMap<(String, String, String), f64>;
+/// Write requests (verb, resource, subresource, outcome) → how many the API
+/// server has served. The outcome is empty for a request that may have
+/// stored something (2xx, not a dry run), else what made it store nothing:
+/// `dry run`, or `refused` and its code.
+pub type Writes = std::collections::BTreeMap<(String, String, String, String), f64>;
 
 /// The write requests the API server has served since it started, from its
 /// `apiserver_request_total` (which has no label for the client, so compare
@@ -142,8 +144,16 @@ pub async fn apiserver_writes(client: &kube::Client) -> Writes {
         {
             continue;
         }
+        let code = label("code");
+        let outcome = if !label("dry_run").is_empty() {
+            "dry run".to_owned()
+        } else if !code.starts_with('2') {
+            format!("refused {code}")
+        } else {
+            String::new()
+        };
         *writes
-            .entry((verb, label("resource"), label("subresource")))
+            .entry((verb, label("resource"), label("subresource"), outcome))
             .or_default() += value.parse::<f64>().unwrap_or(0.0);
     }
     writes

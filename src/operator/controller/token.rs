@@ -14,11 +14,13 @@ use crate::operator::children;
 use super::{Context, Error};
 
 impl Context {
-    /// Makes sure the token Secret holds `token` and its read token: created the first time;
-    /// when it exists, one JSON patch that first tests that the Secret is
-    /// this source's (its controller owner's uid) and then sets the token.
-    /// A Secret of that name that another owner made fails the test and is
-    /// left as it is: [`Error::NameConflict`].
+    /// Makes sure the token Secret holds `token` and its read token, in one
+    /// request when it does (a reconcile that changes nothing changes
+    /// nothing stored): a JSON patch that first tests that the Secret is
+    /// this source's (its controller owner's uid) and then sets the token;
+    /// the Secret is created when there is none. A Secret of that name that
+    /// another owner made fails the test and is left as it is:
+    /// [`Error::NameConflict`].
     pub(super) async fn ensure_token(
         &self,
         source: &IngestSource,
@@ -27,20 +29,6 @@ impl Context {
         token: &str,
     ) -> Result<(), Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let created = api
-            .create(
-                &PostParams::default(),
-                &children::token_secret(source, token),
-            )
-            .await;
-        match created {
-            Ok(_) => {
-                self.metrics.wrote("Secret");
-                return Ok(());
-            }
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-            Err(err) => return Err(err.into()),
-        }
         let ours_then_token: json_patch::Patch = serde_json::from_value(json!([
             {
                 "op": "test",
@@ -54,21 +42,33 @@ impl Context {
             },
         ]))
         .expect("a JSON patch");
-        match api
+        let patched = api
             .patch(
                 &names.token,
                 &PatchParams::default(),
                 &Patch::Json::<()>(ours_then_token),
             )
-            .await
-        {
-            Ok(_) => Ok(()),
+            .await;
+        match patched {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
             // The test failed (or the path is not there: no owner at all).
-            Err(kube::Error::Api(status)) if status.code == 422 => Err(Error::NameConflict {
-                kind: "Secret".into(),
-                name: names.token.clone(),
-            }),
-            Err(err) => Err(err.into()),
+            Err(kube::Error::Api(status)) if status.code == 422 => {
+                return Err(Error::NameConflict {
+                    kind: "Secret".into(),
+                    name: names.token.clone(),
+                });
+            }
+            Err(err) => return Err(err.into()),
         }
+        // None yet. One made in between fails the create (AlreadyExists),
+        // and the reconcile's retry patches it.
+        api.create(
+            &PostParams::default(),
+            &children::token_secret(source, token),
+        )
+        .await?;
+        self.metrics.wrote("Secret");
+        Ok(())
     }
 }
