@@ -72,18 +72,19 @@ hold these rules. tests/chart.rs drops each verb in turn and shows what breaks.
 - apiGroups: ["sluice.dev"]
   resources: ["ingestsources/status"]
   verbs: ["get", "patch"]
-# The children it keeps in shape: cached by watches (list, watch) and
-# server-side applied (patch; an apply that creates the object also needs
-# create).
+# The children it keeps in shape: cached by watches (list, watch), read by
+# name before the first apply to find an object of that name that is not
+# its child (get), and server-side applied (patch; an apply that creates
+# the object also needs create).
 - apiGroups: [""]
   resources: ["serviceaccounts", "configmaps", "services"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Pods are only read, from a cache: why a coordinator or a worker is not
 # ready (unschedulable, image not pulled, crash looping) goes into the
 # IngestSource's conditions.

@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -33,18 +33,21 @@ impl Context {
     /// Deployments' rollouts in `observed`, and returns what was created.
     /// Two rounds of concurrent applies, so a new source costs two round
     /// trips rather than eight: first what has no prerequisite (accounts,
-    /// Role, configuration, Service), then the RoleBinding, which the API
-    /// server checks against its existing Role (the operator may only grant
-    /// what it holds), and both Deployments.
+    /// Role, configuration, Service, and `token_secret`, the making of the
+    /// token Secret), then the RoleBinding, which the API server checks against
+    /// its existing Role (the operator may only grant what it holds), and
+    /// both Deployments, whose pods mount the token.
     pub(super) async fn apply_children(
         &self,
         namespace: &str,
         source: &str,
         desired: &Children,
+        token_secret: impl Future<Output = Result<(), Error>>,
         observed: &mut Observed,
     ) -> Result<Vec<String>, Error> {
         let stores = &self.stores;
-        let (coordinator_account, worker_account, role, config, service) = tokio::try_join!(
+        let ((), coordinator_account, worker_account, role, config, service) = tokio::try_join!(
+            token_secret,
             self.ensure(
                 &stores.service_accounts,
                 namespace,
@@ -177,16 +180,18 @@ impl Context {
     }
 }
 
-/// The metadata of the object `name`, if it exists: read with `list` and a
-/// field selector, which the operator holds for its caches, rather than
-/// `get`, which it would need for nothing else.
+/// The metadata of the object `name`, if it exists. A `get`, which the API
+/// server answers from etcd at once; a `list` by name is answered from its
+/// watch cache only once that has caught up with the latest write to any
+/// kind, which takes up to a tenth of a second after each write.
 pub(super) async fn existing<K>(api: &Api<K>, name: &str) -> Result<Option<ObjectMeta>, Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let selected = ListParams::default().fields(&format!("metadata.name={name}"));
-    let found = api.list_metadata(&selected).await?;
-    Ok(found.items.into_iter().next().map(|object| object.metadata))
+    Ok(api
+        .get_metadata_opt(name)
+        .await?
+        .map(|object| object.metadata))
 }
 
 fn to_value(object: &impl Serialize) -> Value {

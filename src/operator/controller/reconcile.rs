@@ -177,11 +177,29 @@ impl Context {
             worker_replicas,
         );
         let running = self.running(&desired, namespace);
-        if !running {
-            self.ensure_token(source, names, namespace, &token).await?;
-        }
+        let new = self
+            .stores
+            .deployments
+            .get(&ObjectRef::new(&names.coordinator).within(namespace))
+            .is_none();
+        // The pods of running Deployments already found their token.
+        let token_secret = async {
+            match running {
+                true => Ok(()),
+                false => {
+                    self.ensure_token(source, names, namespace, &token, new)
+                        .await
+                }
+            }
+        };
         let created = self
-            .apply_children(namespace, &source.name_any(), &desired, observed)
+            .apply_children(
+                namespace,
+                &source.name_any(),
+                &desired,
+                token_secret,
+                observed,
+            )
             .await?;
         if !created.is_empty() {
             self.notify(

@@ -20,15 +20,32 @@ impl Context {
     /// this source's (its controller owner's uid) and then sets the token;
     /// the Secret is created when there is none. A Secret of that name that
     /// another owner made fails the test and is left as it is:
-    /// [`Error::NameConflict`].
+    /// [`Error::NameConflict`]. For a `new` source (none of its children
+    /// cached) the create comes first, as there is rarely a Secret yet, and
+    /// the patch follows only when one is there.
     pub(super) async fn ensure_token(
         &self,
         source: &IngestSource,
         names: &Names,
         namespace: &str,
         token: &str,
+        new: bool,
     ) -> Result<(), Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let create = || async {
+            api.create(
+                &PostParams::default(),
+                &children::token_secret(source, token),
+            )
+            .await
+            .map(|_| self.metrics.wrote("Secret"))
+        };
+        if new {
+            match create().await {
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                created => return Ok(created?),
+            }
+        }
         let ours_then_token: json_patch::Patch = serde_json::from_value(json!([
             {
                 "op": "test",
@@ -50,25 +67,16 @@ impl Context {
             )
             .await;
         match patched {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Ok(_) => Ok(()),
+            // None yet. One made in between fails the create (AlreadyExists),
+            // and the reconcile's retry patches it.
+            Err(kube::Error::Api(status)) if status.code == 404 && !new => Ok(create().await?),
             // The test failed (or the path is not there: no owner at all).
-            Err(kube::Error::Api(status)) if status.code == 422 => {
-                return Err(Error::NameConflict {
-                    kind: "Secret".into(),
-                    name: names.token.clone(),
-                });
-            }
-            Err(err) => return Err(err.into()),
+            Err(kube::Error::Api(status)) if status.code == 422 => Err(Error::NameConflict {
+                kind: "Secret".into(),
+                name: names.token.clone(),
+            }),
+            Err(err) => Err(err.into()),
         }
-        // None yet. One made in between fails the create (AlreadyExists),
-        // and the reconcile's retry patches it.
-        api.create(
-            &PostParams::default(),
-            &children::token_secret(source, token),
-        )
-        .await?;
-        self.metrics.wrote("Secret");
-        Ok(())
     }
 }
