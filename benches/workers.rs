@@ -4,10 +4,11 @@
 //! server without sluice: a plain concurrent S3 download of the same
 //! objects, with its keys handed in and with the prefix listed first as an
 //! ingest must (the bar for small objects: at least 90 % of the latter),
-//! the same objects streamed through zstd into multipart uploads, the unavoidable
-//! work (the bar for large objects: at least 80 % of it), `rclone copy` of
-//! the same objects between buckets and DuckDB doing the same job (the
-//! bars: as fast or faster), and the worker's peak RSS (under 256 MiB).
+//! the same objects streamed through zstd into multipart uploads, the
+//! unavoidable work (the bar for large objects: at least 80 % of it),
+//! `rclone copy` of the same objects between buckets and DuckDB doing the
+//! same job (the bars: as fast or faster), and the worker's peak RSS (under
+//! 256 MiB).
 //!
 //! Two workloads of NDJSON: many small objects (20,000 of 4 KiB) and a few
 //! large ones (40 of 64 MiB). Each figure is the median of `RUNS` runs; the

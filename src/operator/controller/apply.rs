@@ -34,9 +34,9 @@ impl Context {
     /// Two rounds of concurrent applies, so a new source costs two round
     /// trips rather than eight: first what has no prerequisite (accounts,
     /// Role, configuration, Service, and `token_secret`, the making of the
-    /// token Secret), then the RoleBinding, which the API server checks against
-    /// its existing Role (the operator may only grant what it holds), and
-    /// both Deployments, whose pods mount the token.
+    /// token Secret), then the RoleBinding, which the API server checks
+    /// against its existing Role (the operator may only grant what it
+    /// holds), and both Deployments, whose pods mount the token.
     pub(super) async fn apply_children(
         &self,
         namespace: &str,

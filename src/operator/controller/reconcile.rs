@@ -177,20 +177,18 @@ impl Context {
             worker_replicas,
         );
         let running = self.running(&desired, namespace);
-        let new = self
-            .stores
-            .deployments
-            .get(&ObjectRef::new(&names.coordinator).within(namespace))
-            .is_none();
-        // The pods of running Deployments already found their token.
         let token_secret = async {
-            match running {
-                true => Ok(()),
-                false => {
-                    self.ensure_token(source, names, namespace, &token, new)
-                        .await
-                }
+            // The pods of running Deployments already found their token.
+            if running {
+                return Ok(());
             }
+            let new = self
+                .stores
+                .deployments
+                .get(&ObjectRef::new(&names.coordinator).within(namespace))
+                .is_none();
+            self.ensure_token(source, names, namespace, &token, new)
+                .await
         };
         let created = self
             .apply_children(

@@ -42,7 +42,7 @@ impl Context {
         };
         if new {
             match create().await {
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {}
                 created => return Ok(created?),
             }
         }
@@ -70,7 +70,7 @@ impl Context {
             Ok(_) => Ok(()),
             // None yet. One made in between fails the create (AlreadyExists),
             // and the reconcile's retry patches it.
-            Err(kube::Error::Api(status)) if status.code == 404 && !new => Ok(create().await?),
+            Err(kube::Error::Api(status)) if status.is_not_found() && !new => Ok(create().await?),
             // The test failed (or the path is not there: no owner at all).
             Err(kube::Error::Api(status)) if status.code == 422 => Err(Error::NameConflict {
                 kind: "Secret".into(),
