@@ -29,7 +29,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice::crd::IngestSource;
 use sluice_testenv::KubeEnv;
-use support::{Table, Writes, apiserver_writes, percentile, verdict};
+use support::{Requests, Table, apiserver_requests, cpu_seconds, percentile, verdict};
 
 /// Sequential new sources for the latency figures.
 const LATENCY_SOURCES: usize = 100;
@@ -198,6 +198,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The verbs that write.
+const WRITE_VERBS: [&str; 6] = [
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+];
+
 /// What the operator writes: its children, the token Secret, the status
 /// and Events.
 const OPERATOR_WRITES: [&str; 9] = [
@@ -230,7 +240,7 @@ struct NewWrites {
 }
 
 impl NewWrites {
-    fn between(before: &Writes, after: &Writes) -> Self {
+    fn between(before: &Requests, after: &Requests) -> Self {
         let mut new = NewWrites {
             operator: BTreeMap::new(),
             others: BTreeMap::new(),
@@ -243,6 +253,9 @@ impl NewWrites {
                 continue;
             }
             let (verb, resource, subresource, outcome) = key;
+            if !WRITE_VERBS.contains(&verb.as_str()) {
+                continue;
+            }
             let mut what = format!("{verb} {resource}");
             if !subresource.is_empty() {
                 what = format!("{what}/{subresource}");
@@ -309,6 +322,79 @@ fn describe(writes: &BTreeMap<String, f64>) -> String {
         .map(|(what, count)| format!("{count} {what}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The requests on the kinds the operator writes (reads too) between two
+/// readings, by verb and outcome, most first.
+fn by_verb(before: &Requests, after: &Requests) -> String {
+    let mut verbs: BTreeMap<String, f64> = BTreeMap::new();
+    for (key, count) in after {
+        let (verb, resource, _, outcome) = key;
+        let count = count - before.get(key).unwrap_or(&0.0);
+        if count <= 0.0 || !OPERATOR_WRITES.contains(&resource.as_str()) {
+            continue;
+        }
+        let what = match outcome.as_str() {
+            "" => verb.clone(),
+            outcome => format!("{verb} ({outcome})"),
+        };
+        *verbs.entry(what).or_default() += count;
+    }
+    let total: f64 = verbs.values().sum();
+    let mut verbs: Vec<_> = verbs.into_iter().collect();
+    verbs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let verbs: Vec<String> = verbs
+        .iter()
+        .map(|(what, count)| format!("{count} {what}"))
+        .collect();
+    format!(
+        "{total} ({:.1} per source): {}",
+        total / COLD_SOURCES as f64,
+        verbs.join(", ")
+    )
+}
+
+/// The CPU time the control plane's processes have used, to tell what a
+/// stretch of the run was bound by.
+struct Cpu {
+    /// Each process's name, pid and CPU seconds so far.
+    control_plane: Vec<(String, u32, f64)>,
+    benchmark: f64,
+}
+
+impl Cpu {
+    /// Etcd's, kube-apiserver's, kube-controller-manager's and this
+    /// benchmark's CPU time so far.
+    fn of(kube: &KubeEnv) -> Self {
+        let name = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| pid.to_string())
+        };
+        Cpu {
+            control_plane: kube
+                .pids()
+                .into_iter()
+                .map(|pid| (name(pid), pid, cpu_seconds(pid)))
+                .collect(),
+            benchmark: cpu_seconds(std::process::id()),
+        }
+    }
+
+    /// What each used since `self`, and the operator since it started.
+    fn since(&self, operator: &Operator) -> String {
+        let mut used: Vec<String> = self
+            .control_plane
+            .iter()
+            .map(|(name, pid, before)| format!("{name} {:.1} s", cpu_seconds(*pid) - before))
+            .collect();
+        used.push(format!("the operator {:.1} s", cpu_seconds(operator.pid())));
+        used.push(format!(
+            "the benchmark (its watches) {:.1} s",
+            cpu_seconds(std::process::id()) - self.benchmark
+        ));
+        used.join(", ")
+    }
 }
 
 /// Starts the operator as users run it (off the runtime's threads, which
@@ -383,6 +469,8 @@ async fn main() {
     create_sources(&client, &cold, COLD_SOURCES).await;
     let watches = Watches::start(&client, &cold).await;
     eprintln!("starting the operator...");
+    let cold_requests = apiserver_requests(&client).await;
+    let cold_cpu = Cpu::of(kube);
     let started = Instant::now();
     let operator = start_operator(kube, "bench-1").await;
     let names: Vec<String> = (0..COLD_SOURCES).map(|i| format!("source-{i}")).collect();
@@ -413,13 +501,18 @@ async fn main() {
     // A resync that changes nothing: the operator restarted (as on an
     // upgrade or a new leader) reconciles every source again.
     let reconciled = quiet(&operator, COLD_SOURCES as f64).await;
-    eprintln!("{reconciled} reconciles until quiet; restarting the operator...");
+    let cold_quiet = started.elapsed();
+    let cold_requests = by_verb(&cold_requests, &apiserver_requests(&client).await);
+    let cold_cpu = cold_cpu.since(&operator);
+    eprintln!(
+        "{reconciled} reconciles until quiet after {cold_quiet:?}: {cold_requests}; CPU: {cold_cpu}; restarting the operator..."
+    );
     drop(operator);
-    let before = apiserver_writes(&client).await;
+    let before = apiserver_requests(&client).await;
     let secrets = secret_versions(&client, &cold).await;
     let operator = start_operator(kube, "bench-2").await;
     let restart_reconciles = quiet(&operator, COLD_SOURCES as f64).await;
-    let after = apiserver_writes(&client).await;
+    let after = apiserver_requests(&client).await;
     let restart = NewWrites::between(&before, &after);
     let restart_changed = changed(&secrets, &secret_versions(&client, &cold).await);
     let restart_own = operator.metric("sluice_operator_api_writes_total");
@@ -432,7 +525,7 @@ async fn main() {
     // And one woken by a watch event: an annotation the operator does not
     // act on, on every source. The bench's own PATCHes are left out.
     let api: Api<IngestSource> = Api::namespaced(client.clone(), &cold);
-    let before = apiserver_writes(&client).await;
+    let before = apiserver_requests(&client).await;
     let secrets = secret_versions(&client, &cold).await;
     let own_before = operator.metric("sluice_operator_api_writes_total");
     futures::stream::iter(&names)
@@ -456,7 +549,7 @@ async fn main() {
         .unwrap();
     let touch_reconciles =
         quiet(&operator, restart_reconciles + COLD_SOURCES as f64).await - restart_reconciles;
-    let after = apiserver_writes(&client).await;
+    let after = apiserver_requests(&client).await;
     let mut touch = NewWrites::between(&before, &after);
     let touch_changed = changed(&secrets, &secret_versions(&client, &cold).await);
     let bench_patches = touch.operator.remove("PATCH ingestsources").unwrap_or(0.0);
@@ -518,9 +611,21 @@ async fn main() {
          server answers from its watch cache only once that cache has caught up with etcd's \
          latest revision (after any write to any kind it waits for etcd's next progress \
          report, asked for every 100 ms), and the token Secret was made before the first \
-         round, by a patch that found none and then a create. The cold start does not gain \
-         from it: it is bound by the API server's work on two cores (the same machine took \
-         36.0 s with the code before, 34.1 s after; a Xeon machine 26.4 s earlier that day).\n"
+         round, by a patch that found none and then a create.\n"
+    );
+    println!(
+        "The cold start is bound by the API server's CPU: the table gives the CPU time each \
+         process used from the operator's start until it was quiet, and the requests on the \
+         kinds the operator writes (reads too). Both cores are busy throughout, \
+         kube-apiserver with about two thirds of them and the operator with an eighth. Two \
+         experiments on 2026-12-04 on an AMD machine, where the cold start took 36-40 s: \
+         leaving out the requests that store nothing on every reconcile after a source's \
+         first (the token Secret's PATCH and the credentials' dry run, 2,500 fewer requests) \
+         took 40.7 s, and leaving out the `get` of each new child (8,000 fewer requests, \
+         which would take over objects of other owners) 38.8 s: neither is the cost. What \
+         remains is the API server's work per applied child (server-side apply of 9.5 objects \
+         per source, the Service's cluster IP, the Events); a Xeon machine took 26.4 s for \
+         the same code earlier that day.\n"
     );
     println!(
         "Writes are counted by the API server: its `apiserver_request_total` (verbs POST, PUT, \
@@ -575,6 +680,24 @@ async fn main() {
         seconds_or_missed(cold_settled),
         "30 s".into(),
         verdict(cold_settled.is_some_and(|took| took < Duration::from_secs(30))).into(),
+    ]);
+    table.row(&[
+        format!("cold start: API requests until quiet ({reconciled} reconciles)"),
+        COLD_SOURCES.to_string(),
+        cold_requests,
+        "-".into(),
+        String::new(),
+    ]);
+    table.row(&[
+        format!(
+            "cold start: CPU time until quiet ({:.1} s on {} cores)",
+            cold_quiet.as_secs_f64(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        COLD_SOURCES.to_string(),
+        cold_cpu,
+        "-".into(),
+        String::new(),
     ]);
     table.row(&[
         format!("no-op resync, operator restarted ({restart_reconciles} reconciles): API writes"),

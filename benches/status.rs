@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use sluice::crd::IngestSource;
 use sluice_core::api::{LeaseRequest, LeaseResponse, Summary};
-use support::{Table, apiserver_writes, verdict};
+use support::{Table, apiserver_requests, verdict};
 
 /// How long the busy ingest is measured for (it is given more work than
 /// that).
@@ -128,7 +128,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Status writes by the API server's count: successful server-side applies
 /// of `ingestsources/status` (the operator's and the coordinators').
 async fn status_applies(client: &kube::Client) -> f64 {
-    apiserver_writes(client)
+    apiserver_requests(client)
         .await
         .into_iter()
         .filter(|((verb, resource, subresource, outcome), _)| {

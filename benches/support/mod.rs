@@ -104,19 +104,18 @@ pub fn criterion_median(id: &str) -> Duration {
     Duration::from_nanos(nanos as u64)
 }
 
-/// Write requests (verb, resource, subresource, outcome) → how many the API
-/// server has served. The outcome is empty for a request that may have
-/// stored something (2xx, not a dry run), else what made it store nothing:
-/// `dry run`, or `refused` and its code.
-pub type Writes = std::collections::BTreeMap<(String, String, String, String), f64>;
+/// Requests (verb, resource, subresource, outcome) → how many the API
+/// server has served. The outcome is empty for a request that succeeded
+/// (2xx, not a dry run), else `dry run`, or `refused` and its code.
+pub type Requests = std::collections::BTreeMap<(String, String, String, String), f64>;
 
-/// The write requests the API server has served since it started, from its
+/// The requests the API server has served since it started, from its
 /// `apiserver_request_total` (which has no label for the client, so compare
-/// two readings with nothing else writing in between).
-pub async fn apiserver_writes(client: &kube::Client) -> Writes {
+/// two readings with nothing else asking in between).
+pub async fn apiserver_requests(client: &kube::Client) -> Requests {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let body = client.request_text(request).await.unwrap();
-    let mut writes = Writes::new();
+    let mut requests = Requests::new();
     for line in body.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
             continue;
@@ -131,19 +130,6 @@ pub async fn apiserver_writes(client: &kube::Client) -> Writes {
                 .map(|value| value.trim_end_matches('"').to_owned())
                 .unwrap_or_default()
         };
-        let verb = label("verb");
-        if ![
-            "POST",
-            "PUT",
-            "PATCH",
-            "APPLY",
-            "DELETE",
-            "DELETECOLLECTION",
-        ]
-        .contains(&verb.as_str())
-        {
-            continue;
-        }
         let code = label("code");
         let outcome = if !label("dry_run").is_empty() {
             "dry run".to_owned()
@@ -152,11 +138,34 @@ pub async fn apiserver_writes(client: &kube::Client) -> Writes {
         } else {
             String::new()
         };
-        *writes
-            .entry((verb, label("resource"), label("subresource"), outcome))
+        *requests
+            .entry((
+                label("verb"),
+                label("resource"),
+                label("subresource"),
+                outcome,
+            ))
             .or_default() += value.parse::<f64>().unwrap_or(0.0);
     }
-    writes
+    requests
+}
+
+/// The CPU time process `pid` has used so far (user and system), in
+/// seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|err| panic!("/proc/{pid}/stat: {err}"));
+    // The fields after the command name, which is in parentheses: utime
+    // and stime are the 12th and 13th.
+    let (_, after_name) = stat.rsplit_once(')').expect("a stat line");
+    let ticks: f64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|field| field.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    // SAFETY: sysconf only reads a constant of the system.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Every key under `prefix` in `bucket`.
