@@ -222,6 +222,18 @@ const OPERATOR_WRITES: [&str; 9] = [
     "events",
 ];
 
+/// The requests served between two readings of the API server's count,
+/// each kind with how many.
+fn served<'a>(
+    before: &'a Requests,
+    after: &'a Requests,
+) -> impl Iterator<Item = (&'a (String, String, String, String), f64)> {
+    after
+        .iter()
+        .map(|(key, count)| (key, count - before.get(key).unwrap_or(&0.0)))
+        .filter(|(_, count)| *count > 0.0)
+}
+
 /// The write requests between two readings of the API server's count.
 struct NewWrites {
     /// Of the kinds the operator writes: `VERB resource[/subresource]`,
@@ -247,12 +259,7 @@ impl NewWrites {
             may_store: 0.0,
             secret_patches: 0.0,
         };
-        for (key, count) in after {
-            let count = count - before.get(key).unwrap_or(&0.0);
-            if count <= 0.0 {
-                continue;
-            }
-            let (verb, resource, subresource, outcome) = key;
+        for ((verb, resource, subresource, outcome), count) in served(before, after) {
             if !WRITE_VERBS.contains(&verb.as_str()) {
                 continue;
             }
@@ -328,10 +335,8 @@ fn describe(writes: &BTreeMap<String, f64>) -> String {
 /// readings, by verb and outcome, most first.
 fn by_verb(before: &Requests, after: &Requests) -> String {
     let mut verbs: BTreeMap<String, f64> = BTreeMap::new();
-    for (key, count) in after {
-        let (verb, resource, _, outcome) = key;
-        let count = count - before.get(key).unwrap_or(&0.0);
-        if count <= 0.0 || !OPERATOR_WRITES.contains(&resource.as_str()) {
+    for ((verb, resource, _, outcome), count) in served(before, after) {
+        if !OPERATOR_WRITES.contains(&resource.as_str()) {
             continue;
         }
         let what = match outcome.as_str() {
