@@ -8,7 +8,7 @@
 //!
 //! Parquet can follow by putting another encoder in front of the parts.
 
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -132,11 +132,20 @@ impl Encoder {
 
 impl Write for Encoder {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.frame.extend_from_slice(data);
+        self.write_vectored(&[IoSlice::new(data)])
+    }
+
+    /// Takes every piece: the decoder hands over each record's line in pieces.
+    fn write_vectored(&mut self, pieces: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        let mut written = 0;
+        for piece in pieces {
+            self.frame.extend_from_slice(piece);
+            written += piece.len();
+        }
         if self.frame.len() >= FRAME_SIZE {
             self.compress_frame()?;
         }
-        Ok(data.len())
+        Ok(written)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use super::input::{Ctx, READ_BUFFER, Shift, UTF8_BOM};
 use super::sink::Sink;
+use super::syntax::Shape;
 use super::{DecodeError, Position};
 
 pub(super) fn records<W: Write>(
@@ -61,7 +62,8 @@ pub(super) fn records<W: Write>(
             if object.get().len() > ctx.max {
                 return Err(ctx.too_long(Position::Record(1)));
             }
-            sink.object(object.get(), 1, Position::Record(1))?;
+            let object = object.get().as_bytes();
+            sink.object(object, shape_of(object), 1, Position::Record(1))?;
             records = 1;
         }
         other => {
@@ -147,7 +149,8 @@ impl<'de, W: Write> Visitor<'de> for ArrayVisitor<'_, '_, '_, W> {
                     .ctx
                     .data(position, format!("not a JSON object (found {found})")))
             } else {
-                self.sink.object(text, n, position)
+                let object = text.as_bytes();
+                self.sink.object(object, shape_of(object), n, position)
             };
             if let Err(err) = result {
                 *self.failure = Some(err);
@@ -167,5 +170,15 @@ pub(super) fn kind_of(first: u8) -> &'static str {
         b't' | b'f' => "a boolean",
         b'n' => "null",
         _ => "a number",
+    }
+}
+
+/// What the sink needs to know of an object serde_json has parsed, found by searching
+/// its bytes (cheaper than checking it again).
+fn shape_of(object: &[u8]) -> Shape {
+    Shape {
+        non_ascii: !object.is_ascii(),
+        unicode_escape: memchr::memmem::find(object, br"\u").is_some(),
+        line_break: memchr::memchr2(b'\n', b'\r', object).is_some(),
     }
 }

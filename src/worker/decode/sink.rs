@@ -2,12 +2,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Write;
+use std::io::{self, IoSlice, Write};
 
 use memchr::memmem;
 use serde::de::{self, Deserialize, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::syntax::{Shape, trim};
 use super::{DecodeError, Origin, Position};
 
 /// Key under which each record carries its origin; sluice owns it.
@@ -27,7 +28,6 @@ pub(super) struct Sink<'a, W: Write> {
     /// Scratch for records that are rewritten rather than copied.
     scratch: Vec<u8>,
     meta_key: memmem::Finder<'static>,
-    unicode_escape: memmem::Finder<'static>,
 }
 
 impl<'a, W: Write> Sink<'a, W> {
@@ -51,35 +51,46 @@ impl<'a, W: Write> Sink<'a, W> {
             suffix,
             scratch: Vec::new(),
             meta_key: memmem::Finder::new(br#""_sluice""#),
-            unicode_escape: memmem::Finder::new(br"\u"),
         }
     }
 
-    pub(super) fn write(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
-        self.out.write_all(bytes).map_err(DecodeError::Write)
-    }
-
-    fn write_meta(&mut self, n: u64) -> Result<(), DecodeError> {
+    /// Writes record `n` as one line: its metadata, then `members`, the rest of the
+    /// line (from the comma after the metadata, or the closing brace, to the newline).
+    /// One call hands the encoder the whole line.
+    fn line(&mut self, n: u64, members: &[&[u8]]) -> Result<(), DecodeError> {
         let mut digits = [0u8; 20];
-        self.out
-            .write_all(&self.prefix)
-            .and_then(|()| self.out.write_all(format_u64(n, &mut digits)))
-            .and_then(|()| self.out.write_all(&self.suffix))
-            .map_err(DecodeError::Write)
+        let mut pieces = [IoSlice::new(&[]); 6];
+        let line = [&self.prefix, format_u64(n, &mut digits), &self.suffix]
+            .into_iter()
+            .chain(members.iter().copied());
+        for (piece, bytes) in pieces.iter_mut().zip(line) {
+            *piece = IoSlice::new(bytes);
+        }
+        let mut pieces = &mut pieces[..3 + members.len()];
+        while !pieces.is_empty() {
+            match self.out.write_vectored(pieces) {
+                Ok(0) => return Err(DecodeError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(written) => IoSlice::advance_slices(&mut pieces, written),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(DecodeError::Write(err)),
+            }
+        }
+        Ok(())
     }
 
-    /// Writes a validated JSON object (no surrounding whitespace) as record `n`.
+    /// Writes a JSON object checked by [`Syntax::scan`](super::syntax::Syntax::scan)
+    /// (no surrounding whitespace, `shape` what the check noted) as record `n`.
     pub(super) fn object(
         &mut self,
-        object: &str,
+        object: &[u8],
+        shape: Shape,
         n: u64,
         position: Position,
     ) -> Result<(), DecodeError> {
-        let bytes = object.as_bytes();
-        // The key can only be present if its bytes are, or if some key is escaped.
-        if self.meta_key.find(bytes).is_some() || self.unicode_escape.find(bytes).is_some() {
+        // The key can only be there if its bytes are, or if an escape spells it.
+        if shape.unicode_escape || self.meta_key.find(object).is_some() {
             let entries: Entries =
-                serde_json::from_str(object).map_err(|err| DecodeError::Data {
+                serde_json::from_slice(object).map_err(|err| DecodeError::Data {
                     key: self.key.to_owned(),
                     position,
                     reason: err.to_string(),
@@ -88,26 +99,22 @@ impl<'a, W: Write> Sink<'a, W> {
                 return self.rebuild(&entries, n);
             }
         }
-        self.write_meta(n)?;
-        let rest = &bytes[1..];
-        if trim_json(rest) == b"}" {
+        let members = &object[1..];
+        if trim(members) == b"}" {
             // An empty object: nothing follows the metadata but the brace.
-            return self.write(b"}\n");
+            return self.line(n, &[b"}\n"]);
         }
-        self.write(b",")?;
         // A raw CR or LF in valid JSON is whitespace between tokens; it must not split
         // the output line.
-        if memchr::memchr2(b'\n', b'\r', rest).is_some() {
+        if shape.line_break {
             let mut line = std::mem::take(&mut self.scratch);
             line.clear();
-            push_one_line(&mut line, rest);
-            let written = self.write(&line);
+            push_one_line(&mut line, members);
+            let written = self.line(n, &[b",", &line, b"\n"]);
             self.scratch = line;
-            written?;
-        } else {
-            self.write(rest)?;
+            return written;
         }
-        self.write(b"\n")
+        self.line(n, &[b",", members, b"\n"])
     }
 
     /// Rewrites a record that has its own `_sluice` key: sluice's metadata wins. The
@@ -122,7 +129,7 @@ impl<'a, W: Write> Sink<'a, W> {
             push_one_line(&mut line, value.get().as_bytes());
         }
         line.extend_from_slice(b"}\n");
-        let written = self.write_meta(n).and_then(|()| self.write(&line));
+        let written = self.line(n, &[&line]);
         self.scratch = line;
         written
     }
@@ -151,7 +158,7 @@ impl<'a, W: Write> Sink<'a, W> {
             push_json_str(&mut line, value);
         }
         line.extend_from_slice(b"}\n");
-        let written = self.write_meta(line_no).and_then(|()| self.write(&line));
+        let written = self.line(line_no, &[&line]);
         self.scratch = line;
         written
     }
@@ -209,17 +216,6 @@ fn push_one_line(out: &mut Vec<u8>, json: &[u8]) {
         b'\n' | b'\r' => b' ',
         b => b,
     }));
-}
-
-/// Trims JSON whitespace (not all ASCII whitespace: a form feed is not JSON whitespace).
-fn trim_json(bytes: &[u8]) -> &[u8] {
-    let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
-    let start = bytes.iter().position(|b| !is_ws(b)).unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !is_ws(b))
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 /// Appends `s` as a JSON string. Hand-written because it is on the CSV hot path and
