@@ -7,6 +7,7 @@
 //! written exactly one JSON object per record, each starting with the
 //! `_sluice` metadata.
 
+use serde::de::IgnoredAny;
 use sluice::worker::decode::{Decoded, Limits, Origin, decode};
 use sluice_core::encoding::{Compression, Format};
 
@@ -50,12 +51,10 @@ pub fn run(format: Format, extension: &str, data: &[u8]) {
             "{}",
             String::from_utf8_lossy(line)
         );
-        match serde_json::from_slice::<serde_json::Value>(line) {
-            Ok(value) => assert!(value.is_object()),
-            // Deep nesting is valid JSON that serde_json will not build a
-            // tree of; the decoder passes it through.
-            Err(err) if err.to_string().contains("recursion limit") => {}
-            Err(err) => panic!("{err}: {}", String::from_utf8_lossy(line)),
+        // Checked, not built: valid JSON can be nested deeper than serde_json
+        // builds a tree of, or hold numbers too large for an f64.
+        if let Err(err) = serde_json::from_slice::<IgnoredAny>(line) {
+            panic!("{err}: {}", String::from_utf8_lossy(line));
         }
     }
 }
