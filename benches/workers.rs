@@ -790,19 +790,42 @@ async fn main() {
          12 % less). What \
          remains is inherent to the job: a worker validates every record and adds its \
          `_sluice` metadata (object key, ETag, task, time, line), so it compresses and \
-         uploads twice the source bytes of these 230-byte records, where the \
+         uploads about 1.8 times the source bytes of these 230-byte records, where the \
          compressing baseline and rclone move the source bytes only. rclone's time varies \
          most between runs (7.3-12.0 s for the same copy on this day, against 8.3-11.0 s \
          for the compressing baseline): when it beats the compressing baseline, its bar \
          asks for more than the unavoidable work. Each line is now checked by sluice's own \
          JSON syntax check (`decode::syntax`), which accepts exactly what serde_json \
-         accepts (a fuzz target compares the two) in about 0.6 of serde_json's time on \
-         these records; serde_json only names the error of a line it rejects. A profile \
+         accepts (a fuzz target compares the two) in about three quarters of serde_json's \
+         time on these records; serde_json only names the error of a line it rejects. A profile \
          after it: zstd 48 % of the worker, the syntax check 14 %, copies 6 %, SigV4 \
          (SHA-256 of the uploaded parts) 3 %, UTF-8 check 2 %. The sink now writes each \
          record straight into the encoder's frame, without a 256 KiB buffer per object in \
          between: every output byte is copied once less, and the heartbeat's record count \
-         is taken once per compressed frame, not per write.\n\
+         is taken once per compressed frame, not per write. \
+         CPU accounting of one run on 2026-12-04 (AMD; `perf record -a` during sluice's \
+         run and during the compressing baseline's): the worker used 15.7 CPU-s, 392 ms \
+         per 64 MiB object, and the baseline's client 10.8 CPU-s, 271 ms; MinIO about \
+         3.6 CPU-s in both. Of the worker's 121 ms more per object: the JSON syntax \
+         check 59 ms; a UTF-8 check and searches for `_sluice`, `\\u` and line breaks \
+         23 ms; the sink's writes 14 ms; copies 13 ms (the read buffer, and an output \
+         1.8 times the source bytes); zstd 11 ms (that output compresses at 740 MB/s \
+         against the source's 455 MB/s, so it costs only a tenth more); page faults 11 \
+         ms. Since then each line is read once by its checks: the syntax check notes \
+         whether a line is ASCII, has a `\\u` escape or a raw line break \
+         (`decode::syntax::Shape`), so nothing searches it again, and the sink hands \
+         the encoder each line in one vectored write. In one process, decoding and \
+         compressing a 64 MiB object went from 0.240-0.253 s to 0.234-0.251 s (min of \
+         11, three alternating runs), where streaming the same bytes through the \
+         encoder alone takes 0.142-0.149 s. What is left is mostly the syntax check, \
+         1.4 GB/s on these records (47 ms per 64 MiB, serde_json skipping values 61 \
+         ms): were it free, the ratio would be about (271 + 90) / (333 + 90) = 0.85. \
+         glibc's allocator handing the encoder's large buffers back to the kernel and \
+         faulting them in again costs about a tenth of the worker's CPU: with \
+         `GLIBC_TUNABLES` (mmap threshold 64 MiB, trim threshold 256 MiB) the worker \
+         used 8-16 % less CPU, but the baseline, which shares the encoder, gained as \
+         much, and the worker's peak RSS rose from 130-140 MiB to 204-231 MiB, near its \
+         bar: not kept.\n\
          - Small objects: the S3 client's per-request work (the SDK's orchestration and \
          SigV4) is 37 % of the worker, as it is of the plain download; the decoder 15 %; \
          handing each object to a blocking thread and reading it through a sync bridge \
