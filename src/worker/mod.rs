@@ -22,7 +22,7 @@ const FETCH_AHEAD_BYTES: u64 = 16 << 20;
 const WHOLE_OBJECT: u64 = 1 << 20;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -765,8 +765,9 @@ impl Objects {
 }
 
 /// An object's body, as the decoder reads it: in memory (objects of up to
-/// [`WHOLE_OBJECT`]) or from the connection while it is decoded.
-type Body = Box<dyn Read + Send>;
+/// [`WHOLE_OBJECT`]) or from the connection while it is decoded. Either
+/// way the decoder reads the bytes where they are, without a copy.
+type Body = Box<dyn BufRead + Send>;
 
 /// Counts the source bytes read, and stops reading once cancelled.
 struct Counted<R> {
@@ -775,13 +776,24 @@ struct Counted<R> {
     cancel: CancellationToken,
 }
 
-impl<R: Read> Read for Counted<R> {
+impl<R: BufRead> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.fill_buf()?.read(buf)?;
+        self.consume(read);
+        Ok(read)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         if self.cancel.is_cancelled() {
             return Err(std::io::Error::other("the task was stopped"));
         }
-        let read = self.inner.read(buf)?;
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, read: usize) {
         self.bytes.fetch_add(read as u64, Ordering::Relaxed);
-        Ok(read)
+        self.inner.consume(read);
     }
 }

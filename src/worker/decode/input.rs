@@ -3,15 +3,16 @@
 
 use std::cell::Cell;
 use std::fmt::Write as _;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use super::codec::Codec;
 use super::{DecodeError, Position};
 
-/// Read-side buffer: large enough that most lines are handled in place, without copying,
-/// and small enough not to weigh on a small object, which gets one too (zero-filled on its
-/// first read, as std's buffered readers do through a reader of ours: at 256 KiB, that was
-/// 1 % of the machine's CPU on 4 KiB objects).
+/// The buffer after a decompressor, and under the JSON parser (plain NDJSON is
+/// parsed where the source holds it): large enough that most lines are handled in place,
+/// without copying, and small enough not to weigh on a small object, which gets one too
+/// (zero-filled on its first read, as std's buffered readers do through a reader of ours:
+/// at 256 KiB, that was 1 % of the machine's CPU on 4 KiB objects).
 pub(super) const READ_BUFFER: usize = 64 << 10;
 /// Extra bytes the record guard lets through beyond the limit: parsers read ahead of the
 /// record they parse, by at most their buffer. The exact limit is checked once a record
@@ -140,15 +141,23 @@ pub(super) struct Source<'s, R> {
     pub(super) stats: &'s Stats,
 }
 
-impl<R: Read> Read for Source<'_, R> {
+impl<R: BufRead> Read for Source<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.fill_buf()?.read(buf)?;
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// Reading through the source's own buffer (a body in memory, or the connection's
+/// chunks) is what spares a plain object a copy.
+impl<R: BufRead> BufRead for Source<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         loop {
-            match self.inner.read(buf) {
-                Ok(n) => {
-                    let stats = self.stats;
-                    stats.compressed.set(stats.compressed.get() + n as u64);
-                    return Ok(n);
-                }
+            match self.inner.fill_buf() {
+                // The end: asking again would read again.
+                Ok([]) => return Ok(&[]),
+                Ok(_) => break,
                 // Decompressors do not all retry; an interrupted read is not a failure.
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
@@ -157,6 +166,15 @@ impl<R: Read> Read for Source<'_, R> {
                 }
             }
         }
+        // What the call above filled, handed out again without reading (the borrow
+        // checker does not let that call's slice out of the loop).
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        let stats = self.stats;
+        stats.compressed.set(stats.compressed.get() + n as u64);
+        self.inner.consume(n);
     }
 }
 
@@ -178,11 +196,22 @@ pub(super) struct Tally<'s, R> {
     pub(super) count: &'s Cell<u64>,
 }
 
-impl<R: Read> Read for Tally<'_, R> {
+impl<R: BufRead> Read for Tally<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
+        let n = self.fill_buf()?.read(buf)?;
+        self.consume(n);
         Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Tally<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.count.set(self.count.get() + n as u64);
+        self.inner.consume(n);
     }
 }
 

@@ -16,12 +16,12 @@
 //! `sink` (a record with its metadata, as one line).
 
 use std::fmt::{self, Write as _};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 
 use sluice_core::encoding::{Compression, Format};
 
 use codec::{Codec, choose_codec, sniff};
-use input::{Ctx, Source, Stats, Tally, read_prefix};
+use input::{Ctx, READ_BUFFER, Source, Stats, Tally, read_prefix};
 use sink::Sink;
 
 mod codec;
@@ -117,7 +117,7 @@ pub enum DecodeError {
 /// Each output line is the record with `_sluice` metadata as its first key. On error,
 /// part of the object may already have been written; the caller discards the output.
 pub fn decode(
-    input: impl Read,
+    input: impl BufRead,
     origin: &Origin,
     format: Format,
     compression: Compression,
@@ -219,19 +219,26 @@ fn resolve_format(format: Format, key: &str) -> Result<Kind, DecodeError> {
 }
 
 fn decode_stream<W: Write>(
-    raw: impl Read,
+    raw: impl BufRead,
     ctx: &Ctx,
     kind: Kind,
     origin: &Origin,
     out: W,
 ) -> Result<u64, DecodeError> {
-    let decompressed: Box<dyn Read + '_> = match ctx.codec {
+    // Plain text is parsed where the source holds it; decompressed text from a buffer.
+    let decompressed: Box<dyn BufRead + '_> = match ctx.codec {
         Codec::Plain => Box::new(raw),
-        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        Codec::Zstd => Box::new(zstd::Decoder::new(raw).map_err(|source| DecodeError::Read {
-            key: ctx.key.to_owned(),
-            source,
-        })?),
+        Codec::Gzip => Box::new(BufReader::with_capacity(
+            READ_BUFFER,
+            flate2::bufread::MultiGzDecoder::new(raw),
+        )),
+        Codec::Zstd => Box::new(BufReader::with_capacity(
+            READ_BUFFER,
+            zstd::Decoder::with_buffer(raw).map_err(|source| DecodeError::Read {
+                key: ctx.key.to_owned(),
+                source,
+            })?,
+        )),
     };
     let decoded = Tally {
         inner: decompressed,

@@ -1,22 +1,23 @@
 //! NDJSON: each line validated without building a tree, then copied with its metadata.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Write};
 
 use serde::de::IgnoredAny;
 
-use super::input::{Ctx, READ_BUFFER, Shift, UTF8_BOM};
+use super::input::{Ctx, Shift, UTF8_BOM};
 use super::json::kind_of;
 use super::sink::Sink;
 use super::syntax::{Shape, Syntax, trim};
 use super::{DecodeError, Position};
 
 pub(super) fn records<W: Write>(
-    input: impl Read,
+    mut reader: impl BufRead,
     ctx: &Ctx,
     sink: &mut Sink<W>,
 ) -> Result<u64, DecodeError> {
-    let mut reader = BufReader::with_capacity(READ_BUFFER, input);
-    // Only a line that straddles two buffer fills is copied, into `long`.
+    // Only a line that straddles two buffer fills is copied, into `long`. Every line a
+    // fill holds is handled before the next fill: a fill reaches through the reader
+    // layers down to the connection.
     let mut long = Vec::new();
     let mut syntax = Syntax::default();
     let mut line_no = 0u64;
@@ -31,29 +32,30 @@ pub(super) fn records<W: Write>(
             }
             return Ok(records);
         }
-        let newline = memchr::memchr(b'\n', buf);
-        // Checked before copying, so a huge line is never held whole.
-        if long.len() + newline.unwrap_or(buf.len()) > ctx.max {
-            return Err(ctx.too_long(Position::Line(line_no + 1)));
-        }
-        let consumed = match newline {
-            Some(end) if long.is_empty() => {
-                line_no += 1;
-                records += ndjson_line(&buf[..end], line_no, ctx, &mut syntax, sink)?;
-                end + 1
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', buf).chain([buf.len()]) {
+            let piece = &buf[start..end];
+            // Checked before copying, so a huge line is never held whole.
+            if long.len() + piece.len() > ctx.max {
+                return Err(ctx.too_long(Position::Line(line_no + 1)));
             }
-            Some(end) => {
-                line_no += 1;
-                long.extend_from_slice(&buf[..end]);
-                records += ndjson_line(&long, line_no, ctx, &mut syntax, sink)?;
+            if end == buf.len() {
+                // The start of a line the next fill goes on with.
+                long.extend_from_slice(piece);
+                break;
+            }
+            line_no += 1;
+            records += if long.is_empty() {
+                ndjson_line(piece, line_no, ctx, &mut syntax, sink)?
+            } else {
+                long.extend_from_slice(piece);
+                let line = ndjson_line(&long, line_no, ctx, &mut syntax, sink)?;
                 long.clear();
-                end + 1
-            }
-            None => {
-                long.extend_from_slice(buf);
-                buf.len()
-            }
-        };
+                line
+            };
+            start = end + 1;
+        }
+        let consumed = buf.len();
         reader.consume(consumed);
     }
 }

@@ -1,3 +1,5 @@
+use std::io::BufReader;
+
 use super::input::{GUARD_SLACK, READ_BUFFER};
 use super::*;
 use serde_json::{Value, json};
@@ -211,7 +213,7 @@ fn unknown_extension_is_a_data_error_before_reading() {
     let mut reader = Lazy::new(b"", 10, b'x');
     let mut out = Vec::new();
     let err = decode(
-        &mut reader,
+        BufReader::new(&mut reader),
         &origin("a.txt"),
         Format::Auto,
         Compression::Auto,
@@ -550,7 +552,7 @@ fn ndjson_huge_line_stops_early() {
         max_record_bytes: 1 << 20,
     };
     let err = decode(
-        &mut reader,
+        BufReader::new(&mut reader),
         &origin("a.ndjson"),
         Format::Auto,
         Compression::Auto,
@@ -794,7 +796,7 @@ fn json_huge_element_stops_early() {
             max_record_bytes: 1 << 20,
         };
         let err = decode(
-            &mut reader,
+            BufReader::new(&mut reader),
             &origin("x.json"),
             Format::Auto,
             Compression::Auto,
@@ -966,7 +968,7 @@ fn csv_huge_field_stops_early() {
         max_record_bytes: 1 << 20,
     };
     let err = decode(
-        &mut reader,
+        BufReader::new(&mut reader),
         &origin("x.csv"),
         Format::Auto,
         Compression::Auto,
@@ -1142,7 +1144,7 @@ fn source_errors_are_read_errors() {
         };
         let mut out = Vec::new();
         let err = decode(
-            reader,
+            BufReader::new(reader),
             &origin(key),
             Format::Auto,
             Compression::Auto,
@@ -1175,7 +1177,7 @@ fn interrupted_reads_are_retried() {
         };
         let mut out = Vec::new();
         let decoded = decode(
-            reader,
+            BufReader::new(reader),
             &origin("x.ndjson"),
             Format::Auto,
             Compression::Auto,
