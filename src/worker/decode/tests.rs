@@ -25,7 +25,45 @@ fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).unwrap()
 }
 
-/// Decodes `input` and returns the outcome and the raw output.
+/// Serves `data` a chunk of `size` bytes at a time, as a connection does, counting how
+/// often it is asked for bytes.
+struct Chunks<'a> {
+    data: &'a [u8],
+    size: usize,
+    fills: usize,
+}
+
+impl<'a> Chunks<'a> {
+    fn new(data: &'a [u8], size: usize) -> Self {
+        Self {
+            data,
+            size,
+            fills: 0,
+        }
+    }
+}
+
+impl Read for Chunks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.fill_buf()?.read(buf)?;
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Chunks<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.fills += 1;
+        Ok(&self.data[..self.size.min(self.data.len())])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.data = &self.data[n..];
+    }
+}
+
+/// Decodes `input`, served in chunks of the size of a decompressor's buffer, and
+/// returns the outcome and the raw output.
 fn run_with(
     input: &[u8],
     key: &str,
@@ -37,7 +75,8 @@ fn run_with(
     let limits = Limits {
         max_record_bytes: max,
     };
-    let result = decode(input, &origin(key), format, compression, &limits, &mut out);
+    let chunks = Chunks::new(input, READ_BUFFER);
+    let result = decode(chunks, &origin(key), format, compression, &limits, &mut out);
     (result, String::from_utf8(out).expect("output is UTF-8"))
 }
 
@@ -465,6 +504,27 @@ fn lines_longer_than_the_read_buffer_are_joined() {
     assert_eq!(lines[0]["a"].as_str().unwrap().len(), big.len());
     assert_eq!(lines[2]["_sluice"]["line"], 3);
     assert_eq!(lines[2]["c"].as_str().unwrap(), big);
+}
+
+/// A fill reaches through the reader layers down to the connection (a round trip into
+/// its runtime), so it is made once per chunk, not once per line.
+#[test]
+fn every_line_of_a_chunk_is_handled_before_the_next_fill() {
+    let input: String = (0..1000).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let mut chunks = Chunks::new(input.as_bytes(), 4096);
+    let mut out = Vec::new();
+    let decoded = decode(
+        &mut chunks,
+        &origin("x.ndjson"),
+        Format::Auto,
+        Compression::Auto,
+        &Limits::default(),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(decoded.records, 1000);
+    let filled = input.len().div_ceil(4096);
+    assert!(chunks.fills <= 3 * filled + 3, "{} fills", chunks.fills);
 }
 
 #[test]
