@@ -778,9 +778,7 @@ struct Counted<R> {
 
 impl<R: BufRead> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let read = self.fill_buf()?.read(buf)?;
-        self.consume(read);
-        Ok(read)
+        decode::read_buffered(self, buf)
     }
 }
 

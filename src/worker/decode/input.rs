@@ -141,11 +141,17 @@ pub(super) struct Source<'s, R> {
     pub(super) stats: &'s Stats,
 }
 
+/// `Read::read` for a reader that is read through its `BufRead` side, where it keeps
+/// its counts and checks.
+pub fn read_buffered(reader: &mut impl BufRead, buf: &mut [u8]) -> io::Result<usize> {
+    let n = reader.fill_buf()?.read(buf)?;
+    reader.consume(n);
+    Ok(n)
+}
+
 impl<R: BufRead> Read for Source<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.fill_buf()?.read(buf)?;
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, buf)
     }
 }
 
@@ -198,9 +204,7 @@ pub(super) struct Tally<'s, R> {
 
 impl<R: BufRead> Read for Tally<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.fill_buf()?.read(buf)?;
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, buf)
     }
 }
 

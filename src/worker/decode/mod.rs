@@ -21,6 +21,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use sluice_core::encoding::{Compression, Format};
 
 use codec::{Codec, choose_codec, sniff};
+pub use input::read_buffered;
 use input::{Ctx, READ_BUFFER, Source, Stats, Tally, read_prefix};
 use sink::Sink;
 

@@ -45,9 +45,7 @@ impl<'a> Chunks<'a> {
 
 impl Read for Chunks<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.fill_buf()?.read(buf)?;
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, buf)
     }
 }
 
@@ -78,6 +76,19 @@ fn run_with(
     let chunks = Chunks::new(input, READ_BUFFER);
     let result = decode(chunks, &origin(key), format, compression, &limits, &mut out);
     (result, String::from_utf8(out).expect("output is UTF-8"))
+}
+
+/// Decodes what `reader` serves as the object `key`, with the default format,
+/// compression and limits; the output is dropped.
+fn decode_reader(reader: impl BufRead, key: &str) -> Result<Decoded, DecodeError> {
+    decode(
+        reader,
+        &origin(key),
+        Format::Auto,
+        Compression::Auto,
+        &Limits::default(),
+        &mut Vec::new(),
+    )
 }
 
 /// Decodes successfully and parses every output line.
@@ -250,16 +261,7 @@ fn position_display() {
 #[test]
 fn unknown_extension_is_a_data_error_before_reading() {
     let mut reader = Lazy::new(b"", 10, b'x');
-    let mut out = Vec::new();
-    let err = decode(
-        BufReader::new(&mut reader),
-        &origin("a.txt"),
-        Format::Auto,
-        Compression::Auto,
-        &Limits::default(),
-        &mut out,
-    )
-    .unwrap_err();
+    let err = decode_reader(BufReader::new(&mut reader), "a.txt").unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, DecodeError::Data { .. }));
     assert!(
@@ -512,16 +514,7 @@ fn lines_longer_than_the_read_buffer_are_joined() {
 fn every_line_of_a_chunk_is_handled_before_the_next_fill() {
     let input: String = (0..1000).map(|n| format!("{{\"n\":{n}}}\n")).collect();
     let mut chunks = Chunks::new(input.as_bytes(), 4096);
-    let mut out = Vec::new();
-    let decoded = decode(
-        &mut chunks,
-        &origin("x.ndjson"),
-        Format::Auto,
-        Compression::Auto,
-        &Limits::default(),
-        &mut out,
-    )
-    .unwrap();
+    let decoded = decode_reader(&mut chunks, "x.ndjson").unwrap();
     assert_eq!(decoded.records, 1000);
     let filled = input.len().div_ceil(4096);
     assert!(chunks.fills <= 3 * filled + 3, "{} fills", chunks.fills);
@@ -1202,16 +1195,7 @@ fn source_errors_are_read_errors() {
             interrupt: false,
             calls: 0,
         };
-        let mut out = Vec::new();
-        let err = decode(
-            BufReader::new(reader),
-            &origin(key),
-            Format::Auto,
-            Compression::Auto,
-            &Limits::default(),
-            &mut out,
-        )
-        .unwrap_err();
+        let err = decode_reader(BufReader::new(reader), key).unwrap_err();
         let DecodeError::Read { key: k, source } = &err else {
             panic!("expected a read error, got {err}")
         };
@@ -1235,16 +1219,7 @@ fn interrupted_reads_are_retried() {
             interrupt: true,
             calls: 0,
         };
-        let mut out = Vec::new();
-        let decoded = decode(
-            BufReader::new(reader),
-            &origin("x.ndjson"),
-            Format::Auto,
-            Compression::Auto,
-            &Limits::default(),
-            &mut out,
-        )
-        .unwrap();
+        let decoded = decode_reader(BufReader::new(reader), "x.ndjson").unwrap();
         assert_eq!(decoded.records, 2);
     }
 }
