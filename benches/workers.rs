@@ -527,6 +527,13 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Flushes what the steps before wrote (MinIO keeps its objects in files) before a
+/// timed step starts, so that no step pays for the writeback of another's output.
+fn settle() {
+    let status = Command::new("sync").status().expect("sync runs");
+    assert!(status.success(), "sync failed");
+}
+
 #[tokio::main]
 async fn main() {
     let workers = env_usize("SLUICE_BENCH_WORKERS", WORKERS);
@@ -596,6 +603,7 @@ async fn main() {
                     max_attempts: 3,
                 },
             };
+            settle();
             let (time, summary, rss) =
                 tokio::task::block_in_place(|| ingest.run(&config, workload.objects as u64));
             peak_rss = peak_rss.max(rss);
@@ -608,12 +616,14 @@ async fn main() {
             eprintln!("run {run}: sluice {:.2}s", time.as_secs_f64());
             sluice_runs.push(time);
 
+            settle();
             let started = Instant::now();
             let read = download(&client, &source, &keys, workload.raw_concurrency).await;
             raw_runs.push(started.elapsed());
             assert_eq!(read, bytes);
             eprintln!("run {run}: raw GET {:.2}s", started.elapsed().as_secs_f64());
 
+            settle();
             let started = Instant::now();
             let prefix = format!("{}/", workload.name);
             let read = list_and_download(&client, &source, &prefix, workload.raw_concurrency).await;
@@ -625,6 +635,7 @@ async fn main() {
             );
 
             let to = format!("{}-compressed-{run}", workload.name);
+            settle();
             let started = Instant::now();
             let written = compress_copy(
                 &client,
@@ -641,6 +652,7 @@ async fn main() {
             delete_all(&client, &copy, &to).await;
 
             let to = format!("{}-duckdb-{run}", workload.name);
+            settle();
             let started = Instant::now();
             let copied = tokio::task::block_in_place(|| {
                 duckdb_copy(
@@ -655,6 +667,7 @@ async fn main() {
             delete_all(&client, &copy, &to).await;
 
             let to = format!("{}-{run}", workload.name);
+            settle();
             let started = Instant::now();
             tokio::task::block_in_place(|| {
                 rclone(
@@ -695,6 +708,8 @@ async fn main() {
          {workers} `sluice worker` process{} ({concurrency} tasks at once; tasks of up to 100 \
          objects or 64 MiB), timed from the processes' start until the coordinator reports \
          every object ingested; each run then checks that the sink holds every record once. \
+         Every timed step starts after a `sync`, so that none pays for flushing the files \
+         another step had MinIO write. \
          Compared in the same run, against the same MinIO on loopback sharing the machine's \
          cores, with: a plain concurrent download of the same objects (aws-sdk-s3, bodies read \
          and dropped; {RAW_SMALL} GETs in flight for small objects, {RAW_LARGE} for large), \
