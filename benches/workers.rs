@@ -793,8 +793,13 @@ async fn main() {
          busy: on large objects the worker used 150-170 % CPU and MinIO 25-40 %; on small \
          objects MinIO 100-120 % and the worker about 75 %. So sluice's time is CPU per \
          byte and per object, and splitting one large object over both cores cannot help \
-         while 4 tasks already keep both busy (it would help a worker given one huge object \
-         alone; not built).\n\n\
+         while 4 tasks already keep both busy. Nor does it help much one huge object alone, \
+         as MinIO, the GET and the upload need the second core too: a thread that compressed \
+         each frame of a task while the next was gathered (tried on 2026-12-04, AMD) took one \
+         512 MiB object in 2.21 s instead of 2.41 s (medians of 3 runs). With 4 tasks, \
+         sluice's time stayed where it was (9.45 s against 9.52 s) while the compressing \
+         baseline, which shares the encoder, went from 7.33 to 6.22 s, and the worker's peak \
+         RSS rose from 132 to 184 MiB: not kept.\n\n\
          - Large objects: zstd 49 % of the worker (a quarter of it \
          `ZSTD_compressBlock_fast_extDict`, the streaming encoder's window wrapping around \
          its buffer), JSON validation 19 % (serde_json skipping values), copies 4 %, SigV4 \
