@@ -16,8 +16,10 @@
 //! over all of them.
 //!
 //! For experiments: `SLUICE_BENCH_WORKERS` and `SLUICE_BENCH_CONCURRENCY`
-//! override the pool, `SLUICE_BENCH_RUNS` the runs, and
-//! `SLUICE_BENCH_ONLY=small|large` runs one workload.
+//! override the pool, `SLUICE_BENCH_RUNS` the runs,
+//! `SLUICE_BENCH_ONLY=small|large` runs one workload, and
+//! `SLUICE_BENCH_WORKER_TUNABLES` is the `GLIBC_TUNABLES` of the worker
+//! processes alone (not of the contenders in this process).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -459,6 +461,9 @@ impl Ingest<'_> {
                 .arg(format!("--address=127.0.0.1:{own}"))
                 .arg(format!("--concurrency={}", self.concurrency))
                 .env("POD_NAME", format!("worker-{n}"));
+            if let Ok(tunables) = std::env::var("SLUICE_BENCH_WORKER_TUNABLES") {
+                worker.env("GLIBC_TUNABLES", tunables);
+            }
             processes.push(self.start(&format!("worker-{n}"), worker, own));
         }
         let deadline = started + Duration::from_secs(1800);
@@ -845,7 +850,14 @@ async fn main() {
          `GLIBC_TUNABLES` (mmap threshold 64 MiB, trim threshold 256 MiB) the worker \
          used 8-16 % less CPU, but the baseline, which shares the encoder, gained as \
          much, and the worker's peak RSS rose from 130-140 MiB to 204-231 MiB, near its \
-         bar: not kept. Plain NDJSON is now parsed where the source holds it (the body in \
+         bar: not kept. Given to the worker alone (`SLUICE_BENCH_WORKER_TUNABLES`, on the \
+         afternoon of 2026-12-04; mmap threshold 32 MiB, trim threshold 128 MiB), they took \
+         the worker's CPU over the baseline client's from a median of 1.48 (5 runs) to 1.43 \
+         (3 runs) and the large-object ratio from 0.75-0.80 to 0.79-0.83, for a peak RSS of \
+         195-218 MiB instead of 129-140 MiB; with a trim threshold of 32 MiB nothing changed \
+         (1.50 and 1.60 against 1.49 and 1.43). Not adopted: what glibc keeps grows with its \
+         arenas (one per thread, up to 8 per core), so the RSS bar would hold on 2 cores \
+         only. Plain NDJSON is now parsed where the source holds it (the body in \
          memory, or the connection's chunks), every line of a chunk before the next: no \
          64 KiB read buffer and no copy into it. The worker's CPU over the baseline \
          client's, in the same runs: 1.53-1.73 before (median 1.62 of 6 runs), 1.37-1.56 \
