@@ -410,6 +410,8 @@ struct Ingest<'a> {
     dir: PathBuf,
     workers: usize,
     concurrency: usize,
+    /// `GLIBC_TUNABLES` for the worker processes, if any.
+    worker_tunables: Option<String>,
 }
 
 impl Ingest<'_> {
@@ -461,7 +463,7 @@ impl Ingest<'_> {
                 .arg(format!("--address=127.0.0.1:{own}"))
                 .arg(format!("--concurrency={}", self.concurrency))
                 .env("POD_NAME", format!("worker-{n}"));
-            if let Ok(tunables) = std::env::var("SLUICE_BENCH_WORKER_TUNABLES") {
+            if let Some(tunables) = &self.worker_tunables {
                 worker.env("GLIBC_TUNABLES", tunables);
             }
             processes.push(self.start(&format!("worker-{n}"), worker, own));
@@ -560,6 +562,7 @@ async fn main() {
         dir: dir.path().to_owned(),
         workers,
         concurrency,
+        worker_tunables: std::env::var("SLUICE_BENCH_WORKER_TUNABLES").ok(),
     };
     let location = |bucket: &str, prefix: String| {
         let mut location = minio.location(bucket);
