@@ -400,17 +400,18 @@ async fn pod_run(
 
 /// `kubectl logs` of `target` (a pod or `deployment/NAME`). The kubelet
 /// reads a log through the runtime, which another test of this binary
-/// restarts now and then: asked again until it answers.
+/// restarts now and then: asked again until it answers. While it cannot ask
+/// the runtime, the kubelet may answer with its own error as if it were the
+/// log, and `kubectl logs` succeeds: that is no answer either.
 async fn container_log(namespace: &str, target: &str) -> String {
     eventually(&format!("the log of {target}"), DONE, || async {
         let output = node()
             .kube()
             .kubectl_output(&["-n", namespace, "logs", target])
             .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        let log = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.success() && !log.starts_with("unable to retrieve container logs for "))
+            .then_some(log)
     })
     .await
 }
