@@ -180,5 +180,6 @@ fn shape_of(object: &[u8]) -> Shape {
         non_ascii: !object.is_ascii(),
         unicode_escape: memchr::memmem::find(object, br"\u").is_some(),
         line_break: memchr::memchr2(b'\n', b'\r', object).is_some(),
+        sluice_key: memchr::memmem::find(object, br#""_sluice""#).is_some(),
     }
 }

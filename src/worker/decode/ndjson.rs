@@ -33,16 +33,31 @@ pub(super) fn records<W: Write>(
             return Ok(records);
         }
         let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', buf).chain([buf.len()]) {
-            let piece = &buf[start..end];
-            // Checked before copying, so a huge line is never held whole.
+        while start < buf.len() {
+            // The hot path. The first line may start with a byte order mark, and the
+            // rest of a line that straddles two fills is in `long`: those take the
+            // path below, as does any line the hot path does not take.
+            if line_no > 0
+                && long.is_empty()
+                && let Some(len) = object_line(&buf[start..], line_no + 1, ctx, &mut syntax, sink)?
+            {
+                line_no += 1;
+                records += 1;
+                start += len + 1;
+                continue;
+            }
+            let Some(len) = memchr::memchr(b'\n', &buf[start..]) else {
+                // The start of a line the next fill goes on with, checked before it
+                // is copied, so that a huge line is never held whole.
+                if long.len() + buf.len() - start > ctx.max {
+                    return Err(ctx.too_long(Position::Line(line_no + 1)));
+                }
+                long.extend_from_slice(&buf[start..]);
+                break;
+            };
+            let piece = &buf[start..start + len];
             if long.len() + piece.len() > ctx.max {
                 return Err(ctx.too_long(Position::Line(line_no + 1)));
-            }
-            if end == buf.len() {
-                // The start of a line the next fill goes on with.
-                long.extend_from_slice(piece);
-                break;
             }
             line_no += 1;
             records += if long.is_empty() {
@@ -53,11 +68,35 @@ pub(super) fn records<W: Write>(
                 long.clear();
                 line
             };
-            start = end + 1;
+            start += len + 1;
         }
         let consumed = buf.len();
         reader.consume(consumed);
     }
+}
+
+/// Writes the line at the start of `text` as record `n` if it is a JSON object that
+/// ends with an LF in `text`, reading it once: returns the line's length without the
+/// LF. `None` when it is anything else, even a valid record, for [`ndjson_line`] to
+/// handle, and to say what is wrong with it.
+fn object_line<W: Write>(
+    text: &[u8],
+    n: u64,
+    ctx: &Ctx,
+    syntax: &mut Syntax,
+    sink: &mut Sink<W>,
+) -> Result<Option<usize>, DecodeError> {
+    let Some((shape, len)) = syntax.line(text) else {
+        return Ok(None);
+    };
+    let line = &text[..len];
+    let object = trim(line);
+    if len > ctx.max || object[0] != b'{' || (shape.non_ascii && std::str::from_utf8(line).is_err())
+    {
+        return Ok(None);
+    }
+    sink.object(object, shape, n, Position::Line(n))?;
+    Ok(Some(len))
 }
 
 /// Handles one NDJSON line; returns the number of records written (0 for a blank line).

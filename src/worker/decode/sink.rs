@@ -4,7 +4,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, IoSlice, Write};
 
-use memchr::memmem;
 use serde::de::{self, Deserialize, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -27,7 +26,6 @@ pub(super) struct Sink<'a, W: Write> {
     suffix: Vec<u8>,
     /// Scratch for records that are rewritten rather than copied.
     scratch: Vec<u8>,
-    meta_key: memmem::Finder<'static>,
 }
 
 impl<'a, W: Write> Sink<'a, W> {
@@ -50,7 +48,6 @@ impl<'a, W: Write> Sink<'a, W> {
             prefix,
             suffix,
             scratch: Vec::new(),
-            meta_key: memmem::Finder::new(br#""_sluice""#),
         }
     }
 
@@ -88,7 +85,7 @@ impl<'a, W: Write> Sink<'a, W> {
         position: Position,
     ) -> Result<(), DecodeError> {
         // The key can only be there if its bytes are, or if an escape spells it.
-        if shape.unicode_escape || self.meta_key.find(object).is_some() {
+        if shape.sluice_key || shape.unicode_escape {
             let entries: Entries =
                 serde_json::from_slice(object).map_err(|err| DecodeError::Data {
                     key: self.key.to_owned(),
