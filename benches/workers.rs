@@ -247,7 +247,7 @@ async fn compress_copy(
     (to_bucket, to): (&str, &str),
     concurrency: usize,
 ) -> u64 {
-    use sluice::worker::output;
+    use sluice::worker::{decode::Lines, output};
     each_object(
         client,
         bucket,
@@ -259,8 +259,10 @@ async fn compress_copy(
             let upload = output::upload(client, to_bucket, &out, parts, async { true });
             let encode = async {
                 while let Some(chunk) = body.try_next().await.unwrap() {
+                    // A chunk goes in as one piece, as if it were a line:
+                    // the encoder only gathers bytes into frames.
                     encoder = tokio::task::spawn_blocking(move || {
-                        std::io::Write::write_all(&mut encoder, &chunk).unwrap();
+                        encoder.line(&[&chunk]).unwrap();
                         encoder
                     })
                     .await

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use rand::{Rng, RngExt, SeedableRng};
+use sluice::worker::decode::Lines;
 use sluice::worker::output::{self, PART_SIZE, UploadError};
 use sluice_core::api::{
     self, HeartbeatResponse, LeaseResponse, Summary, TaskDetail, TaskList, TaskState,
@@ -453,7 +454,7 @@ async fn an_output_is_not_written_once_the_task_is_lost() {
         tokio::task::spawn_blocking(move || {
             let mut data = vec![0u8; size];
             rand::rngs::SmallRng::seed_from_u64(size as u64).fill_bytes(&mut data);
-            encoder.write_all(&data).unwrap();
+            encoder.line(&[&data]).unwrap();
             encoder.finish()
         })
         .await

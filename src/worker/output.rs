@@ -8,7 +8,7 @@
 //!
 //! Parquet can follow by putting another encoder in front of the parts.
 
-use std::io::{IoSlice, Write};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use crate::s3;
+use crate::worker::decode::Lines;
 
 /// The size of an upload part (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
@@ -50,8 +51,9 @@ pub enum Chunk {
 /// The writing end, used from the blocking thread that decodes: records
 /// go in as NDJSON and come out as compressed parts.
 pub struct Encoder {
-    /// Records not compressed yet, up to [`FRAME_SIZE`].
+    /// Records not compressed yet, up to [`FRAME_SIZE`], and how many.
     frame: Vec<u8>,
+    frame_records: u64,
     compressor: zstd::bulk::Compressor<'static>,
     /// The last frame compressed.
     compressed: Vec<u8>,
@@ -69,6 +71,7 @@ pub fn encoder(records: Arc<AtomicU64>) -> (Encoder, mpsc::Receiver<Chunk>) {
     let (sender, receiver) = mpsc::channel(PARTS_QUEUED);
     let encoder = Encoder {
         frame: Vec::new(),
+        frame_records: 0,
         compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 1 is valid"),
         compressed: Vec::new(),
         part: Vec::new(),
@@ -80,23 +83,24 @@ pub fn encoder(records: Arc<AtomicU64>) -> (Encoder, mpsc::Receiver<Chunk>) {
 }
 
 impl Encoder {
-    fn send(&mut self, chunk: Chunk) -> std::io::Result<()> {
+    fn send(&mut self, chunk: Chunk) -> io::Result<()> {
         self.sender
             .blocking_send(chunk)
-            .map_err(|_| std::io::Error::other("the upload of the output stopped"))
+            .map_err(|_| io::Error::other("the upload of the output stopped"))
     }
 
     /// Compresses the records held into a frame, and sends the part when
     /// it is full.
-    fn compress_frame(&mut self) -> std::io::Result<()> {
+    fn compress_frame(&mut self) -> io::Result<()> {
         self.compressed.clear();
         self.compressed
             .reserve(zstd::zstd_safe::compress_bound(self.frame.len()));
         self.compressor
             .compress_to_buffer(&self.frame, &mut self.compressed)?;
-        let lines = memchr::memchr_iter(b'\n', &self.frame).count();
-        self.records.fetch_add(lines as u64, Ordering::Relaxed);
+        self.records
+            .fetch_add(self.frame_records, Ordering::Relaxed);
         self.frame.clear();
+        self.frame_records = 0;
         self.part.extend_from_slice(&self.compressed);
         self.written += self.compressed.len() as u64;
         if self.part.len() >= PART_SIZE {
@@ -108,16 +112,16 @@ impl Encoder {
 
     /// Ends an output that got no records: the uploader writes nothing.
     /// Callable from async code, as nothing was sent before it.
-    pub fn end_empty(&mut self) -> std::io::Result<()> {
+    pub fn end_empty(&mut self) -> io::Result<()> {
         self.frame.clear();
         self.sender
             .try_send(Chunk::End)
-            .map_err(|_| std::io::Error::other("the upload of the output stopped"))
+            .map_err(|_| io::Error::other("the upload of the output stopped"))
     }
 
     /// Compresses what is left, sends the last part and the end; the
     /// uploader then completes the object. Returns the bytes written.
-    pub fn finish(mut self) -> std::io::Result<u64> {
+    pub fn finish(mut self) -> io::Result<u64> {
         if !self.frame.is_empty() {
             self.compress_frame()?;
         }
@@ -130,25 +134,15 @@ impl Encoder {
     }
 }
 
-impl Write for Encoder {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(data)])
-    }
-
-    /// Takes every piece: the decoder hands over each record's line in pieces.
-    fn write_vectored(&mut self, pieces: &[IoSlice<'_>]) -> std::io::Result<usize> {
-        let mut written = 0;
+impl Lines for Encoder {
+    fn line(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
         for piece in pieces {
             self.frame.extend_from_slice(piece);
-            written += piece.len();
         }
+        self.frame_records += 1;
         if self.frame.len() >= FRAME_SIZE {
             self.compress_frame()?;
         }
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -328,9 +322,10 @@ async fn upload_parts(
 mod tests {
     use super::*;
 
-    /// An output longer than a frame is several zstd frames, which a zstd
-    /// reader reads back as the records written, in order; the records
-    /// are counted as each frame is compressed.
+    /// An output longer than a frame is several zstd frames, cut after the
+    /// line that fills a frame, which a zstd reader reads back as the
+    /// records written, in order; the records are counted as each frame is
+    /// compressed.
     #[test]
     fn a_long_output_is_frames_that_read_back_as_one_stream() {
         let counted = Arc::new(AtomicU64::new(0));
@@ -350,8 +345,9 @@ mod tests {
             .map(|n| format!("{{\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(n % 50)))
             .collect();
         assert!(records.len() > 2 * FRAME_SIZE);
-        for piece in records.as_bytes().chunks(64 << 10) {
-            encoder.write_all(piece).unwrap();
+        for line in records.split_inclusive('\n') {
+            let (key, rest) = line.split_at(5);
+            encoder.line(&[key.as_bytes(), rest.as_bytes()]).unwrap();
         }
         // The frames compressed so far, not the last one being gathered.
         let so_far = counted.load(Ordering::Relaxed);
@@ -360,14 +356,25 @@ mod tests {
         assert_eq!(counted.load(Ordering::Relaxed), 300_000);
         let object = uploader.join().unwrap();
         assert_eq!(written, object.len() as u64);
-        let mut frames = 0;
+        // Every frame but the last is the first lines that reach FRAME_SIZE.
+        let mut frames = Vec::new();
         let mut rest = &object[..];
         while !rest.is_empty() {
             let frame = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+            frames.push(zstd::decode_all(&rest[..frame]).unwrap());
             rest = &rest[frame..];
-            frames += 1;
         }
-        assert_eq!(frames, records.len().div_ceil(FRAME_SIZE));
+        let (last, full) = frames.split_last().unwrap();
+        assert!(full.len() >= 2);
+        for frame in full {
+            let without_its_last_line = frame[..frame.len() - 1]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .unwrap();
+            assert!(frame.len() >= FRAME_SIZE && without_its_last_line < FRAME_SIZE);
+            assert_eq!(frame.last(), Some(&b'\n'));
+        }
+        assert!(!last.is_empty() && last.len() < FRAME_SIZE);
         assert_eq!(zstd::decode_all(&object[..]).unwrap(), records.as_bytes());
     }
 

@@ -1,16 +1,16 @@
 //! CSV: a header row, then each row becomes an object of strings.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use super::input::{Ctx, UTF8_BOM};
 use super::sink::{META_KEY, Sink, push_json_str};
-use super::{DecodeError, Position};
+use super::{DecodeError, Lines, Position};
 
 /// Buffer the CSV parser keeps of its own.
 const CSV_BUFFER: usize = 64 << 10;
 
-pub(super) fn records<W: Write>(
+pub(super) fn records<W: Lines>(
     input: impl Read,
     ctx: &Ctx,
     sink: &mut Sink<W>,

@@ -1,7 +1,7 @@
 //! JSON: one object, or a top-level array streamed element by element.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 
 use serde::de::{self, Deserialize, Deserializer as _, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -9,9 +9,9 @@ use serde_json::value::RawValue;
 use super::input::{Ctx, READ_BUFFER, Shift, UTF8_BOM};
 use super::sink::Sink;
 use super::syntax::Shape;
-use super::{DecodeError, Position};
+use super::{DecodeError, Lines, Position};
 
-pub(super) fn records<W: Write>(
+pub(super) fn records<W: Lines>(
     input: impl Read,
     ctx: &Ctx,
     sink: &mut Sink<W>,
@@ -117,7 +117,7 @@ fn skip_whitespace(reader: &mut impl BufRead) -> io::Result<Option<(u8, Shift)>>
 
 /// Streams the elements of a top-level array, writing each as it arrives, so that the
 /// array is never held whole.
-struct ArrayVisitor<'v, 'a, 'c, W: Write> {
+struct ArrayVisitor<'v, 'a, 'c, W: Lines> {
     sink: &'v mut Sink<'a, W>,
     ctx: &'v Ctx<'c>,
     records: &'v mut u64,
@@ -125,7 +125,7 @@ struct ArrayVisitor<'v, 'a, 'c, W: Write> {
     failure: &'v mut Option<DecodeError>,
 }
 
-impl<'de, W: Write> Visitor<'de> for ArrayVisitor<'_, '_, '_, W> {
+impl<'de, W: Lines> Visitor<'de> for ArrayVisitor<'_, '_, '_, W> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

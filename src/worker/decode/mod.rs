@@ -16,7 +16,7 @@
 //! `sink` (a record with its metadata, as one line).
 
 use std::fmt::{self, Write as _};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 
 use sluice_core::encoding::{Compression, Format};
 
@@ -34,6 +34,27 @@ mod sink;
 pub mod syntax;
 #[cfg(test)]
 mod tests;
+
+/// Where decoded records go: one NDJSON line at a time.
+pub trait Lines {
+    /// Writes one whole line, given in pieces, the last of which ends with its LF.
+    fn line(&mut self, pieces: &[&[u8]]) -> io::Result<()>;
+}
+
+impl Lines for Vec<u8> {
+    fn line(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
+        for piece in pieces {
+            self.extend_from_slice(piece);
+        }
+        Ok(())
+    }
+}
+
+impl<L: Lines + ?Sized> Lines for &mut L {
+    fn line(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
+        (**self).line(pieces)
+    }
+}
 
 /// Where a record came from; becomes the `_sluice` metadata of each record.
 #[derive(Debug, Clone, Copy)]
@@ -123,7 +144,7 @@ pub fn decode(
     format: Format,
     compression: Compression,
     limits: &Limits,
-    out: &mut impl Write,
+    out: &mut impl Lines,
 ) -> Result<Decoded, DecodeError> {
     let key = origin.key;
     // Decided before any byte is read, so a misconfigured source fails fast.
@@ -219,7 +240,7 @@ fn resolve_format(format: Format, key: &str) -> Result<Kind, DecodeError> {
     }
 }
 
-fn decode_stream<W: Write>(
+fn decode_stream<W: Lines>(
     raw: impl BufRead,
     ctx: &Ctx,
     kind: Kind,

@@ -1,6 +1,6 @@
 //! NDJSON: each line validated without building a tree, then copied with its metadata.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
 use serde::de::IgnoredAny;
 
@@ -8,9 +8,9 @@ use super::input::{Ctx, Shift, UTF8_BOM};
 use super::json::kind_of;
 use super::sink::Sink;
 use super::syntax::{Shape, Syntax, trim};
-use super::{DecodeError, Position};
+use super::{DecodeError, Lines, Position};
 
-pub(super) fn records<W: Write>(
+pub(super) fn records<W: Lines>(
     mut reader: impl BufRead,
     ctx: &Ctx,
     sink: &mut Sink<W>,
@@ -79,7 +79,7 @@ pub(super) fn records<W: Write>(
 /// ends with an LF in `text`, reading it once: returns the line's length without the
 /// LF. `None` when it is anything else, even a valid record, for [`ndjson_line`] to
 /// handle, and to say what is wrong with it.
-fn object_line<W: Write>(
+fn object_line<W: Lines>(
     text: &[u8],
     n: u64,
     ctx: &Ctx,
@@ -100,7 +100,7 @@ fn object_line<W: Write>(
 }
 
 /// Handles one NDJSON line; returns the number of records written (0 for a blank line).
-fn ndjson_line<W: Write>(
+fn ndjson_line<W: Lines>(
     full: &[u8],
     n: u64,
     ctx: &Ctx,

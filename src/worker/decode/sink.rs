@@ -2,22 +2,21 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{self, IoSlice, Write};
 
 use serde::de::{self, Deserialize, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::syntax::{Shape, trim};
-use super::{DecodeError, Origin, Position};
+use super::{DecodeError, Lines, Origin, Position};
 
 /// Key under which each record carries its origin; sluice owns it.
 pub(super) const META_KEY: &str = "_sluice";
 
 /// Writes records with their metadata. The metadata is built once per object, around
-/// the place where the record's line or index goes. It writes the pieces of a line
+/// the place where the record's line or index goes. It hands the pieces of a line
 /// straight to `out` (the task's encoder, which gathers a frame's worth before it
 /// compresses): a buffer in between would only copy every byte once more.
-pub(super) struct Sink<'a, W: Write> {
+pub(super) struct Sink<'a, W: Lines> {
     out: W,
     key: &'a str,
     /// `{"_sluice":{"key":…,"etag":…,"line":`
@@ -28,7 +27,7 @@ pub(super) struct Sink<'a, W: Write> {
     scratch: Vec<u8>,
 }
 
-impl<'a, W: Write> Sink<'a, W> {
+impl<'a, W: Lines> Sink<'a, W> {
     pub(super) fn new(origin: &Origin<'a>, counter: &str, out: W) -> Self {
         let mut prefix = br#"{"_sluice":{"key":"#.to_vec();
         push_json_str(&mut prefix, origin.key);
@@ -52,27 +51,21 @@ impl<'a, W: Write> Sink<'a, W> {
     }
 
     /// Writes record `n` as one line: its metadata, then `members`, the rest of the
-    /// line (from the comma after the metadata, or the closing brace, to the newline).
-    /// One call hands the encoder the whole line.
+    /// line (from the comma after the metadata, or the closing brace, to the LF).
     fn line(&mut self, n: u64, members: &[&[u8]]) -> Result<(), DecodeError> {
         let mut digits = [0u8; 20];
-        let mut pieces = [IoSlice::new(&[]); 6];
-        let line = [&self.prefix, format_u64(n, &mut digits), &self.suffix]
-            .into_iter()
-            .chain(members.iter().copied());
-        for (piece, bytes) in pieces.iter_mut().zip(line) {
-            *piece = IoSlice::new(bytes);
-        }
-        let mut pieces = &mut pieces[..3 + members.len()];
-        while !pieces.is_empty() {
-            match self.out.write_vectored(pieces) {
-                Ok(0) => return Err(DecodeError::Write(io::ErrorKind::WriteZero.into())),
-                Ok(written) => IoSlice::advance_slices(&mut pieces, written),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(DecodeError::Write(err)),
-            }
-        }
-        Ok(())
+        let mut pieces: [&[u8]; 6] = [
+            &self.prefix,
+            format_u64(n, &mut digits),
+            &self.suffix,
+            &[],
+            &[],
+            &[],
+        ];
+        pieces[3..3 + members.len()].copy_from_slice(members);
+        self.out
+            .line(&pieces[..3 + members.len()])
+            .map_err(DecodeError::Write)
     }
 
     /// Writes a JSON object checked by [`Syntax::scan`](super::syntax::Syntax::scan)

@@ -1,4 +1,4 @@
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 
 use super::input::{GUARD_SLACK, READ_BUFFER};
 use super::*;
@@ -1227,12 +1227,9 @@ fn interrupted_reads_are_retried() {
 #[test]
 fn write_errors_are_write_errors() {
     struct Broken;
-    impl Write for Broken {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+    impl Lines for Broken {
+        fn line(&mut self, _: &[&[u8]]) -> io::Result<()> {
             Err(io::Error::other("disk full"))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
         }
     }
     let err = decode(
