@@ -9,11 +9,11 @@
 //! On the way it notes what the writer of the record needs to know (a [`Shape`]), so
 //! that nothing reads the line again to find it out, and [`Syntax::line`] finds the
 //! LF that ends an NDJSON line as it checks it. On the benchmark's records
-//! (BENCHMARKS.md, Workers) the scan takes 45 ms per 64 MiB against serde_json's
-//! 61 ms (47 ms before its helpers were inlined into it). Checking each line where
-//! `memchr` found its LF, then searching it for `"_sluice"`, took 50 ms per 64 MiB
-//! against 47 ms for `line` (medians of 4 runs, each the best of 15); before the
-//! `Shape` noted escapes and line breaks, searches for them took 6 ms more.
+//! (BENCHMARKS.md, Workers), 64 MiB, in one run (the best of 15 each): serde_json
+//! takes 64 ms; the scan 46 ms, 49 ms before `Syntax::element` was inlined into it;
+//! finding each line's LF with `memchr`, scanning the line and searching it for
+//! `"_sluice"` 51 ms, and `line` 45 ms. Before the `Shape` noted escapes and line
+//! breaks, searches for them took 6 ms more.
 
 use super::sink::META_KEY;
 
@@ -131,6 +131,7 @@ impl Syntax {
     /// Where the next element's value starts, at `i` after the opening bracket or a
     /// comma (and whitespace) in the innermost open array or object: past the key and
     /// its colon in an object.
+    #[inline(always)]
     fn element<const LINE: bool>(&self, b: &[u8], i: usize, shape: &mut Shape) -> Option<usize> {
         if self.open.last() == Some(&b']') {
             return Some(i);
