@@ -340,7 +340,11 @@ impl Committer {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shared = self.shared.clone();
-        let mut last = Instant::now();
+        // The first tasks planned after the start are committed at once: the
+        // workers wait for nothing else then.
+        let mut last = Instant::now()
+            .checked_sub(MIN_COMMIT_SPACING)
+            .unwrap_or_else(Instant::now);
         let mut stop = std::pin::pin!(telemetry::terminated());
         loop {
             let flush = tokio::select! {
