@@ -882,7 +882,25 @@ async fn main() {
          of digits, telling a closing quote from the 8-byte mask without reading it again, \
          fat or thin LTO with one codegen unit (decoding and compressing 64 MiB in 0.227 s \
          against 0.226 s), and mimalloc as the worker's allocator (the same CPU, and a peak \
-         RSS of 271 MiB, over its bar).\n\
+         RSS of 271 MiB, over its bar). In the evening of 2026-12-04 the check took over \
+         the searches: `Syntax::line` finds the LF that ends a line as it checks it, and \
+         notes a key `_sluice` of the record's own, so a line is read once (the benchmark's \
+         64 MiB of records in one process: 45 ms, against 51 ms for finding the LFs with \
+         `memchr`, the check and a search for `\"_sluice\"`; inlining the check's step past \
+         a key gave 3 ms of it). The sink hands the encoder whole lines (`decode::Lines`), \
+         so the encoder counts the records it gathers instead of searching each frame for \
+         LFs. And the coordinator commits the first tasks after its start at once instead \
+         of 100 ms later (the commits of a listing's pages are spaced by 100 ms): the first \
+         task ran 115 ms after the processes started instead of 208-311 ms. Putting the \
+         line number last in `_sluice`, so that the metadata that repeats is one run, did \
+         not help zstd (144-145 ms against 143-144 ms to compress what 64 MiB of records \
+         become, for 15.0 MB against 15.1 MB). Page faults counted during one run (`perf \
+         record -e page-faults`): the worker had 274k, almost all in copies into new \
+         buffers, against 163k for the compressing baseline's client; a part grew by \
+         doubling, copying itself and faulting its pages in again. The encoder now \
+         allocates each of its buffers at its full size at once: 89k faults for the worker \
+         and 33k for the baseline, which shares the encoder, so the ratio stayed where it \
+         was (0.76 in that run).\n\
          - Small objects: the S3 client's per-request work (the SDK's orchestration and \
          SigV4) is 37 % of the worker, as it is of the plain download; the decoder 15 %; \
          handing each object to a blocking thread and reading it through a sync bridge \

@@ -30,6 +30,9 @@ pub const PART_SIZE: usize = 8 << 20;
 /// around zstd's buffer: BENCHMARKS.md, Workers), and a frame of 4 MiB
 /// compresses as well as one stream.
 pub const FRAME_SIZE: usize = 4 << 20;
+/// Room for a frame: [`FRAME_SIZE`] and the line that crosses it (a longer
+/// line makes the frame grow).
+const FRAME_CAPACITY: usize = FRAME_SIZE + (1 << 20);
 /// Parts buffered between the encoder and the uploader, and parts in
 /// flight: together they bound a task's output memory.
 const PARTS_QUEUED: usize = 2;
@@ -70,16 +73,30 @@ pub struct Encoder {
 pub fn encoder(records: Arc<AtomicU64>) -> (Encoder, mpsc::Receiver<Chunk>) {
     let (sender, receiver) = mpsc::channel(PARTS_QUEUED);
     let encoder = Encoder {
-        frame: Vec::new(),
+        frame: Vec::with_capacity(FRAME_CAPACITY),
         frame_records: 0,
         compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 1 is valid"),
-        compressed: Vec::new(),
-        part: Vec::new(),
+        compressed: Vec::with_capacity(compressed_capacity()),
+        part: Vec::with_capacity(part_capacity()),
         sender,
         written: 0,
         records,
     };
     (encoder, receiver)
+}
+
+/// Room for a frame compressed.
+fn compressed_capacity() -> usize {
+    zstd::zstd_safe::compress_bound(FRAME_CAPACITY)
+}
+
+/// Room for a part: it is sent once it holds [`PART_SIZE`] bytes, so the
+/// compressed frame that fills it is the most it can hold beyond. Each
+/// buffer of the encoder is allocated at its full size at once: growing
+/// a part by doubling copied it and faulted its pages in again, several
+/// times per part (BENCHMARKS.md, Workers).
+fn part_capacity() -> usize {
+    PART_SIZE + compressed_capacity()
 }
 
 impl Encoder {
@@ -104,7 +121,7 @@ impl Encoder {
         self.part.extend_from_slice(&self.compressed);
         self.written += self.compressed.len() as u64;
         if self.part.len() >= PART_SIZE {
-            let part = std::mem::take(&mut self.part);
+            let part = std::mem::replace(&mut self.part, Vec::with_capacity(part_capacity()));
             self.send(Chunk::Part(Bytes::from(part)))?;
         }
         Ok(())
