@@ -34,14 +34,22 @@ pub(super) fn records<W: Lines>(
         }
         let mut start = 0;
         while start < buf.len() {
-            // The hot path. The first line may start with a byte order mark, and the
-            // rest of a line that straddles two fills is in `long`: those take the
-            // path below, as does any line the hot path does not take.
+            // The hot path: the line is checked where it is, and its LF found on the
+            // way. The first line may start with a byte order mark, and the rest of a
+            // line that straddles two fills is in `long`: those take the path below,
+            // as does any line the check does not accept, which then says why.
             if line_no > 0
                 && long.is_empty()
-                && let Some(len) = object_line(&buf[start..], line_no + 1, ctx, &mut syntax, sink)?
+                && let Some((shape, len)) = syntax.line(&buf[start..])
+                && len <= ctx.max
             {
                 line_no += 1;
+                let shift = Shift {
+                    lines: line_no - 1,
+                    columns: 0,
+                };
+                let line = &buf[start..start + len];
+                checked_line(line, shape, line_no, shift, ctx, sink)?;
                 records += 1;
                 start += len + 1;
                 continue;
@@ -75,30 +83,6 @@ pub(super) fn records<W: Lines>(
     }
 }
 
-/// Writes the line at the start of `text` as record `n` if it is a JSON object that
-/// ends with an LF in `text`, reading it once: returns the line's length without the
-/// LF. `None` when it is anything else, even a valid record, for [`ndjson_line`] to
-/// handle, and to say what is wrong with it.
-fn object_line<W: Lines>(
-    text: &[u8],
-    n: u64,
-    ctx: &Ctx,
-    syntax: &mut Syntax,
-    sink: &mut Sink<W>,
-) -> Result<Option<usize>, DecodeError> {
-    let Some((shape, len)) = syntax.line(text) else {
-        return Ok(None);
-    };
-    let line = &text[..len];
-    let object = trim(line);
-    if len > ctx.max || object[0] != b'{' || (shape.non_ascii && std::str::from_utf8(line).is_err())
-    {
-        return Ok(None);
-    }
-    sink.object(object, shape, n, Position::Line(n))?;
-    Ok(Some(len))
-}
-
 /// Handles one NDJSON line; returns the number of records written (0 for a blank line).
 fn ndjson_line<W: Lines>(
     full: &[u8],
@@ -120,42 +104,59 @@ fn ndjson_line<W: Lines>(
             0
         },
     };
-    let object = trim(line);
-    if object.is_empty() {
+    if trim(line).is_empty() {
         return Ok(0);
     }
-    let utf8 = || {
-        std::str::from_utf8(line).map_err(|err| {
-            ctx.data(
-                Position::Line(n),
-                format!(
-                    "invalid UTF-8 at column {}",
-                    shift.columns + err.valid_up_to() as u64 + 1
-                ),
-            )
-        })
-    };
-    // Checking without building anything is what makes this path fast; the check
-    // notes whether the line is ASCII, so UTF-8 is checked only when it is not. Only
+    // Checking without building anything is what makes this path fast. Only
     // serde_json says where and why a line is not JSON; it parses the untrimmed text
     // so that columns count from the start of the line.
     let shape = match syntax.scan(line) {
-        Some(shape) if shape.non_ascii => utf8().map(|_| shape)?,
         Some(shape) => shape,
         None => {
-            serde_json::from_str::<IgnoredAny>(utf8()?)
+            serde_json::from_str::<IgnoredAny>(utf8(line, n, shift, ctx)?)
                 .map_err(|err| ctx.json(err, shift, None))?;
             // serde_json accepts what the check rejected (the fuzz target `json_syntax`
             // looks for such lines).
             Shape::UNKNOWN
         }
     };
+    checked_line(line, shape, n, shift, ctx, sink)?;
+    Ok(1)
+}
+
+/// Writes line `n` (after a byte order mark, which `shift` counts), which the JSON
+/// check accepted, noting `shape`, as a record: what is left to check is that it is
+/// UTF-8 (only when the check saw a byte outside ASCII) and a JSON object.
+fn checked_line<W: Lines>(
+    line: &[u8],
+    shape: Shape,
+    n: u64,
+    shift: Shift,
+    ctx: &Ctx,
+    sink: &mut Sink<W>,
+) -> Result<(), DecodeError> {
+    if shape.non_ascii {
+        utf8(line, n, shift, ctx)?;
+    }
+    let object = trim(line);
     if object[0] != b'{' {
         return Err(ctx.data(
             Position::Line(n),
             format!("not a JSON object (found {})", kind_of(object[0])),
         ));
     }
-    sink.object(object, shape, n, Position::Line(n))?;
-    Ok(1)
+    sink.object(object, shape, n, Position::Line(n))
+}
+
+/// Line `n` as text, or the column where it stops being UTF-8.
+fn utf8<'l>(line: &'l [u8], n: u64, shift: Shift, ctx: &Ctx) -> Result<&'l str, DecodeError> {
+    std::str::from_utf8(line).map_err(|err| {
+        ctx.data(
+            Position::Line(n),
+            format!(
+                "invalid UTF-8 at column {}",
+                shift.columns + err.valid_up_to() as u64 + 1
+            ),
+        )
+    })
 }
