@@ -13,7 +13,8 @@
 //! Two workloads of NDJSON: many small objects (20,000 of 4 KiB) and a few
 //! large ones (40 of 64 MiB). Each figure is the median of `RUNS` runs; the
 //! contenders take turns within a run, so drift on a busy machine spreads
-//! over all of them.
+//! over all of them, and each run starts with the next one, so none always
+//! comes first or after the same one.
 //!
 //! For experiments: `SLUICE_BENCH_WORKERS` and `SLUICE_BENCH_CONCURRENCY`
 //! override the pool, `SLUICE_BENCH_RUNS` the runs,
@@ -37,7 +38,7 @@ use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 mod support;
 use support::{Random, Table, median, seconds, verdict};
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 /// Worker processes, and tasks each executes at once: one process per core
 /// would leave MinIO (on the same two cores) nothing; one process with four
 /// tasks in flight keeps both cores busy while some tasks wait on S3.
@@ -516,14 +517,62 @@ fn peak_rss(pid: u32) -> u64 {
 struct Figures {
     bytes: u64,
     objects: usize,
-    sluice: Duration,
-    raw: Duration,
-    listed_raw: Duration,
-    compressing: Duration,
-    rclone: Duration,
-    duckdb: Duration,
+    /// Each contender's median time, by [`Contender`].
+    times: [Duration; Contender::ALL.len()],
     /// The largest peak RSS of a worker over the runs, in bytes.
     peak_rss: u64,
+}
+
+/// Who is timed on the same objects in every run, in the table's order.
+#[derive(Clone, Copy)]
+enum Contender {
+    Sluice,
+    Raw,
+    ListedRaw,
+    Compressing,
+    Rclone,
+    DuckDb,
+}
+
+impl Contender {
+    const ALL: [Contender; 6] = [
+        Contender::Sluice,
+        Contender::Raw,
+        Contender::ListedRaw,
+        Contender::Compressing,
+        Contender::Rclone,
+        Contender::DuckDb,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Sluice => "sluice (coordinator + workers)",
+            Contender::Raw => "plain concurrent GET",
+            Contender::ListedRaw => "plain LIST, then concurrent GET",
+            Contender::Compressing => "GET → zstd → PUT",
+            Contender::Rclone => "`rclone copy`",
+            Contender::DuckDb => "DuckDB",
+        }
+    }
+
+    /// The least ratio of its time to sluice's that a bar asks for, if any.
+    fn bar(self, small: bool) -> Option<f64> {
+        match self {
+            Contender::ListedRaw => small.then_some(0.9),
+            Contender::Compressing => (!small).then_some(0.8),
+            Contender::Rclone | Contender::DuckDb => Some(1.0),
+            Contender::Sluice | Contender::Raw => None,
+        }
+    }
+
+    /// The contenders in the order run `run` times them: each run starts one
+    /// further along, so that none always follows the same one. (When sluice
+    /// always ran first, it alone paid for MinIO growing its heap again after
+    /// the steps between runs: 37k page faults in MinIO during sluice's run,
+    /// 255 during the compressing baseline's.)
+    fn order(run: usize) -> impl Iterator<Item = Contender> {
+        (0..Self::ALL.len()).map(move |k| Self::ALL[(run + k) % Self::ALL.len()])
+    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -585,116 +634,120 @@ async fn main() {
             started.elapsed().as_secs_f64(),
             bytes
         );
-        let (mut sluice_runs, mut raw_runs, mut rclone_runs) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut compressing_runs, mut duckdb_runs, mut peak_rss) = (Vec::new(), Vec::new(), 0);
-        let mut listed_raw_runs = Vec::new();
+        let mut times: [Vec<Duration>; Contender::ALL.len()] = Default::default();
+        let mut peak_rss = 0;
         for run in 0..runs {
-            // The sink and archive of every run are new, so each ingest
-            // starts from nothing (no checkpoint, no outputs).
-            let config = RuntimeConfig {
-                id: SourceId {
-                    namespace: "bench".into(),
-                    name: format!("{}-{run}", workload.name),
-                    account: "acme".into(),
-                    collection: "orders".into(),
-                },
-                source: SourceConfig {
-                    s3: location(&source, format!("{}/", workload.name)),
-                    format: Format::Auto,
-                    compression: Compression::Auto,
-                    poll_interval: None,
-                },
-                sink: location(&sink, format!("{}-{run}", workload.name)),
-                archive: location(&archive, format!("{}-{run}/", workload.name)),
-                tasks: TaskLimits {
-                    max_objects: 100,
-                    max_bytes: 64 << 20,
-                    lease_duration: sluice_core::duration::Duration(Duration::from_secs(60)),
-                    max_attempts: 3,
-                },
-            };
-            settle();
-            let (time, summary, rss) =
-                tokio::task::block_in_place(|| ingest.run(&config, workload.objects as u64));
-            peak_rss = peak_rss.max(rss);
-            assert_eq!(summary.objects.failed, 0, "{summary:?}");
-            assert_eq!(summary.records_ingested, records, "{summary:?}");
-            let prefix = format!("{}-{run}/", workload.name);
-            let in_sink = count_records(&client, &sink, &prefix).await;
-            assert_eq!(in_sink, records, "the sink holds every record, once");
-            delete_all(&client, &sink, &prefix).await;
-            eprintln!("run {run}: sluice {:.2}s", time.as_secs_f64());
-            sluice_runs.push(time);
-
-            settle();
-            let started = Instant::now();
-            let read = download(&client, &source, &keys, workload.raw_concurrency).await;
-            raw_runs.push(started.elapsed());
-            assert_eq!(read, bytes);
-            eprintln!("run {run}: raw GET {:.2}s", started.elapsed().as_secs_f64());
-
-            settle();
-            let started = Instant::now();
-            let prefix = format!("{}/", workload.name);
-            let read = list_and_download(&client, &source, &prefix, workload.raw_concurrency).await;
-            listed_raw_runs.push(started.elapsed());
-            assert_eq!(read, bytes);
-            eprintln!(
-                "run {run}: LIST, raw GET {:.2}s",
-                started.elapsed().as_secs_f64()
-            );
-
-            let to = format!("{}-compressed-{run}", workload.name);
-            settle();
-            let started = Instant::now();
-            let written = compress_copy(
-                &client,
-                (&source, &keys),
-                (&copy, &to),
-                workload.compress_concurrency,
-            )
-            .await;
-            compressing_runs.push(started.elapsed());
-            eprintln!(
-                "run {run}: GET, zstd, PUT {:.2}s ({written} bytes)",
-                started.elapsed().as_secs_f64()
-            );
-            delete_all(&client, &copy, &to).await;
-
-            let to = format!("{}-duckdb-{run}", workload.name);
-            settle();
-            let started = Instant::now();
-            let copied = tokio::task::block_in_place(|| {
-                duckdb_copy(
-                    &minio,
-                    &format!("{source}/{}", workload.name),
-                    &format!("{copy}/{to}"),
-                )
-            });
-            duckdb_runs.push(started.elapsed());
-            eprintln!("run {run}: DuckDB {:.2}s", started.elapsed().as_secs_f64());
-            assert_eq!(copied, records, "DuckDB copied every record");
-            delete_all(&client, &copy, &to).await;
-
-            let to = format!("{}-{run}", workload.name);
-            settle();
-            let started = Instant::now();
-            tokio::task::block_in_place(|| {
-                rclone(
-                    &minio,
-                    dir.path(),
-                    (&source, workload.name),
-                    (&copy, &to),
-                    workload.rclone_transfers,
-                )
-            });
-            rclone_runs.push(started.elapsed());
-            eprintln!("run {run}: rclone {:.2}s", started.elapsed().as_secs_f64());
-            assert_eq!(
-                support::list(&client, &copy, &to).await.len(),
-                workload.objects
-            );
-            delete_all(&client, &copy, &to).await;
+            for contender in Contender::order(run) {
+                settle();
+                let time = match contender {
+                    Contender::Sluice => {
+                        // The sink and archive of every run are new, so each
+                        // ingest starts from nothing (no checkpoint, no outputs).
+                        let config = RuntimeConfig {
+                            id: SourceId {
+                                namespace: "bench".into(),
+                                name: format!("{}-{run}", workload.name),
+                                account: "acme".into(),
+                                collection: "orders".into(),
+                            },
+                            source: SourceConfig {
+                                s3: location(&source, format!("{}/", workload.name)),
+                                format: Format::Auto,
+                                compression: Compression::Auto,
+                                poll_interval: None,
+                            },
+                            sink: location(&sink, format!("{}-{run}", workload.name)),
+                            archive: location(&archive, format!("{}-{run}/", workload.name)),
+                            tasks: TaskLimits {
+                                max_objects: 100,
+                                max_bytes: 64 << 20,
+                                lease_duration: sluice_core::duration::Duration(
+                                    Duration::from_secs(60),
+                                ),
+                                max_attempts: 3,
+                            },
+                        };
+                        let (time, summary, rss) = tokio::task::block_in_place(|| {
+                            ingest.run(&config, workload.objects as u64)
+                        });
+                        peak_rss = peak_rss.max(rss);
+                        assert_eq!(summary.objects.failed, 0, "{summary:?}");
+                        assert_eq!(summary.records_ingested, records, "{summary:?}");
+                        let prefix = format!("{}-{run}/", workload.name);
+                        let in_sink = count_records(&client, &sink, &prefix).await;
+                        assert_eq!(in_sink, records, "the sink holds every record, once");
+                        delete_all(&client, &sink, &prefix).await;
+                        time
+                    }
+                    Contender::Raw => {
+                        let started = Instant::now();
+                        let read =
+                            download(&client, &source, &keys, workload.raw_concurrency).await;
+                        assert_eq!(read, bytes);
+                        started.elapsed()
+                    }
+                    Contender::ListedRaw => {
+                        let started = Instant::now();
+                        let prefix = format!("{}/", workload.name);
+                        let read =
+                            list_and_download(&client, &source, &prefix, workload.raw_concurrency)
+                                .await;
+                        assert_eq!(read, bytes);
+                        started.elapsed()
+                    }
+                    Contender::Compressing => {
+                        let to = format!("{}-compressed-{run}", workload.name);
+                        let started = Instant::now();
+                        compress_copy(
+                            &client,
+                            (&source, &keys),
+                            (&copy, &to),
+                            workload.compress_concurrency,
+                        )
+                        .await;
+                        let time = started.elapsed();
+                        delete_all(&client, &copy, &to).await;
+                        time
+                    }
+                    Contender::DuckDb => {
+                        let to = format!("{}-duckdb-{run}", workload.name);
+                        let started = Instant::now();
+                        let copied = tokio::task::block_in_place(|| {
+                            duckdb_copy(
+                                &minio,
+                                &format!("{source}/{}", workload.name),
+                                &format!("{copy}/{to}"),
+                            )
+                        });
+                        let time = started.elapsed();
+                        assert_eq!(copied, records, "DuckDB copied every record");
+                        delete_all(&client, &copy, &to).await;
+                        time
+                    }
+                    Contender::Rclone => {
+                        let to = format!("{}-{run}", workload.name);
+                        let started = Instant::now();
+                        tokio::task::block_in_place(|| {
+                            rclone(
+                                &minio,
+                                dir.path(),
+                                (&source, workload.name),
+                                (&copy, &to),
+                                workload.rclone_transfers,
+                            )
+                        });
+                        let time = started.elapsed();
+                        assert_eq!(
+                            support::list(&client, &copy, &to).await.len(),
+                            workload.objects
+                        );
+                        delete_all(&client, &copy, &to).await;
+                        time
+                    }
+                };
+                eprintln!("run {run}: {} {:.2}s", contender.name(), time.as_secs_f64());
+                times[contender as usize].push(time);
+            }
         }
         delete_all(&client, &source, &format!("{}/", workload.name)).await;
         results.push((
@@ -702,12 +755,7 @@ async fn main() {
             Figures {
                 bytes,
                 objects: workload.objects,
-                sluice: median(sluice_runs),
-                raw: median(raw_runs),
-                listed_raw: median(listed_raw_runs),
-                compressing: median(compressing_runs),
-                rclone: median(rclone_runs),
-                duckdb: median(duckdb_runs),
+                times: times.map(median),
                 peak_rss,
             },
         ));
@@ -735,7 +783,9 @@ async fn main() {
          PER_THREAD_OUTPUT true)`, its record count checked. \
          One sluice worker process: on 2 cores that MinIO shares, more processes only add \
          runtimes competing for the same cores. MB/s are source bytes (10^6) per second; \
-         median of {runs} runs; the ratio is the other's time over sluice's.\n",
+         median of {runs} runs, the contenders taking turns in each and each run starting \
+         with the next of them, so that none always comes first or after the same one; the \
+         ratio is the other's time over sluice's.\n",
         if workers == 1 { "" } else { "es" },
     );
     let mut table = Table::new(&[
@@ -750,34 +800,20 @@ async fn main() {
     let mut missed = false;
     for (workload, figures) in &results {
         let small = workload.name == "small";
-        let contenders: [(&str, Duration, Option<f64>); 6] = [
-            ("sluice (coordinator + workers)", figures.sluice, None),
-            ("plain concurrent GET", figures.raw, None),
-            (
-                "plain LIST, then concurrent GET",
-                figures.listed_raw,
-                small.then_some(0.9),
-            ),
-            (
-                "GET → zstd → PUT",
-                figures.compressing,
-                (!small).then_some(0.8),
-            ),
-            ("`rclone copy`", figures.rclone, Some(1.0)),
-            ("DuckDB", figures.duckdb, Some(1.0)),
-        ];
-        for (who, time, bar) in contenders {
-            let ratio = time.as_secs_f64() / figures.sluice.as_secs_f64();
+        let sluice = figures.times[Contender::Sluice as usize];
+        for contender in Contender::ALL {
+            let (time, bar) = (figures.times[contender as usize], contender.bar(small));
+            let ratio = time.as_secs_f64() / sluice.as_secs_f64();
             missed |= bar.is_some_and(|bar| ratio < bar);
             table.row(&[
                 workload.about.into(),
-                who.into(),
+                contender.name().into(),
                 seconds(time),
                 format!("{:.0}", figures.bytes as f64 / 1e6 / time.as_secs_f64()),
                 format!("{:.0}", figures.objects as f64 / time.as_secs_f64()),
-                match who.starts_with("sluice") {
-                    true => "-".into(),
-                    false => format!("sluice {ratio:.2}×"),
+                match contender {
+                    Contender::Sluice => "-".into(),
+                    _ => format!("sluice {ratio:.2}×"),
                 },
                 bar.map_or("-".into(), |bar| {
                     format!("≥ {bar}×: {}", verdict(ratio >= bar))
