@@ -834,136 +834,97 @@ async fn main() {
     }
     table.print();
     println!(
-        "Where the time goes (profiles of the worker with `perf record -g` during this \
-         benchmark, 2026-12-03, before the changes below). Both workloads keep both cores \
-         busy: on large objects the worker used 150-170 % CPU and MinIO 25-40 %; on small \
-         objects MinIO 100-120 % and the worker about 75 %. So sluice's time is CPU per \
-         byte and per object, and splitting one large object over both cores cannot help \
-         while 4 tasks already keep both busy. Nor does it help much one huge object alone, \
-         as MinIO, the GET and the upload need the second core too: a thread that compressed \
-         each frame of a task while the next was gathered (tried on 2026-12-04, AMD) took one \
-         512 MiB object in 2.21 s instead of 2.41 s (medians of 3 runs). With 4 tasks, \
-         sluice's time stayed where it was (9.45 s against 9.52 s) while the compressing \
-         baseline, which shares the encoder, went from 7.33 to 6.22 s, and the worker's peak \
-         RSS rose from 132 to 184 MiB: not kept.\n\n\
-         - Large objects: zstd 49 % of the worker (a quarter of it \
-         `ZSTD_compressBlock_fast_extDict`, the streaming encoder's window wrapping around \
-         its buffer), JSON validation 19 % (serde_json skipping values), copies 4 %, SigV4 \
-         and CRC of the uploads 4 %. The worker now compresses 4 MiB of records at a time \
-         from one buffer, each a zstd frame (the output is a sequence of frames, read by \
-         every zstd reader as one stream): decoding and compressing a 64 MiB object takes \
-         a median of 0.49 s instead of 0.56 s (5 alternating runs each in one process, \
-         12 % less). What \
-         remains is inherent to the job: a worker validates every record and adds its \
-         `_sluice` metadata (object key, ETag, task, time, line), so it compresses and \
-         uploads about 1.8 times the source bytes of these 230-byte records, where the \
-         compressing baseline and rclone move the source bytes only. rclone's time varies \
-         most between runs (7.3-12.0 s for the same copy on this day, against 8.3-11.0 s \
-         for the compressing baseline): when it beats the compressing baseline, its bar \
-         asks for more than the unavoidable work. Each line is now checked by sluice's own \
-         JSON syntax check (`decode::syntax`), which accepts exactly what serde_json \
-         accepts (a fuzz target compares the two) in about three quarters of serde_json's \
-         time on these records; serde_json only names the error of a line it rejects. A profile \
-         after it: zstd 48 % of the worker, the syntax check 14 %, copies 6 %, SigV4 \
-         (SHA-256 of the uploaded parts) 3 %, UTF-8 check 2 %. The sink now writes each \
-         record straight into the encoder's frame, without a 256 KiB buffer per object in \
-         between: every output byte is copied once less, and the heartbeat's record count \
-         is taken once per compressed frame, not per write. \
-         CPU accounting of one run on 2026-12-04 (AMD; `perf record -a` during sluice's \
-         run and during the compressing baseline's): the worker used 15.7 CPU-s, 392 ms \
-         per 64 MiB object, and the baseline's client 10.8 CPU-s, 271 ms; MinIO about \
-         3.6 CPU-s in both. Of the worker's 121 ms more per object: the JSON syntax \
-         check 59 ms; a UTF-8 check and searches for `_sluice`, `\\u` and line breaks \
-         23 ms; the sink's writes 14 ms; copies 13 ms (the read buffer, and an output \
-         1.8 times the source bytes); zstd 11 ms (that output compresses at 740 MB/s \
-         against the source's 455 MB/s, so it costs only a tenth more); page faults 11 \
-         ms. Since then each line is read once by its checks: the syntax check notes \
-         whether a line is ASCII, has a `\\u` escape or a raw line break \
-         (`decode::syntax::Shape`), so nothing searches it again, and the sink hands \
-         the encoder each line in one vectored write. In one process, decoding and \
-         compressing a 64 MiB object went from 0.240-0.253 s to 0.234-0.251 s (min of \
-         11, three alternating runs), where streaming the same bytes through the \
-         encoder alone takes 0.142-0.149 s. What is left is mostly the syntax check, \
-         1.4 GB/s on these records (47 ms per 64 MiB, serde_json skipping values 61 \
-         ms): were it free, the ratio would be about (271 + 90) / (333 + 90) = 0.85. \
-         glibc's allocator handing the encoder's large buffers back to the kernel and \
-         faulting them in again costs about a tenth of the worker's CPU: with \
-         `GLIBC_TUNABLES` (mmap threshold 64 MiB, trim threshold 256 MiB) the worker \
-         used 8-16 % less CPU, but the baseline, which shares the encoder, gained as \
-         much, and the worker's peak RSS rose from 130-140 MiB to 204-231 MiB, near its \
-         bar: not kept. Given to the worker alone (`SLUICE_BENCH_WORKER_TUNABLES`, on the \
-         afternoon of 2026-12-04; mmap threshold 32 MiB, trim threshold 128 MiB), they took \
-         the worker's CPU over the baseline client's from a median of 1.48 (5 runs) to 1.43 \
-         (3 runs) and the large-object ratio from 0.75-0.80 to 0.79-0.83, for a peak RSS of \
-         195-218 MiB instead of 129-140 MiB; with a trim threshold of 32 MiB nothing changed \
-         (1.50 and 1.60 against 1.49 and 1.43). Not adopted: what glibc keeps grows with its \
-         arenas (one per thread, up to 8 per core), so the RSS bar would hold on 2 cores \
-         only. Plain NDJSON is now parsed where the source holds it (the body in \
-         memory, or the connection's chunks), every line of a chunk before the next: no \
-         64 KiB read buffer and no copy into it. The worker's CPU over the baseline \
-         client's, in the same runs: 1.53-1.73 before (median 1.62 of 6 runs), 1.37-1.56 \
-         after (median 1.43 of 4); a first version that went back to the connection for \
-         every line: 1.64 and 1.72. A CPU account of one run later that afternoon (AMD; \
-         `perf record -a` at 1999 Hz), after these changes: the worker used 12.1 CPU-s \
-         (303 ms per object), the baseline's client 8.3 CPU-s (207 ms), MinIO 3.9-4.0 CPU-s \
-         in both, and both runs kept both cores busy (under 3 % idle). Of the worker's 96 ms \
-         more per object: the syntax check 53 ms; zstd 24 ms (the output it compresses holds \
-         the metadata too); the kernel 9 ms, mostly faulting in the larger output's pages; \
-         the sink and the line loop 8 ms; the searches for line ends and for `_sluice` 6 ms; \
-         counting each frame's lines 2 ms. So the bar of 0.8 asks for 15 ms less per object, \
-         and the bar against rclone (whose time was 1.02-1.12 times the compressing \
-         baseline's in the runs of this day) for all of sluice's own work to fit in 8-40 ms \
-         per object, less than the syntax check alone. Inlining the check's helpers into it \
-         took it from 47.0 to 44.6 ms per 64 MiB. Not kept, as they did not help: SWAR runs \
-         of digits, telling a closing quote from the 8-byte mask without reading it again, \
-         fat or thin LTO with one codegen unit (decoding and compressing 64 MiB in 0.227 s \
-         against 0.226 s), and mimalloc as the worker's allocator (the same CPU, and a peak \
-         RSS of 271 MiB, over its bar). In the evening of 2026-12-04 the check took over \
-         the searches: `Syntax::line` finds the LF that ends a line as it checks it, and \
-         notes a key `_sluice` of the record's own, so a line is read once (the benchmark's \
-         64 MiB of records in one process: 45 ms, against 51 ms for finding the LFs with \
-         `memchr`, the check and a search for `\"_sluice\"`; inlining the check's step past \
-         a key gave 3 ms of it). The sink hands the encoder whole lines (`decode::Lines`), \
-         so the encoder counts the records it gathers instead of searching each frame for \
-         LFs. And the coordinator commits the first tasks after its start at once instead \
-         of 100 ms later (the commits of a listing's pages are spaced by 100 ms): the first \
-         task ran 115 ms after the processes started instead of 208-311 ms. Putting the \
-         line number last in `_sluice`, so that the metadata that repeats is one run, did \
-         not help zstd (144-145 ms against 143-144 ms to compress what 64 MiB of records \
-         become, for 15.0 MB against 15.1 MB). Page faults counted during one run (`perf \
-         record -e page-faults`): the worker had 274k, almost all in copies into new \
-         buffers, against 163k for the compressing baseline's client; a part grew by \
-         doubling, copying itself and faulting its pages in again. The encoder now \
-         allocates each of its buffers at its full size at once: 89k faults for the worker \
-         and 33k for the baseline, which shares the encoder, so the ratio stayed where it \
-         was (0.76 in that run).\n\
-         - Small objects: the S3 client's per-request work (the SDK's orchestration and \
-         SigV4) is 37 % of the worker, as it is of the plain download; the decoder 15 %; \
-         handing each object to a blocking thread and reading it through a sync bridge \
-         about 12 %. A worker now reads objects of up to 1 MiB whole as they arrive and \
-         decodes those that have arrived together in one blocking call, so MinIO, the \
-         bottleneck, gets the CPU back. Earlier: a worker fetches a task's next objects \
-         while it decodes one (at most 8 GETs and 16 MiB ahead), so 4 tasks keep up to 32 \
-         GETs in flight as the plain download does (from 0.60× of the plain GET on \
-         2026-11-24, GETs one after another, to 0.72-0.83× on 2026-12-03). Before that, \
-         the sink's zstd level went from 3 to 1 (65 % of the worker was zstd at level 3; \
-         level 1 compresses these records twice as fast for an output 1.5 % larger). \
-         A profile of the whole machine after these changes: MinIO 62 % of the CPU, the \
-         worker 36 %; of the worker, the S3 client's per-request work is 42 % (SigV4 8 %), \
-         malloc and free 16 %, decoding 8 %, compressing 5 %. The plain download's client \
-         does the same per-request work; what sluice does beyond it (decoding, \
-         compressing, its allocations, the output PUTs) takes CPU from the two cores that \
-         MinIO needs to serve the GETs. Before any GET, an ingest has to find its objects: \
-         the coordinator lists the prefix (20 pages of 1,000 keys here) while the first \
-         tasks run, and MinIO, which reads each object's metadata to list it, spends about \
-         0.5 s of the run on it (0.45-0.5 s between the two plain downloads on 2026-12-04). \
-         The plain download handed its keys skips that work, so the bar for small objects \
-         is against the plain download that lists the prefix first. A timeline of one run \
-         (the summary polled 10 times a second): tasks leased from 0.2 s, the listing done \
-         at 0.6 s, then 3,500 objects/s to the end, against 4,000/s for the plain GET. \
-         Larger tasks do not close that gap: with tasks of 1,000 objects (20 output PUTs \
-         instead of 200) sluice took 5.91 s against 6.06-6.10 s with tasks of 100, within \
-         the noise, for a peak RSS of 78 MiB instead of 35 MiB.\n"
+        "Where the time goes. Both workloads keep both cores busy (95-98 % in the large-object \
+         runs), so sluice's time is CPU per byte and per object, shared with MinIO on the same \
+         two cores. Splitting one large object over both cores cannot help while 4 tasks \
+         already keep both busy.\n\n\
+         - Large objects, a CPU account of one run (2026-12-04 evening, AMD; `perf record -a` \
+         at 1999 Hz during sluice's run and during the compressing baseline's): the worker used \
+         10.7 CPU-s (268 ms per 64 MiB object), the baseline's client 7.6 CPU-s (190 ms), MinIO \
+         about 3.2 CPU-s. Of the worker's 78 ms more per object: the JSON syntax check 49 ms \
+         (`decode::syntax`, 1.4 GB/s on these records); zstd 28 ms more, as the worker \
+         compresses the records with their `_sluice` metadata (object key, ETag, line, task, \
+         time), 1.8 times the source bytes of these 230-byte records, though at 740 MB/s \
+         against the source's 470 MB/s; the sink and the line loop 5 ms; copies (the kernel's \
+         of received bytes, and memmove) take the worker 10 ms less than the baseline's client, \
+         which reads the body through the SDK's byte stream. The rest is the same in both: zstd \
+         is 59 % of the worker, SigV4 (SHA-256 of the uploaded parts) 3 %, CRC32 1 %. Were the \
+         check free, the ratio would be about 0.9; the bar of 0.8 is at this machine's \
+         run-to-run noise (single runs of 0.71-0.82 in one evening), and the bar against rclone \
+         (whose time ranged 5.0-8.3 s in the same evening) asks for the check and the metadata \
+         to cost nearly nothing.\n\
+         - Small objects, a profile of the whole machine (2026-12-03): MinIO 62 % of the CPU, \
+         the worker 36 %; of the worker, the S3 client's per-request work (the SDK's \
+         orchestration and SigV4) is 42 %, as it is of the plain download, malloc and free 16 \
+         %, decoding 8 %, compressing 5 %. What sluice does beyond the plain download \
+         (decoding, compressing, its allocations, the output PUTs) takes CPU from the cores \
+         MinIO needs to serve the GETs. Before any GET an ingest has to find its objects: the \
+         coordinator lists the prefix (20 pages of 1,000 keys here) while the first tasks run, \
+         and MinIO spends about 0.5 s of the run on the listing; a plain download handed its \
+         keys skips that work, so the bar for small objects is against the plain download that \
+         lists the prefix first. A timeline of one run (the summary polled 10 times a second): \
+         tasks leased from 0.2 s, the listing done at 0.6 s, then 3,500 objects/s to the end, \
+         against 4,000/s for the plain GET.\n\n\
+         What made it faster, oldest first (times from the runs of their day):\n\
+         - The sink's zstd level from 3 to 1: 65 % of the worker was zstd at level 3; level 1 \
+         compresses these records twice as fast for an output 1.5 % larger.\n\
+         - A worker fetches a task's next objects while it decodes one (at most 8 GETs and 16 \
+         MiB ahead), so 4 tasks keep up to 32 GETs in flight, as the plain download does: small \
+         objects from 0.60× the plain GET (2026-11-24) to 0.72-0.83× (2026-12-03). Objects of \
+         up to 1 MiB are read whole as they arrive, and those that arrived together are decoded \
+         in one blocking call.\n\
+         - zstd frames of 4 MiB, each compressed from one buffer (the output is a sequence of \
+         frames, which every zstd reader reads as one stream), instead of one streaming encoder \
+         whose window wrapped around its buffer: decoding and compressing a 64 MiB object from \
+         0.56 to 0.49 s.\n\
+         - sluice's own JSON syntax check instead of serde_json skipping values: it accepts \
+         exactly what serde_json accepts (the fuzz target `json_syntax` compares the two), in \
+         three quarters of its time on these records; serde_json still names the error of a \
+         line the check rejects. The check notes what the sink needs (a byte outside ASCII, a \
+         `\\u` escape, a raw line break, a key `_sluice` of the record's own: `syntax::Shape`) \
+         and finds the LF that ends the line as it checks it, so nothing reads a line twice (45 \
+         ms per 64 MiB, against 51 ms for `memchr`, the check and a search for `\"_sluice\"`).\n\
+         - Plain NDJSON parsed where the source holds it (the body in memory, or the \
+         connection's chunks), with no read buffer in between: the worker's CPU over the \
+         baseline client's from a median of 1.62 to 1.43. The sink writes each record straight \
+         into the encoder's frame as one whole line (`decode::Lines`), so the encoder counts \
+         records without searching its frames for LFs.\n\
+         - The encoder allocating its frame, compressed-frame and part buffers at full size at \
+         once, where a part grew by doubling and faulted its pages in again: the worker's page \
+         faults in a run from 274k to 89k (the baseline's, which shares the encoder, from 163k \
+         to 33k).\n\
+         - The coordinator committing the first tasks after its start at once, not 100 ms \
+         later: the first task running 115 ms after the processes start instead of 208-311 ms.\n\n\
+         Tried, and not kept:\n\
+         - A thread compressing each frame of a task while the next was gathered: one 512 MiB \
+         object alone in 2.21 s instead of 2.41 s, but with 4 tasks sluice stayed at 9.45 s \
+         (against 9.52 s) while the compressing baseline, which shares the encoder, went from \
+         7.33 to 6.22 s, and the worker's peak RSS rose from 132 to 184 MiB.\n\
+         - `GLIBC_TUNABLES` keeping freed memory (mmap threshold 32-64 MiB, trim threshold \
+         128-256 MiB): the worker used 8-16 % less CPU, and the baseline gained as much; given \
+         to the worker alone, the ratio went from 0.75-0.80 to 0.79-0.83 for a peak RSS of \
+         195-231 MiB, and what glibc keeps grows with its arenas (one per thread, up to 8 per \
+         core), so the RSS bar would hold on 2 cores only. mimalloc: the same CPU, and a peak \
+         RSS of 271 MiB.\n\
+         - Faster JSON checks from elsewhere, on the same 64 MiB of records: simd-json 87 ms, \
+         sonic-rs 121 ms; a simdjson-style AVX2 check written for sluice 49 ms a line at a \
+         time, 92 ms over the whole buffer (the flattening of its bit masks into positions \
+         costs as much as the classification); SWAR runs of digits, and telling a closing quote \
+         from the 8-byte mask without reading the byte again: no gain. A SIMD check that pays \
+         would need simdjson's design in full and `unsafe`.\n\
+         - Fat or thin LTO with one codegen unit: 0.227 s against 0.226 s to decode and \
+         compress 64 MiB.\n\
+         - The line number last in `_sluice`, so the metadata that repeats is one run: 144-145 \
+         ms against 143-144 ms to compress what 64 MiB of records become.\n\
+         - Other zstd parameters, on what 64 MiB of records become (the zstd CLI, 4 MiB blocks, \
+         2026-12-04): level 1 740 MB/s for 15.1 MB; a hash table of 2^12 entries instead of \
+         2^14 10 % faster for 3 % more output; level 2 13 % slower for 0.6 % less; `--fast=1` \
+         and `--fast=2` 14 % and 26 % faster for 30 % and 39 % more output, bytes every reader \
+         of the sink pays for.\n\
+         - 2 tasks at once instead of 4: 7.43-8.13 s against 7.21-8.03 s in the same evening.\n\
+         - Tasks of 1,000 small objects (20 output PUTs instead of 200): 5.91 s against \
+         6.06-6.10 s with tasks of 100, within the noise, for a peak RSS of 78 MiB instead of \
+         35 MiB.\n"
     );
     if missed {
         println!("OVER A BAR");
