@@ -25,15 +25,15 @@ use sluice::crd::IngestSource;
 use sluice_core::api::{LeaseRequest, LeaseResponse, Summary};
 use support::{Table, apiserver_requests, verdict};
 
-/// How long the busy ingest is measured for (it is given more work than
-/// that).
+/// How long the busy ingest is measured for at most: the measurement ends
+/// with the ingest.
 const WINDOW: Duration = Duration::from_secs(60);
 /// How long the busy source is watched once idle, a little over one
 /// heartbeat interval.
 const IDLE: Duration = Duration::from_secs(65);
 const BAR_BYTES: usize = 64 * 1024;
-/// One write per `--status-interval` (5 s).
-const BAR_PER_MINUTE: f64 = 12.0;
+/// At most one write per `--status-interval` (its default, 5 s).
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// Tasks a stalled worker holds in the full-lists case, more than the 20
 /// `activeTasks` the status lists.
 const HELD: usize = 25;
@@ -173,6 +173,23 @@ fn per_minute(count: f64, over: Duration) -> f64 {
     count * 60.0 / over.as_secs_f64()
 }
 
+/// The most writes a coordinator at the bar (one write per [`STATUS_INTERVAL`])
+/// can make in `window`: one at each end of every interval in it. A rate per
+/// minute over a short window is no bar: 4 writes 5 s apart fit in 19.9 s, 12.1
+/// a minute.
+fn most_writes(window: Duration) -> f64 {
+    (window.as_secs_f64() / STATUS_INTERVAL.as_secs_f64()).floor() + 1.0
+}
+
+/// The bar column and verdict of `writes` in `window`.
+fn writes_bar(writes: f64, window: Duration) -> [String; 2] {
+    let most = most_writes(window);
+    [
+        format!("one per {} s: ≤ {most}", STATUS_INTERVAL.as_secs()),
+        verdict(writes <= most).into(),
+    ]
+}
+
 #[tokio::main]
 async fn main() {
     let kube = tokio::task::spawn_blocking(kube_with_crd).await.unwrap();
@@ -187,8 +204,7 @@ async fn main() {
         "info",
     );
 
-    // (a) A busy ingest: small objects, two workers, more work than the
-    // window.
+    // (a) A busy ingest: small objects, two workers.
     let objects = 20_000;
     let mut busy = Ingest::new("busy", 2, Duration::from_secs(30), 3).await;
     source(&client, &busy_ns, &mut busy, "busy").await;
@@ -313,7 +329,6 @@ async fn main() {
 
     let busy = lock(&busy_seen);
     let full = lock(&full_seen);
-    let busy_rate = per_minute(busy_writes, window);
     println!(
         "A `sluice coordinator` and `sluice worker` processes (release build, default \
          `--status-interval` 5 s and `--heartbeat-interval` 1 m, checkpoints every 5 s) \
@@ -345,15 +360,18 @@ async fn main() {
         LONG_WORKER.len(),
         full_window.as_secs_f64(),
     );
+    let [busy_bar, busy_verdict] = writes_bar(busy_writes, window);
+    let [full_bar, full_verdict] = writes_bar(full_writes, full_window);
     let mut table = Table::new(&["measure", "result", "bar", ""]);
     table.row(&[
-        "(a) busy: coordinator status writes per minute".into(),
+        "(a) busy: coordinator status writes a minute (in the window)".into(),
         format!(
-            "{busy_rate:.1} ({busy_writes} in {:.0} s; API server: {busy_by_apiserver}, watch: {busy_changes} changes incl. {busy_operator} by the operator)",
+            "{:.1} ({busy_writes} in {:.1} s; API server: {busy_by_apiserver}, watch: {busy_changes} changes incl. {busy_operator} by the operator)",
+            per_minute(busy_writes, window),
             window.as_secs_f64()
         ),
-        format!("{BAR_PER_MINUTE}"),
-        verdict(busy_rate <= BAR_PER_MINUTE).into(),
+        busy_bar,
+        busy_verdict,
     ]);
     table.row(&[
         "(a) idle: coordinator status writes per minute (heartbeat)".into(),
@@ -372,14 +390,14 @@ async fn main() {
         verdict(busy.largest_status < BAR_BYTES).into(),
     ]);
     table.row(&[
-        "(b) full lists: coordinator status writes per minute".into(),
+        "(b) full lists: coordinator status writes a minute (in the window)".into(),
         format!(
-            "{:.1} ({full_writes} in {:.0} s)",
+            "{:.1} ({full_writes} in {:.1} s)",
             per_minute(full_writes, full_window),
             full_window.as_secs_f64()
         ),
-        format!("{BAR_PER_MINUTE}"),
-        verdict(per_minute(full_writes, full_window) <= BAR_PER_MINUTE).into(),
+        full_bar,
+        full_verdict,
     ]);
     table.row(&[
         "(b) largest activeTasks / recentFailures".into(),
