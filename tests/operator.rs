@@ -39,9 +39,20 @@ async fn creates_every_child_and_reports_readiness() {
     )
     .await;
     assert_eq!(replicas(&workers), 2);
-    let coordinator = get::<Deployment>(&client, &ns, "orders-coordinator")
-        .await
-        .unwrap();
+    // The Deployments and the RoleBinding are applied together, in the last
+    // round: the worker Deployment can be there before the other two.
+    let coordinator = deployment_where(
+        &client,
+        &ns,
+        "orders-coordinator",
+        "the coordinator Deployment",
+        |_| true,
+    )
+    .await;
+    let role_binding = eventually("the coordinator's RoleBinding", SETTLE, || {
+        get::<RoleBinding>(&client, &ns, "orders-coordinator")
+    })
+    .await;
     assert_eq!(replicas(&coordinator), 1);
     assert_eq!(
         coordinator
@@ -74,10 +85,7 @@ async fn creates_every_child_and_reports_readiness() {
             .await
             .unwrap()
             .metadata,
-        get::<RoleBinding>(&client, &ns, "orders-coordinator")
-            .await
-            .unwrap()
-            .metadata,
+        role_binding.metadata,
         get::<ConfigMap>(&client, &ns, "orders-config")
             .await
             .unwrap()
@@ -179,10 +187,15 @@ async fn edits_roll_out_and_the_token_is_kept() {
         checksum(&after),
         "a config change restarts the pods"
     );
-    let coordinator = get::<Deployment>(&client, &ns, "orders-coordinator")
-        .await
-        .unwrap();
-    assert_eq!(checksum(&coordinator), checksum(&after));
+    // Applied together with the workers': it may land a moment later.
+    deployment_where(
+        &client,
+        &ns,
+        "orders-coordinator",
+        "the coordinator restarted for the new config",
+        |d| checksum(d) == checksum(&after),
+    )
+    .await;
     let config = get::<ConfigMap>(&client, &ns, "orders-config")
         .await
         .unwrap()
