@@ -36,7 +36,7 @@ use sluice_core::id::SourceId;
 use sluice_testenv::{Daemon, MinioEnv, free_port, http};
 
 mod support;
-use support::{Random, Table, median, seconds, verdict};
+use support::{Random, Table, cpu_seconds, cpu_seconds_with_children, median, seconds, verdict};
 
 const RUNS: usize = 5;
 /// Worker processes, and tasks each executes at once: one process per core
@@ -496,7 +496,7 @@ impl Ingest<'_> {
             .unwrap_or(0);
         let cpu = processes
             .iter()
-            .map(|process| cpu_time(&process.pid().to_string()))
+            .map(|process| cpu_seconds(process.pid()))
             .sum();
         for process in processes.iter_mut().rev() {
             process.terminate(Duration::from_secs(10));
@@ -517,8 +517,8 @@ struct Ingested {
     summary: Summary,
     /// The largest peak RSS of a worker, in bytes.
     peak_rss: u64,
-    /// The CPU time of the coordinator and the workers.
-    cpu: Duration,
+    /// The CPU time of the coordinator and the workers, in seconds.
+    cpu: f64,
 }
 
 /// One timed step: its wall time, and the CPU time it used, its own and
@@ -543,47 +543,33 @@ impl Measured {
     }
 }
 
-/// A step being timed: when it started, and the CPU time used by then by this
-/// process and the children it has waited for (every contender but sluice
-/// runs in this process or as such a child), and by MinIO.
+/// A step being timed: when it started, and the CPU seconds used by then by
+/// this process and the children it has waited for (every contender but
+/// sluice runs in this process or as such a child), and by MinIO.
 struct Stopwatch {
     started: Instant,
-    own: Duration,
-    minio: Duration,
+    own: f64,
+    minio: f64,
 }
 
 impl Stopwatch {
     fn start(minio: &MinioEnv) -> Self {
         Stopwatch {
             started: Instant::now(),
-            own: cpu_time("self"),
-            minio: cpu_time(&minio.pid().to_string()),
+            own: cpu_seconds_with_children(std::process::id()),
+            minio: cpu_seconds(minio.pid()),
         }
     }
 
     fn stop(&self, minio: &MinioEnv) -> Measured {
+        let own = cpu_seconds_with_children(std::process::id()) - self.own;
+        let minio = cpu_seconds(minio.pid()) - self.minio;
         Measured {
             time: self.started.elapsed(),
-            own: cpu_time("self") - self.own,
-            minio: cpu_time(&minio.pid().to_string()) - self.minio,
+            own: Duration::from_secs_f64(own),
+            minio: Duration::from_secs_f64(minio),
         }
     }
-}
-
-/// The CPU time (user and system) of process `pid` (or `self`) so far, and of
-/// the children it has waited for, from `/proc/{pid}/stat`.
-fn cpu_time(pid: &str) -> Duration {
-    /// `/proc` counts in USER_HZ, 100 a second on Linux.
-    const TICK: Duration = Duration::from_millis(10);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command, which is in parentheses: utime, stime,
-    // cutime and cstime are the 12th to the 15th.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u32 = fields[11..15]
-        .iter()
-        .map(|ticks| ticks.parse::<u32>().unwrap())
-        .sum();
-    TICK * ticks
 }
 
 /// The peak resident set of process `pid` so far (`VmHWM`), in bytes.
@@ -762,7 +748,7 @@ async fn main() {
                         });
                         let step = Measured {
                             time,
-                            own: cpu,
+                            own: Duration::from_secs_f64(cpu),
                             ..watch.stop(&minio)
                         };
                         peak_rss = peak_rss.max(rss);
