@@ -321,44 +321,6 @@ async fn delete_all(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) {
     }
 }
 
-/// The records (lines) in the zstd NDJSON objects under `prefix`.
-async fn count_records(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> u64 {
-    let keys = support::list(client, bucket, prefix).await;
-    futures::stream::iter(keys)
-        .map(|key| async move {
-            let body = client
-                .get_object()
-                .bucket(bucket)
-                .key(&key)
-                .send()
-                .await
-                .unwrap()
-                .body
-                .collect()
-                .await
-                .unwrap()
-                .into_bytes();
-            tokio::task::spawn_blocking(move || {
-                use std::io::Read;
-                let mut decoder = zstd::stream::read::Decoder::new(&body[..]).unwrap();
-                let mut buffer = vec![0u8; 1 << 20];
-                let mut lines = 0u64;
-                loop {
-                    let read = decoder.read(&mut buffer).unwrap();
-                    if read == 0 {
-                        break lines;
-                    }
-                    lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
-                }
-            })
-            .await
-            .unwrap()
-        })
-        .buffer_unordered(2)
-        .fold(0, |total, lines| async move { total + lines })
-        .await
-}
-
 /// `rclone copy` from `src:{bucket}/{from}` to `dst:{to_bucket}/{to}`, two
 /// remotes on the same MinIO (two names, so rclone streams the data
 /// through itself instead of asking the server to copy).
@@ -597,13 +559,11 @@ struct Figures {
 /// bounds how much longer than the unavoidable work (the compressing
 /// baseline) sluice may take to check every record and add its metadata.
 fn large_bars_together(large: &Figures) -> String {
-    let time = |contender: Contender| {
-        large.measured[contender as usize]
-            .time
-            .as_secs_f64()
-    };
+    let time = |contender: Contender| large.measured[contender as usize].time.as_secs_f64();
     let (baseline, rclone) = (time(Contender::Compressing), time(Contender::Rclone));
-    let bar = Contender::Compressing.bar(false).expect("a bar for large objects");
+    let bar = Contender::Compressing
+        .bar(false)
+        .expect("a bar for large objects");
     format!(
         "The two bars for large objects, read together: each says how much longer than the \
          unavoidable work (GET → zstd → PUT, {baseline:.2} s) sluice may take to check every \
@@ -778,7 +738,9 @@ async fn main() {
                         assert_eq!(summary.objects.failed, 0, "{summary:?}");
                         assert_eq!(summary.records_ingested, records, "{summary:?}");
                         let prefix = format!("{}-{run}/", workload.name);
-                        let in_sink = count_records(&client, &sink, &prefix).await;
+                        let in_sink = sluice_testenv::demo::sink_records(&client, &sink, &prefix)
+                            .await
+                            .unwrap();
                         assert_eq!(in_sink, records, "the sink holds every record, once");
                         delete_all(&client, &sink, &prefix).await;
                         step
@@ -956,7 +918,10 @@ async fn main() {
         ]);
     }
     table.print();
-    if let Some((_, large)) = results.iter().find(|(workload, _)| workload.name == "large") {
+    if let Some((_, large)) = results
+        .iter()
+        .find(|(workload, _)| workload.name == "large")
+    {
         println!("{}", large_bars_together(large));
     }
     println!(

@@ -336,7 +336,7 @@ async fn demo(args: &DemoArgs) -> Result<(), Error> {
     );
 
     // Check what was shown.
-    let records = sink_records(&s3, &buckets[1]).await?;
+    let records = sink_records(&s3, &buckets[1], "").await?;
     let archived = sluice(&history(&["-o", "ndjson"]))
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -470,34 +470,68 @@ fn say(what: &str) {
     println!("==> {what}");
 }
 
-/// The records in every object of a sink bucket (zstd NDJSON).
-pub async fn sink_records(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<u64, Error> {
+/// The records (lines) in the objects under `prefix` of a sink bucket (zstd
+/// NDJSON), two objects at a time, each decompressed as a stream: an
+/// object may decompress to far more than it is.
+pub async fn sink_records(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<u64, Error> {
+    use futures::{StreamExt, TryStreamExt};
     let fail = |why: String| Error::Command {
         what: format!("reading the sink bucket {bucket}"),
         stderr: why,
     };
-    let mut records = 0;
-    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|err| fail(sluice::s3::describe(&err)))?;
-        for object in page.contents() {
+    let pages: Vec<_> = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(|err| fail(sluice::s3::describe(&err)))?;
+    let keys = pages
+        .into_iter()
+        .flat_map(|page| page.contents.unwrap_or_default())
+        .filter_map(|object| object.key);
+    futures::stream::iter(keys)
+        .map(|key| async move {
             let body = s3
                 .get_object()
                 .bucket(bucket)
-                .key(object.key().unwrap_or_default())
+                .key(&key)
                 .send()
                 .await
                 .map_err(|err| fail(sluice::s3::describe(&err)))?
                 .body
                 .collect()
                 .await
-                .map_err(|err| fail(err.to_string()))?
+                .map_err(|err| fail(format!("{key}: {err}")))?
                 .into_bytes();
-            let text = zstd::decode_all(&body[..]).map_err(|err| fail(err.to_string()))?;
-            records += memchr::memchr_iter(b'\n', &text).count() as u64;
+            tokio::task::spawn_blocking(move || lines_in_zstd(&body))
+                .await
+                .map_err(|err| fail(err.to_string()))?
+                .map_err(|err| fail(format!("{key}: {err}")))
+        })
+        .buffer_unordered(2)
+        .try_fold(0, |total, lines| async move { Ok(total + lines) })
+        .await
+}
+
+/// The LFs in what the zstd stream `compressed` decompresses to.
+fn lines_in_zstd(compressed: &[u8]) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut lines = 0;
+    loop {
+        match decoder.read(&mut buffer)? {
+            0 => return Ok(lines),
+            read => lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64,
         }
     }
-    Ok(records)
 }
 
 #[cfg(test)]
