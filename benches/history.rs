@@ -293,12 +293,13 @@ async fn query_once(
 /// reader of this layout pays at least. Its time and the objects read.
 async fn baseline_once(archive: &Archive) -> (Duration, usize) {
     let started = Instant::now();
-    let keys = support::list(
+    let keys = sluice_testenv::s3::keys(
         &archive.client,
         &archive.bucket,
         &format!("{PREFIX}/tasks/"),
     )
-    .await;
+    .await
+    .unwrap();
     let bytes: Vec<usize> = futures::stream::iter(&keys)
         .map(|key| async move {
             let response = archive

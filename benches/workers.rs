@@ -233,7 +233,9 @@ async fn list_and_download(
     prefix: &str,
     concurrency: usize,
 ) -> u64 {
-    let keys = support::list(client, bucket, prefix).await;
+    let keys = sluice_testenv::s3::keys(client, bucket, prefix)
+        .await
+        .unwrap();
     download(client, bucket, &keys, concurrency).await
 }
 
@@ -300,7 +302,9 @@ fn duckdb_copy(minio: &MinioEnv, from: &str, to: &str) -> u64 {
 /// Deletes everything under `prefix` in `bucket`, so a run leaves no
 /// copies on a small disk.
 async fn delete_all(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) {
-    let keys = support::list(client, bucket, prefix).await;
+    let keys = sluice_testenv::s3::keys(client, bucket, prefix)
+        .await
+        .unwrap();
     for chunk in keys.chunks(1000) {
         let objects: Vec<ObjectIdentifier> = chunk
             .iter()
@@ -738,7 +742,7 @@ async fn main() {
                         assert_eq!(summary.objects.failed, 0, "{summary:?}");
                         assert_eq!(summary.records_ingested, records, "{summary:?}");
                         let prefix = format!("{}-{run}/", workload.name);
-                        let in_sink = sluice_testenv::demo::sink_records(&client, &sink, &prefix)
+                        let in_sink = sluice_testenv::s3::sink_records(&client, &sink, &prefix)
                             .await
                             .unwrap();
                         assert_eq!(in_sink, records, "the sink holds every record, once");
@@ -804,7 +808,10 @@ async fn main() {
                         });
                         let step = watch.stop(&minio);
                         assert_eq!(
-                            support::list(&client, &copy, &to).await.len(),
+                            sluice_testenv::s3::keys(&client, &copy, &to)
+                                .await
+                                .unwrap()
+                                .len(),
                             workload.objects
                         );
                         delete_all(&client, &copy, &to).await;

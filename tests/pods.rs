@@ -237,7 +237,7 @@ async fn the_charts_operator_runs_a_source_in_restricted_pods_that_ingest_everyt
     assert_eq!(status.records_ingested, Some(1000));
     let workers = status.workers.unwrap();
     assert_eq!((workers.desired, workers.ready), (2, 2));
-    let records = sluice_testenv::demo::sink_records(&minio().client().await, &sink, "")
+    let records = sluice_testenv::s3::sink_records(&minio().client().await, &sink, "")
         .await
         .unwrap();
     assert_eq!(records, 1000, "the sink holds every record once");
@@ -878,7 +878,7 @@ async fn a_template_places_the_pods_and_an_unschedulable_one_is_explained() {
         (status.objects.as_ref()?.ingested == 4).then_some(())
     })
     .await;
-    let records = sluice_testenv::demo::sink_records(&minio().client().await, &sink, "")
+    let records = sluice_testenv::s3::sink_records(&minio().client().await, &sink, "")
         .await
         .unwrap();
     assert_eq!(records, 100, "the sink holds every record once");

@@ -179,21 +179,3 @@ fn stat_cpu_seconds(pid: u32, fields: usize) -> f64 {
     // SAFETY: sysconf only reads a constant of the system.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
-
-/// Every key under `prefix` in `bucket`.
-pub async fn list(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
-    let pages: Vec<_> = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .unwrap();
-    pages
-        .into_iter()
-        .flat_map(|page| page.contents.unwrap_or_default())
-        .filter_map(|object| object.key)
-        .collect()
-}

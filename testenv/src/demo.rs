@@ -23,6 +23,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::node::NODE_IP;
+use super::s3::sink_records;
 use super::{Error, KubeEnv, MinioEnv, Node, image, tools};
 use sluice::crd::{IngestSource, IngestSourceStatus};
 
@@ -468,70 +469,6 @@ fn total(sources: &[IngestSource], count: impl Fn(&IngestSourceStatus) -> Option
 
 fn say(what: &str) {
     println!("==> {what}");
-}
-
-/// The records (lines) in the objects under `prefix` of a sink bucket (zstd
-/// NDJSON), two objects at a time, each decompressed as a stream: an
-/// object may decompress to far more than it is.
-pub async fn sink_records(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-) -> Result<u64, Error> {
-    use futures::{StreamExt, TryStreamExt};
-    let fail = |why: String| Error::Command {
-        what: format!("reading the sink bucket {bucket}"),
-        stderr: why,
-    };
-    let pages: Vec<_> = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send()
-        .try_collect()
-        .await
-        .map_err(|err| fail(sluice::s3::describe(&err)))?;
-    let keys = pages
-        .into_iter()
-        .flat_map(|page| page.contents.unwrap_or_default())
-        .filter_map(|object| object.key);
-    futures::stream::iter(keys)
-        .map(|key| async move {
-            let body = s3
-                .get_object()
-                .bucket(bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|err| fail(sluice::s3::describe(&err)))?
-                .body
-                .collect()
-                .await
-                .map_err(|err| fail(format!("{key}: {err}")))?
-                .into_bytes();
-            tokio::task::spawn_blocking(move || lines_in_zstd(&body))
-                .await
-                .map_err(|err| fail(err.to_string()))?
-                .map_err(|err| fail(format!("{key}: {err}")))
-        })
-        .buffer_unordered(2)
-        .try_fold(0, |total, lines| async move { Ok(total + lines) })
-        .await
-}
-
-/// The LFs in what the zstd stream `compressed` decompresses to.
-fn lines_in_zstd(compressed: &[u8]) -> std::io::Result<u64> {
-    use std::io::Read;
-    let mut decoder = zstd::stream::read::Decoder::new(compressed)?;
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut lines = 0;
-    loop {
-        match decoder.read(&mut buffer)? {
-            0 => return Ok(lines),
-            read => lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64,
-        }
-    }
 }
 
 #[cfg(test)]

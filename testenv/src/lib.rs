@@ -16,6 +16,7 @@ mod minio;
 mod moto;
 pub mod node;
 mod process;
+pub mod s3;
 pub mod tools;
 
 use std::path::{Path, PathBuf};

@@ -318,24 +318,11 @@ impl Ingest {
             .unwrap();
     }
 
-    /// The objects under `prefix` in `bucket`, with their content.
     /// Every object under `prefix` in `bucket`, with its bytes.
     pub async fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
-        let pages: Vec<_> = self
-            .client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send()
-            .try_collect()
+        let keys = sluice_testenv::s3::keys(&self.client, bucket, prefix)
             .await
             .unwrap();
-        let keys: Vec<String> = pages
-            .into_iter()
-            .flat_map(|page| page.contents.unwrap_or_default())
-            .filter_map(|object| object.key)
-            .collect();
         futures::stream::iter(keys)
             .map(|key| async move {
                 let body = self
