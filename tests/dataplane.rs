@@ -361,19 +361,9 @@ async fn a_checkpoint_write_whose_answer_was_lost_does_not_stop_the_coordinator(
     // The same manifest, other bytes: a new ETag, as after a write whose
     // answer never came.
     let (bucket, key) = (&ingest.config.archive.bucket, ingest.manifest_key());
-    let manifest = ingest
-        .client
-        .get_object()
-        .bucket(bucket)
-        .key(&key)
-        .send()
+    let manifest = sluice_testenv::s3::object(&ingest.client, bucket, &key)
         .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .to_vec();
+        .unwrap();
     let mut json = zstd::decode_all(&manifest[..]).unwrap();
     json.push(b'\n');
     ingest

@@ -1181,15 +1181,11 @@ async fn aircompressor_and_duckdb_read_the_same_records_as_history() {
             key.contains("/source=shop%2F") || key.contains("/source=lab%2F"),
             "{key}"
         );
-        let body = client
-            .get_object()
-            .bucket(&archive.bucket)
-            .key(key)
-            .send()
+        let body = sluice_testenv::s3::object(&client, &archive.bucket, key)
             .await
             .unwrap();
         let path = dir.path().join(format!("{i}.ndjson.zst"));
-        std::fs::write(&path, body.body.collect().await.unwrap().into_bytes()).unwrap();
+        std::fs::write(&path, body).unwrap();
         files.push(path);
     }
     let java = succeed(

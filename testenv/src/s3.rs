@@ -1,5 +1,6 @@
 //! Reading back what a test or benchmark had written to S3.
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::Error;
@@ -29,6 +30,26 @@ pub async fn keys(
         .collect())
 }
 
+/// The bytes of the object `key` in `bucket`.
+pub async fn object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Bytes, Error> {
+    let fail = |why: String| Error::Command {
+        what: format!("reading s3://{bucket}/{key}"),
+        stderr: why,
+    };
+    Ok(s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|err| fail(sluice::s3::describe(&err)))?
+        .body
+        .collect()
+        .await
+        .map_err(|err| fail(err.to_string()))?
+        .into_bytes())
+}
+
 /// The records (lines) in the objects under `prefix` of a sink bucket (zstd
 /// NDJSON), two objects at a time, each decompressed as a stream: an
 /// object may decompress to far more than it is.
@@ -37,28 +58,17 @@ pub async fn sink_records(
     bucket: &str,
     prefix: &str,
 ) -> Result<u64, Error> {
-    let fail = |why: String| Error::Command {
-        what: format!("reading the sink bucket {bucket}"),
-        stderr: why,
-    };
     futures::stream::iter(keys(s3, bucket, prefix).await?)
         .map(|key| async move {
-            let body = s3
-                .get_object()
-                .bucket(bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|err| fail(sluice::s3::describe(&err)))?
-                .body
-                .collect()
-                .await
-                .map_err(|err| fail(format!("{key}: {err}")))?
-                .into_bytes();
+            let body = object(s3, bucket, &key).await?;
+            let fail = |why: String| Error::Command {
+                what: format!("counting the records of s3://{bucket}/{key}"),
+                stderr: why,
+            };
             tokio::task::spawn_blocking(move || lines_in_zstd(&body))
                 .await
                 .map_err(|err| fail(err.to_string()))?
-                .map_err(|err| fail(format!("{key}: {err}")))
+                .map_err(|err| fail(err.to_string()))
         })
         .buffer_unordered(2)
         .try_fold(0, |total, lines| async move { Ok(total + lines) })

@@ -325,16 +325,7 @@ impl Ingest {
             .unwrap();
         futures::stream::iter(keys)
             .map(|key| async move {
-                let body = self
-                    .client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                    .unwrap()
-                    .body
-                    .collect()
+                let body = sluice_testenv::s3::object(&self.client, bucket, &key)
                     .await
                     .unwrap()
                     .to_vec();
