@@ -1022,8 +1022,10 @@ async fn main() {
          128-256 MiB): the worker used 8-16 % less CPU, and the baseline gained as much; given \
          to the worker alone, the ratio went from 0.75-0.80 to 0.79-0.83 for a peak RSS of \
          195-231 MiB, and what glibc keeps grows with its arenas (one per thread, up to 8 per \
-         core), so the RSS bar would hold on 2 cores only. mimalloc: the same CPU, and a peak \
-         RSS of 271 MiB.\n\
+         core), so the RSS bar would hold on 2 cores only. Given to the worker alone again on \
+         2026-12-05 (AMD, 64 and 256 MiB, 3 runs): 11.0 CPU-s against 11.1 without, a ratio of \
+         0.74, and a peak RSS of 206 MiB; the gain did not come back. mimalloc: the same CPU, \
+         and a peak RSS of 271 MiB.\n\
          - Faster JSON checks from elsewhere, on the same 64 MiB of records: simd-json 87 ms, \
          sonic-rs 121 ms; a simdjson-style AVX2 check written for sluice 49 ms a line at a \
          time, 92 ms over the whole buffer (the flattening of its bit masks into positions \
