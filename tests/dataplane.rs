@@ -660,6 +660,62 @@ async fn polling_picks_up_new_and_changed_objects() {
     assert_exactly_once(&ingest, &wanted).await;
 }
 
+/// A completion may lease the task that takes its slot, as workers' do (one
+/// request per task, not two): the answer is that task with the lease's
+/// duration; a completion that asks for none is answered 204 No Content,
+/// and one that is refused leases nothing.
+#[tokio::test]
+async fn a_completion_leases_the_next_task() {
+    let ingest = Ingest::new("eager", 1, Duration::from_secs(30), 3).await;
+    ingest.put((0..3).map(|i| object(i * 4, 1)).collect()).await;
+    let coordinator = ingest.coordinator(None, &[]);
+    let post = |path: String, body: String| coordinator.request("POST", &path, Some(TOKEN), &body);
+    let first = eventually("a task to lease", DONE, || async {
+        let (status, body) = post("/v1/lease".into(), r#"{"worker":"w1","max":1}"#.into());
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<LeaseResponse>(&body)
+            .unwrap()
+            .tasks
+            .pop()
+    })
+    .await;
+    let completion = |task: &api::LeasedTask, lease: &str| {
+        format!(
+            r#"{{"worker":"w1","attempt":{},"records":1,"bytesRead":1,"bytesWritten":1,"outputs":["{}"]{lease}}}"#,
+            task.attempt, task.output
+        )
+    };
+    let complete = |task: &api::LeasedTask, lease: &str| {
+        post(
+            format!("/v1/tasks/{}/complete", task.id),
+            completion(task, lease),
+        )
+    };
+
+    let (status, body) = complete(&first, r#","lease":1"#);
+    assert_eq!(status, 200, "{body}");
+    let next: LeaseResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!(next.lease_duration_ms, 30_000, "{body}");
+    let [second] = &next.tasks[..] else {
+        panic!("one task leased with the completion: {body}");
+    };
+    assert_ne!(second.id, first.id);
+    let (status, body) = complete(&first, r#","lease":1"#);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = complete(second, "");
+    assert_eq!((status, body.as_str()), (204, ""));
+    let summary = coordinator.summary();
+    assert_eq!(
+        (
+            summary.tasks.succeeded,
+            summary.tasks.running,
+            summary.tasks.pending
+        ),
+        (2, 0, 1),
+        "the refused completion leased nothing"
+    );
+}
+
 #[tokio::test]
 async fn the_task_api_refuses_bad_requests_with_json_errors() {
     let ingest = Ingest::new("api", 5, Duration::from_secs(30), 3).await;
@@ -1331,6 +1387,8 @@ async fn garbage_on_the_task_api_is_a_4xx_with_a_message_and_the_coordinator_goe
         ("GET", "/v1/tasks/%ff", reader, None, "", 400, "UTF-8"),
         ("GET", "/v1/tasks/1-99999999999999999999999", reader, None, "", 400, "\"1-99999999999999999999999\" is not a task id (EPOCH-SEQ, for example 3-1042)"),
         ("POST", "/v1/tasks/garbage/complete", worker, json, "{}", 400, "\"garbage\" is not a task id"),
+        ("POST", "/v1/tasks/9-9/complete", worker, json, r#"{"worker":"w","attempt":1,"records":0,"bytesRead":0,"bytesWritten":0,"outputs":[],"lease":0}"#, 400, "lease: must be between 1 and 1000"),
+        ("POST", "/v1/tasks/9-9/complete", worker, json, r#"{"worker":"w","attempt":1,"records":0,"bytesRead":0,"bytesWritten":0,"outputs":[],"lease":1001}"#, 400, "lease: must be between 1 and 1000"),
         ("GET", "/v1/tasks?cursor=7", reader, None, "", 400, "cursor: \"7\" is not a task id"),
         ("GET", "/v1/tasks/9-9", reader, None, "", 404, "no task 9-9"),
         ("GET", "/v1/tasks?limit=x", reader, None, "", 400, "limit"),

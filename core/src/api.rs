@@ -4,7 +4,8 @@
 //! Workers (token required, `Authorization: Bearer TOKEN`):
 //! - `POST /v1/lease` [`LeaseRequest`] → [`LeaseResponse`]
 //! - `POST /v1/heartbeat` [`HeartbeatRequest`] → [`HeartbeatResponse`]
-//! - `POST /v1/tasks/{id}/complete` [`Completion`] → 204
+//! - `POST /v1/tasks/{id}/complete` [`Completion`] → 204, or [`LeaseResponse`]
+//!   when the completion asks for the worker's next tasks (`lease`)
 //! - `POST /v1/tasks/{id}/fail` [`Failure`] → 204
 //!
 //! Readers (read token required, in the [`READ_TOKEN_HEADER`] header, which
@@ -116,6 +117,12 @@ pub struct Completion {
     pub bytes_written: u64,
     /// The sink objects written (none when the task had no records).
     pub outputs: Vec<String>,
+    /// The worker's next tasks, up to this many, leased in the same request
+    /// as a `POST /v1/lease` would (the answer is then a [`LeaseResponse`]):
+    /// the slot this task held is free, and one request per task is half
+    /// the round trips of two. None asks for nothing (204 No Content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u32>,
 }
 
 /// A task that could not be done.

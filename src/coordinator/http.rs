@@ -256,19 +256,19 @@ async fn lease(
 ) -> Result<Json<LeaseResponse>, ApiError> {
     let Json(request) = body?;
     worker_name(&request.worker)?;
-    if !(1..=MAX_BATCH).contains(&request.max) {
+    let max = batch("max", request.max)?;
+    let tasks = shared.tasks().lease(&request.worker, max, Timestamp::now());
+    Ok(Json(shared.leased(tasks)))
+}
+
+/// `value` of the field `name`, a number of tasks, if it is one a request may ask for.
+fn batch(name: &str, value: u32) -> Result<u32, ApiError> {
+    if !(1..=MAX_BATCH).contains(&value) {
         return Err(bad_request(format!(
-            "max: must be between 1 and {MAX_BATCH}"
+            "{name}: must be between 1 and {MAX_BATCH}"
         )));
     }
-    let tasks = shared
-        .tasks()
-        .lease(&request.worker, request.max, Timestamp::now());
-    shared.metrics.leases.inc_by(tasks.len() as u64);
-    Ok(Json(LeaseResponse {
-        tasks,
-        lease_duration_ms: shared.lease_duration.as_millis() as u64,
-    }))
+    Ok(value)
 }
 
 async fn heartbeat(
@@ -290,12 +290,24 @@ async fn complete(
     State(shared): State<Arc<Shared>>,
     id: PathId,
     body: Body<Completion>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(id) = id?;
     let Json(completion) = body?;
     worker_name(&completion.worker)?;
-    shared.tasks().complete(id, completion, Timestamp::now())?;
-    Ok(StatusCode::NO_CONTENT)
+    let next = completion
+        .lease
+        .map(|max| batch("lease", max))
+        .transpose()?;
+    let worker = completion.worker.clone();
+    let now = Timestamp::now();
+    let mut tasks = shared.tasks();
+    tasks.complete(id, completion, now)?;
+    let Some(max) = next else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let leased = tasks.lease(&worker, max, now);
+    drop(tasks);
+    Ok(Json(shared.leased(leased)).into_response())
 }
 
 async fn fail(

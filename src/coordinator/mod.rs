@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use sluice_core::api::Summary;
+use sluice_core::api::{LeaseResponse, LeasedTask, Summary};
 use sluice_core::archive::{Appender, Batch};
 use sluice_core::layout::Sink;
 use sluice_core::sync::lock;
@@ -133,6 +133,15 @@ impl Shared {
 
     fn tasks(&self) -> MutexGuard<'_, Tasks> {
         lock(&self.tasks)
+    }
+
+    /// The answer to a worker that leased `tasks`, counted.
+    fn leased(&self, tasks: Vec<LeasedTask>) -> LeaseResponse {
+        self.metrics.leases.inc_by(tasks.len() as u64);
+        LeaseResponse {
+            tasks,
+            lease_duration_ms: self.lease_duration.as_millis() as u64,
+        }
     }
 
     fn summary(&self) -> Summary {

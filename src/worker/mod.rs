@@ -125,6 +125,8 @@ struct Worker {
     active: Mutex<HashMap<TaskId, Active>>,
     /// Learned from the coordinator's lease responses.
     lease_ms: AtomicU64,
+    /// Set on SIGTERM: a task then completes without leasing the next.
+    stopping: AtomicBool,
     metrics: Metrics,
 }
 
@@ -182,6 +184,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), Error> {
         config,
         active: Mutex::new(HashMap::new()),
         lease_ms: AtomicU64::new(30_000),
+        stopping: AtomicBool::new(false),
         metrics: Metrics::new(&mut registry),
     });
     let readiness = Readiness::default();
@@ -235,7 +238,15 @@ impl Worker {
                         resume = tokio::time::Instant::now() + unavailable.current();
                         unavailable.advance();
                     }
-                    Ok(Ended::Finished) => unavailable.reset(),
+                    Ok(Ended::Finished(next)) => {
+                        unavailable.reset();
+                        if !next.is_empty() {
+                            idle.reset();
+                        }
+                        for task in next {
+                            running.spawn(self.clone().execute(task));
+                        }
+                    }
                     Err(_) => {}
                 },
                 () = tokio::time::sleep_until(resume), if free > 0 && paused => {}
@@ -243,22 +254,50 @@ impl Worker {
                 () = &mut stop => break,
             }
         }
+        self.stopping.store(true, Ordering::Relaxed);
         info!(
             tasks = running.len(),
             ?grace,
             "stopping: finishing running tasks"
         );
-        let drained = tokio::time::timeout(grace, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, self.drain(&mut running)).await;
         if drained.is_err() {
             for active in self.active().values() {
                 active.release.store(true, Ordering::Relaxed);
                 active.cancel.cancel();
             }
-            while running.join_next().await.is_some() {}
+            self.drain(&mut running).await;
         }
+    }
+
+    /// Waits for the running tasks to end, and gives back the tasks a
+    /// completion sent before SIGTERM leased in its answer.
+    async fn drain(&self, running: &mut JoinSet<Ended>) {
+        while let Some(ended) = running.join_next().await {
+            let Ok(Ended::Finished(next)) = ended else {
+                continue;
+            };
+            for task in next {
+                self.give_back(
+                    &task,
+                    "the worker stopped before starting it; given back".into(),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Hands `task` back without using up an attempt.
+    async fn give_back(&self, task: &LeasedTask, error: String) {
+        let failure = Failure {
+            worker: self.name.clone(),
+            attempt: task.attempt,
+            error,
+            key: None,
+            released: true,
+        };
+        self.report(&format!("/v1/tasks/{}/fail", task.id), &failure)
+            .await;
     }
 
     async fn lease(&self, max: u32) -> Result<Vec<LeasedTask>, String> {
@@ -271,9 +310,14 @@ impl Worker {
                 },
             )
             .await?;
+        Ok(self.leased(response))
+    }
+
+    /// The tasks of a lease, noting how long the lease lasts.
+    fn leased(&self, response: LeaseResponse) -> Vec<LeasedTask> {
         self.lease_ms
             .store(response.lease_duration_ms.max(1), Ordering::Relaxed);
-        Ok(response.tasks)
+        response.tasks
     }
 
     /// Renews the leases of the running tasks, three times per lease, and
@@ -340,38 +384,27 @@ impl Worker {
                 self.metrics.finished.count("succeeded");
                 self.metrics.records.inc_by(completion.records);
                 self.metrics.read_bytes.inc_by(completion.bytes_read);
-                self.report(&format!("/v1/tasks/{}/complete", task.id), &completion)
-                    .await;
-                return Ended::Finished;
+                return Ended::Finished(self.complete(&task, completion).await);
             }
             // Lost: the coordinator has given the task to another worker.
-            Err(_) if cancel.is_cancelled() && !given_back => return Ended::Finished,
+            Err(_) if cancel.is_cancelled() && !given_back => return Ended::Finished(Vec::new()),
             Err(Failed::Lost) => {
                 warn!(task = %task.id, "lost the lease before writing the output; it was not written");
-                return Ended::Finished;
+                return Ended::Finished(Vec::new());
             }
-            Err(_) if given_back => Failure {
-                worker: self.name.clone(),
-                attempt: task.attempt,
-                error: "the worker stopped before finishing; given back".into(),
-                key: None,
-                released: true,
-            },
+            Err(_) if given_back => {
+                self.give_back(
+                    &task,
+                    "the worker stopped before finishing; given back".into(),
+                )
+                .await;
+                return Ended::Finished(Vec::new());
+            }
             // Not the task's fault: it must not use up its attempts and end
             // failed for good while S3 restarts or is overloaded.
             Err(Failed::Unavailable(error)) => {
                 warn!(task = %task.id, %error, "S3 is unavailable; giving the task back");
-                self.report(
-                    &format!("/v1/tasks/{}/fail", task.id),
-                    &Failure {
-                        worker: self.name.clone(),
-                        attempt: task.attempt,
-                        error,
-                        key: None,
-                        released: true,
-                    },
-                )
-                .await;
+                self.give_back(&task, error).await;
                 return Ended::Unavailable;
             }
             Err(Failed::Object { key, error }) => self.failure(&task, error, Some(key)),
@@ -379,7 +412,30 @@ impl Worker {
         };
         self.report(&format!("/v1/tasks/{}/fail", task.id), &failure)
             .await;
-        Ended::Finished
+        Ended::Finished(Vec::new())
+    }
+
+    /// Reports `task` done and, unless the worker is stopping, leases the
+    /// task that takes its slot in the same request: the next tasks.
+    async fn complete(&self, task: &LeasedTask, mut completion: Completion) -> Vec<LeasedTask> {
+        if !self.stopping.load(Ordering::Relaxed) {
+            completion.lease = Some(1);
+        }
+        let path = format!("/v1/tasks/{}/complete", task.id);
+        let Some(response) = self.report(&path, &completion).await else {
+            return Vec::new();
+        };
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Vec::new();
+        }
+        match response.json::<LeaseResponse>().await {
+            Ok(leased) => self.leased(leased),
+            // The tasks it leased, if any, go back when their leases expire.
+            Err(err) => {
+                warn!(%path, error = %err, "cannot read the tasks leased with the completion");
+                Vec::new()
+            }
+        }
     }
 
     /// Reads the task's objects and writes their records to its output.
@@ -504,6 +560,7 @@ impl Worker {
             } else {
                 Vec::new()
             },
+            lease: None,
         })
     }
 
@@ -586,8 +643,9 @@ impl Worker {
     }
 
     /// Sends a task's outcome, retrying while the coordinator is away. A
-    /// refusal (4xx) is final: the lease went elsewhere.
-    async fn report<B: Serialize>(&self, path: &str, body: &B) {
+    /// refusal (4xx) is final: the lease went elsewhere. The answer, when
+    /// the coordinator took the report.
+    async fn report<B: Serialize>(&self, path: &str, body: &B) -> Option<reqwest::Response> {
         let send = || async {
             let response = self
                 .post_raw(path, body)
@@ -610,13 +668,17 @@ impl Worker {
             Ok(response) if response.status().is_client_error() => {
                 let text = response.text().await.unwrap_or_default();
                 warn!(%path, status = %text, "the coordinator refused the report");
+                None
             }
-            Ok(_) => {}
-            Err(err) => warn!(
-                %path,
-                error = %err,
-                "cannot report; giving up (the lease expires and the task is done again)"
-            ),
+            Ok(response) => Some(response),
+            Err(err) => {
+                warn!(
+                    %path,
+                    error = %err,
+                    "cannot report; giving up (the lease expires and the task is done again)"
+                );
+                None
+            }
         }
     }
 
@@ -673,7 +735,8 @@ fn report_backoff() -> backon::ExponentialBuilder {
 
 /// How a task execution ended, for the lease loop.
 enum Ended {
-    Finished,
+    /// Done, failed or lost; with the tasks its completion leased.
+    Finished(Vec<LeasedTask>),
     /// Given back because S3 was unavailable.
     Unavailable,
 }

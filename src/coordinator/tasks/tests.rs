@@ -69,6 +69,7 @@ fn done(worker: &str, attempt: u32) -> Completion {
         bytes_read: 20,
         bytes_written: 8,
         outputs: vec!["out".into()],
+        lease: None,
     }
 }
 
