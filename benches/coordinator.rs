@@ -438,11 +438,11 @@ async fn main() {
     eprintln!("== leasing: a source of {LEASE_OBJECTS} objects");
     let source = lease_source(&minio, LEASE_OBJECTS).await;
     let mut leases = Vec::new();
-    for (run, (clients, batch, readers, leasing)) in LEASE_RUNS.into_iter().enumerate() {
+    for (run, mix) in LEASE_RUNS.into_iter().enumerate() {
+        let (clients, batch, readers, leasing) = mix;
         eprintln!(
             "== leasing: {clients} clients, {batch} tasks per lease, {readers} readers, {leasing:?}"
         );
-        let mix = (clients, batch, readers, leasing);
         let measured = lease_run(&minio, &source, &archive, run, mix).await;
         eprintln!(
             "  {} leased and completed in {:?}: {:.0}/s",

@@ -261,7 +261,8 @@ async fn lease(
     Ok(Json(shared.leased(tasks)))
 }
 
-/// `value` of the field `name`, a number of tasks, if it is one a request may ask for.
+/// `value` of the field `name`, a number of tasks, if it is one a request may ask for
+/// (1 to [`MAX_BATCH`]).
 fn batch(name: &str, value: u32) -> Result<u32, ApiError> {
     if !(1..=MAX_BATCH).contains(&value) {
         return Err(bad_request(format!(
@@ -331,12 +332,7 @@ async fn list(
     query: Result<Query<TaskQuery>, QueryRejection>,
 ) -> Result<Json<TaskList>, ApiError> {
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_BATCH).contains(&limit) {
-        return Err(bad_request(format!(
-            "limit: must be between 1 and {MAX_BATCH}"
-        )));
-    }
+    let limit = batch("limit", query.limit.unwrap_or(DEFAULT_PAGE))?;
     let (items, more) = shared.tasks().list(&query, limit as usize);
     let next = more.then(|| items.last().map(|item| item.id)).flatten();
     Ok(Json(TaskList { items, next }))
